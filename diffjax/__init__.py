@@ -1,0 +1,21 @@
+"""diffjax: score-based diffusion models in JAX, with DDPM and NCSN as special cases of one continuous-time core.
+
+``import diffjax as dj`` gives the core (SDEs, schedules, losses, likelihood, guidance) at top level, and
+``dj.samplers`` / ``dj.discrete``. Networks, training and evaluation (``dj.nets``, ``dj.train``, ``dj.data``,
+``dj.eval``) import flax/optax/orbax and are loaded on first use.
+"""
+import importlib as _importlib
+
+from diffjax import core, discrete, samplers
+from diffjax.core import *  # noqa: F401,F403
+
+__version__ = "0.1.0"
+__all__ = ["core", "discrete", "samplers", "nets", "train", "data", "eval"] + core.__all__
+
+_LAZY = ("nets", "train", "data", "eval")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return _importlib.import_module(f"diffjax.{name}")
+    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")

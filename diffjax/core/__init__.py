@@ -1,0 +1,12 @@
+"""The continuous-time core: pure math on jax arrays (never imports flax, optax, orbax or tensorflow)."""
+from diffjax.core.schedules import *  # noqa: F401,F403
+from diffjax.core.sde import *  # noqa: F401,F403
+from diffjax.core.parameterizations import *  # noqa: F401,F403
+from diffjax.core.mixture import *  # noqa: F401,F403
+from diffjax.core.losses import *  # noqa: F401,F403
+from diffjax.core.likelihood import *  # noqa: F401,F403
+from diffjax.core.guidance import *  # noqa: F401,F403
+from diffjax.core import schedules, sde, parameterizations, mixture, losses, likelihood, guidance
+
+__all__ = (schedules.__all__ + sde.__all__ + parameterizations.__all__ + mixture.__all__ + losses.__all__
+           + likelihood.__all__ + guidance.__all__)
