@@ -1,0 +1,151 @@
+"""The one bridge from networks to the core: turn ``apply_fn(variables, x, noise_labels[, y], train=...)`` into the
+core's ``score_fn(x, t)``.
+
+Networks know nothing about SDEs. Two choices connect them: what the network is fed as its noise label
+(:func:`noise_labels_for`, the only place where continuous ``t`` is mapped to a label) and what it predicts
+(``parameterization``, converted with :mod:`diffjax.core.parameterizations`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from diffjax.core._checks import check_choice, check_positive
+from diffjax.core.parameterizations import (edm_preconditioning, edm_sigma, score_from_edm, score_from_eps,
+                                            score_from_v, score_from_x0)
+from diffjax.core.sde import bcast
+
+__all__ = ["TIME_INPUTS", "PARAMETERIZATIONS", "noise_labels_for", "make_score_fn", "make_conditional_score_fn",
+           "split_learned_sigma"]
+
+TIME_INPUTS = ("continuous", "index", "t", "sigma", "log_sigma", "edm")
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm")
+
+
+def noise_labels_for(t, sde, *, time_input: str = "continuous") -> jax.Array:
+    """What a network is fed for continuous time ``t`` (shape ``()`` or ``(batch,)``; float32 result, same shape).
+
+    * ``"continuous"``: ``999 t / T`` (score-SDE's continuous VP / sub-VP models, e.g. DDPM++ cont.).
+    * ``"index"``: the nearest grid index ``round(t (N-1) / T)`` in ``0..N-1`` (DDPM's timestep for a discrete VP
+      model, score-SDE's ``t * (N - 1)``; the level index of a discrete VE model).
+    * ``"t"``: ``t`` itself.
+    * ``"sigma"`` / ``"log_sigma"``: the noise level ``sigma = std / mean_coeff`` of ``x_t / mean_coeff`` (for VE
+      this is ``sigma(t)``), or its log (NCSN-style models; NCSN++'s Fourier features take ``log sigma``).
+    * ``"edm"``: EDM's ``c_noise = log(sigma) / 4``.
+    """
+    check_choice("time_input", time_input, TIME_INPUTS)
+    t = jnp.asarray(t, jnp.float32)
+    if time_input == "continuous":
+        return t * (999.0 / sde.T)
+    if time_input == "index":
+        return sde.index(t).astype(jnp.float32)
+    if time_input == "t":
+        return t
+    sigma = edm_sigma(t, sde)
+    if time_input == "sigma":
+        return sigma
+    if time_input == "log_sigma":
+        return jnp.log(sigma)
+    return edm_preconditioning(sigma)[3]
+
+
+def split_learned_sigma(out: jax.Array):
+    """Split a learned-variance output ``(batch, ..., 2C)`` into ``(eps, v)``, each ``(batch, ..., C)``; ``v`` in
+    ``[-1, 1]``-ish interpolates improved DDPM's log-variance between ``log beta`` and ``log beta_tilde``."""
+    if out.shape[-1] % 2:
+        raise ValueError(f"a learned-sigma output needs an even channel count, got shape {out.shape}")
+    c = out.shape[-1] // 2
+    return out[..., :c], out[..., c:]
+
+
+def _variables(params):
+    if isinstance(params, Mapping) and "params" in params:
+        return params
+    return {"params": params}
+
+
+def _check_options(parameterization, time_input, sigma_data, train, rng):
+    check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+    if time_input is None:
+        time_input = "edm" if parameterization == "edm" else "continuous"
+    check_choice("time_input", time_input, TIME_INPUTS)
+    check_positive("sigma_data", sigma_data)
+    if train and rng is None:
+        raise ValueError("rng must be a PRNG key when train=True (dropout), got None")
+    return time_input
+
+
+def _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
+           learned_sigma, with_y):
+    variables = _variables(params)
+    extra = {"rngs": {"dropout": rng}} if rng is not None else {}
+
+    def net(x, labels, y):
+        args = (x, labels, y) if with_y else (x, labels)
+        out = apply_fn(variables, *args, train=train, **extra)
+        return split_learned_sigma(out)[0] if learned_sigma else out
+
+    def score_fn(x, t, y=None):
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+        if parameterization == "edm":
+            def raw_fn(x_in, c_noise):
+                labels = c_noise if time_input == "edm" else noise_labels_for(t, sde, time_input=time_input)
+                return net(x_in, labels, y)
+
+            return score_from_edm(raw_fn, x, t, sde, sigma_data=sigma_data)
+        out = net(x, noise_labels_for(t, sde, time_input=time_input), y)
+        if parameterization == "eps":
+            return score_from_eps(out, x, t, sde)
+        if parameterization == "x0":
+            return score_from_x0(out, x, t, sde)
+        if parameterization == "v":
+            return score_from_v(out, x, t, sde)
+        if scale_by_sigma:  # score-SDE's NCSN++ / NCSNv2: the network predicts sigma * score
+            return out / bcast(sde.marginal(t)[1], x)
+        return out
+
+    return score_fn
+
+
+def make_score_fn(apply_fn: Callable, params: Any, sde, *, parameterization: str = "eps",
+                  time_input: Optional[str] = None, train: bool = False, rng: Optional[jax.Array] = None,
+                  sigma_data: float = 0.5, scale_by_sigma: bool = False, learned_sigma: bool = False):
+    """The core's ``score_fn(x, t)`` from a network.
+
+    .. math:: s_\\theta(x, t) = \\mathrm{convert}(\\mathrm{net}(x, \\mathrm{label}(t)), x, t)
+
+    Args:
+      apply_fn: ``apply_fn(variables, x, noise_labels, train=...)`` (e.g. ``model.apply``).
+      params: the ``"params"`` collection (or a whole variables dict containing it).
+      sde: the forward SDE the network was trained with.
+      parameterization: what the network predicts: ``"eps"``, ``"x0"``, ``"v"``, ``"score"`` or ``"edm"``
+        (EDM's raw ``F``; preconditioning with ``sigma = std / mean_coeff``).
+      time_input: noise label fed to the network, see :func:`noise_labels_for`; default ``"edm"`` for
+        ``parameterization="edm"`` else ``"continuous"``.
+      train: run the network in training mode (dropout on; needs ``rng``).
+      rng: dropout key when ``train=True``.
+      sigma_data: EDM's data std.
+      scale_by_sigma: with ``parameterization="score"``, divide the output by the marginal std (score-SDE's
+        ``scale_by_sigma`` of NCSN++ / NCSNv2 VE models).
+      learned_sigma: the network has a learned-variance head: use only the first half (eps) of its channels.
+
+    Returns:
+      ``score_fn(x, t)`` with ``x`` ``(batch, *dims)`` and ``t`` ``()`` or ``(batch,)``.
+    """
+    time_input = _check_options(parameterization, time_input, sigma_data, train, rng)
+    f = _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
+               learned_sigma, with_y=False)
+    return lambda x, t: f(x, t)
+
+
+def make_conditional_score_fn(apply_fn: Callable, params: Any, sde, *, parameterization: str = "eps",
+                              time_input: Optional[str] = None, train: bool = False, rng: Optional[jax.Array] = None,
+                              sigma_data: float = 0.5, scale_by_sigma: bool = False, learned_sigma: bool = False):
+    """As :func:`make_score_fn` for a class-conditional network: returns ``score_fn(x, t, y)`` where ``y`` is
+    ``(batch,)`` int labels, or ``None`` for the null (unconditional) label of classifier-free guidance.
+    ``apply_fn`` is called as ``apply_fn(variables, x, noise_labels, y, train=...)``."""
+    time_input = _check_options(parameterization, time_input, sigma_data, train, rng)
+    return _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
+                  learned_sigma, with_y=True)

@@ -1,0 +1,328 @@
+"""Building blocks of the score networks: embeddings, convolutions, normalisation, attention, residual blocks,
+FIR / conv resampling.
+
+Layouts follow DDPM (Ho et al. 2020) and score-SDE's NCSN++ / DDPM++ (Song et al. 2021, appendix H). Parameters are
+always float32 (``param_dtype``); ``dtype`` is the compute dtype. Images are NHWC.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+CONV_IMPLS = ("auto", "xla", "patches")
+
+
+def default_init(scale: float = 1.0):
+    """DDPM's initializer: uniform variance scaling over ``fan_avg``; ``scale=0`` means ``1e-10`` (near-zero init)."""
+    scale = 1e-10 if scale == 0 else scale
+    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def num_groups_for(channels: int, max_groups: int = 32) -> int:
+    """The largest group count ``<= max_groups`` that divides ``channels`` (32 for every channel count of the
+    reference CIFAR-10 nets)."""
+    g = max(1, min(max_groups, channels))
+    while channels % g:
+        g -= 1
+    return g
+
+
+# ----------------------------------------------------------------------------------------------- embeddings
+
+
+def timestep_embedding(labels: jax.Array, dim: int, *, max_positions: float = 10000.0) -> jax.Array:
+    """DDPM's sinusoidal embedding of (possibly fractional) noise labels, shape ``(batch,) -> (batch, dim)``.
+
+    .. math:: e_{2j} = \\sin(l \\, m^{-j/(d/2-1)}), \\; e_{2j+1} = \\cos(\\cdot)
+    """
+    labels = jnp.asarray(labels, jnp.float32)
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_positions) / max(half - 1, 1) * jnp.arange(half, dtype=jnp.float32))
+    args = labels[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of the noise label (NCSN++; Tancik et al. 2020). The frequencies ``W ~ N(0, scale^2)``
+    are a parameter that is never trained (gradient stopped), as in score-SDE. Output ``(batch, 2 * embedding_size)``."""
+
+    embedding_size: int = 256
+    scale: float = 16.0
+
+    @nn.compact
+    def __call__(self, labels):
+        w = self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,), jnp.float32)
+        w = jax.lax.stop_gradient(w)
+        proj = jnp.asarray(labels, jnp.float32)[:, None] * w[None, :] * (2 * np.pi)
+        return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+class NoiseEmbedding(nn.Module):
+    """Noise-label embedding -> ``Dense(4 ch) -> act -> Dense(4 ch)`` (DDPM / NCSN++ time MLP)."""
+
+    dim: int
+    out_dim: int
+    embedding_type: str = "positional"
+    fourier_scale: float = 16.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, labels):
+        if self.embedding_type == "fourier":
+            emb = GaussianFourierProjection(self.dim, self.fourier_scale, name="fourier")(labels)
+        else:
+            emb = timestep_embedding(labels, self.dim)
+        emb = Dense(self.out_dim, dtype=self.dtype, name="dense0")(emb)
+        return Dense(self.out_dim, dtype=self.dtype, name="dense1")(nn.swish(emb))
+
+
+# -------------------------------------------------------------------------------------------- dense / conv
+
+
+class Dense(nn.Module):
+    """Dense layer (also score-SDE's ``NIN``, a 1x1 convolution) with DDPM init and float32 parameters."""
+
+    features: int
+    init_scale: float = 1.0
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=default_init(self.init_scale),
+                        bias_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=jnp.float32)(x)
+
+
+def _use_patches(impl: str) -> bool:
+    return impl == "patches" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
+class Conv(nn.Module):
+    """2-D convolution, NHWC, ``SAME``-size output with symmetric padding ``k // 2`` (PyTorch's alignment).
+
+    ``impl="auto"`` computes a kxk convolution on the CPU backend as patches times matrix
+    (``conv_general_dilated_patches`` + one matmul), because XLA's CPU convolution and especially its weight
+    gradient run far below matmul speed; on GPU/TPU (and with ``impl="xla"``) it is ``lax.conv_general_dilated``.
+    Both give the same result up to float rounding; the parameters are identical.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    init_scale: float = 1.0
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        k, c = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", default_init(self.init_scale), (k, k, c, self.features), jnp.float32)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        if k == 1 and self.stride == 1:
+            y = jnp.einsum("...c,cd->...d", x, kernel[0, 0])
+        else:
+            pad = ((k // 2, (k - 1) // 2),) * 2
+            strides = (self.stride, self.stride)
+            dn = ("NHWC", "HWIO", "NHWC")
+            if _use_patches(self.impl):
+                patches = jax.lax.conv_general_dilated_patches(x, (k, k), strides, pad, dimension_numbers=dn)
+                # patches' features are ordered (C, kh, kw)
+                y = jnp.einsum("bhwp,pd->bhwd", patches, kernel.transpose(2, 0, 1, 3).reshape(c * k * k, -1))
+            else:
+                y = jax.lax.conv_general_dilated(x, kernel, strides, pad, dimension_numbers=dn)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+        return y
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm with ``num_groups_for(C, max_groups)`` groups; statistics in float32."""
+
+    max_groups: int = 32
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.GroupNorm(num_groups=num_groups_for(x.shape[-1], self.max_groups), epsilon=1e-6,
+                            dtype=self.dtype, param_dtype=jnp.float32)(x)
+
+
+# ----------------------------------------------------------------------------------------------- resampling
+
+
+def _fir_kernel_2d(k: Sequence[int]) -> np.ndarray:
+    k = np.asarray(k, dtype=np.float32)
+    k = np.outer(k, k)
+    return k / k.sum()
+
+
+def _depthwise(x, k2d, *, lhs_dilation=(1, 1), strides=(1, 1), padding):
+    c = x.shape[-1]
+    kernel = jnp.asarray(np.tile(k2d[:, :, None, None], (1, 1, 1, c)), x.dtype)  # symmetric kernel: no flip needed
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+
+
+def fir_upsample_2d(x: jax.Array, fir_kernel: Sequence[int] = (1, 3, 3, 1)) -> jax.Array:
+    """Upsample by 2 with a FIR filter (StyleGAN2's ``upfirdn2d(up=2)``, unit DC gain): ``(B,H,W,C)->(B,2H,2W,C)``."""
+    k = _fir_kernel_2d(fir_kernel) * 4.0
+    p = len(fir_kernel) - 2
+    pad = ((p + 1) // 2 + 1, p // 2 + 1)  # +1 on the right: zero insertion leaves a trailing zero
+    return _depthwise(x, k, lhs_dilation=(2, 2), padding=(pad, pad))
+
+
+def fir_downsample_2d(x: jax.Array, fir_kernel: Sequence[int] = (1, 3, 3, 1)) -> jax.Array:
+    """Downsample by 2 with a FIR filter (``upfirdn2d(down=2)``): ``(B,H,W,C)->(B,ceil(H/2),ceil(W/2),C)``."""
+    k = _fir_kernel_2d(fir_kernel)
+    p = len(fir_kernel) - 2
+    pads = tuple(((p + 1) // 2, p // 2 + (n % 2)) for n in x.shape[1:3])
+    return _depthwise(x, k, strides=(2, 2), padding=pads)
+
+
+def naive_upsample_2d(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour upsampling by 2."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def naive_downsample_2d(x: jax.Array) -> jax.Array:
+    """2x2 average pooling (ceil size for odd inputs)."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+
+
+def _crop(x, hw):
+    return x if hw is None else x[:, : hw[0], : hw[1]]
+
+
+class Upsample(nn.Module):
+    """x2 upsampling (nearest or FIR), optionally followed by a 3x3 conv; ``out_hw`` crops odd targets (7 -> 8 -> 7)."""
+
+    out_ch: Optional[int] = None
+    with_conv: bool = True
+    fir: bool = False
+    fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
+    out_hw: Optional[Tuple[int, int]] = None
+    dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        out_ch = self.out_ch or x.shape[-1]
+        h = fir_upsample_2d(x, self.fir_kernel) if self.fir else naive_upsample_2d(x)
+        h = _crop(h, self.out_hw)
+        if self.with_conv:
+            h = Conv(out_ch, 3, dtype=self.dtype, impl=self.conv_impl, name="conv")(h)
+        return h
+
+
+class Downsample(nn.Module):
+    """x2 downsampling: stride-2 3x3 conv (after a FIR blur if ``fir``), or average pooling / FIR without conv."""
+
+    out_ch: Optional[int] = None
+    with_conv: bool = True
+    fir: bool = False
+    fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
+    dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        out_ch = self.out_ch or x.shape[-1]
+        if self.fir:
+            x = fir_downsample_2d(x, self.fir_kernel)
+            if self.with_conv:
+                x = Conv(out_ch, 3, dtype=self.dtype, impl=self.conv_impl, name="conv")(x)
+            return x
+        if self.with_conv:
+            return Conv(out_ch, 3, stride=2, dtype=self.dtype, impl=self.conv_impl, name="conv")(x)
+        return naive_downsample_2d(x)
+
+
+# ------------------------------------------------------------------------------------------ attention / res
+
+
+class AttnBlock(nn.Module):
+    """Spatial self-attention over all ``H*W`` positions (DDPM), multi-head when ``num_head_channels`` is set.
+
+    ``x + proj(softmax(q k^T / sqrt(d)) v)``, divided by sqrt(2) if ``skip_rescale``; the output projection starts
+    near zero (``init_scale=0``).
+    """
+
+    num_head_channels: Optional[int] = None
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+    norm_groups: int = 32
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, hgt, wid, c = x.shape
+        heads = 1 if self.num_head_channels is None else max(1, c // self.num_head_channels)
+        d = c // heads
+        h = GroupNorm(self.norm_groups, self.dtype, name="norm")(x)
+        qkv = Dense(3 * c, init_scale=0.1, dtype=self.dtype, name="qkv")(h).reshape(b, hgt * wid, 3, heads, d)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        w = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (d**-0.5)
+        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
+        h = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, hgt, wid, c)
+        h = Dense(c, init_scale=self.init_scale, dtype=self.dtype, name="proj")(h)
+        out = x + h
+        return out / np.sqrt(2.0) if self.skip_rescale else out
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the noise embedding.
+
+    ``kind="ddpm"``: GN-act-conv, + Dense(act(temb)), GN-act-dropout-conv, 1x1 shortcut when channels change (DDPM).
+    ``kind="biggan"``: the same with optional up/down-sampling of both branches inside the block (BigGAN / NCSN++).
+    ``skip_rescale`` divides the sum by sqrt(2) (NCSN++).
+    """
+
+    out_ch: Optional[int] = None
+    kind: str = "ddpm"
+    up: bool = False
+    down: bool = False
+    out_hw: Optional[Tuple[int, int]] = None
+    dropout: float = 0.1
+    fir: bool = False
+    fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+    norm_groups: int = 32
+    dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, temb, train: bool):
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        x = x.astype(self.dtype)
+        h = nn.swish(GroupNorm(self.norm_groups, self.dtype, name="norm0")(x))
+        if self.up:
+            up = (lambda z: fir_upsample_2d(z, self.fir_kernel)) if self.fir else naive_upsample_2d
+            h, x = _crop(up(h), self.out_hw), _crop(up(x), self.out_hw)
+        elif self.down:
+            down = (lambda z: fir_downsample_2d(z, self.fir_kernel)) if self.fir else naive_downsample_2d
+            h, x = down(h), down(x)
+        h = Conv(out_ch, 3, dtype=self.dtype, impl=self.conv_impl, name="conv0")(h)
+        if temb is not None:
+            h = h + Dense(out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
+        h = nn.swish(GroupNorm(self.norm_groups, self.dtype, name="norm1")(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = Conv(out_ch, 3, init_scale=self.init_scale, dtype=self.dtype, impl=self.conv_impl, name="conv1")(h)
+        if c != out_ch or self.up or self.down:
+            # DDPM's NIN shortcut (init 0.1); NCSN++'s BigGAN block uses a 1x1 conv with unit init.
+            scale = 0.1 if self.kind == "ddpm" else 1.0
+            x = Dense(out_ch, init_scale=scale, dtype=self.dtype, name="shortcut")(x)
+        out = x + h
+        return out / np.sqrt(2.0) if self.skip_rescale else out
