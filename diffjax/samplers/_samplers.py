@@ -1,0 +1,402 @@
+"""Whole-trajectory samplers: ``NAME(key, x_T, score_fn, sde, *, num_steps, t_eps, **options) -> x_0``.
+
+Every sampler validates its arguments in Python (``ValueError`` naming the argument, before any tracing), then
+runs one jitted function whose static arguments are ``score_fn``, ``sde`` and the options: a ``lax.scan`` /
+``fori_loop`` over steps (keys by ``fold_in``), or diffrax's on-device while loop. Called inside a user's
+``jax.jit`` it inlines; called twice with the same ``score_fn`` and shapes it traces once.
+
+Conventions shared by all samplers:
+
+* ``num_steps=None`` takes the published default (score-SDE: ``sde.N`` = 1000 steps; DDIM: 50; NCSN: 10
+  noise levels x 100 Langevin steps).
+* ``t_eps=None`` takes score-SDE's: 1e-3 for VP / sub-VP, 1e-5 for VE. Continuous-time samplers integrate from
+  ``T`` to ``t_eps`` on a uniform grid; discrete ones (ancestral, annealed Langevin, DDIM) run their grid down to
+  step 0 but never evaluate the score below ``t_eps``.
+* ``denoise=True`` (score-SDE's ``noise_removal``): stochastic samplers return the noise-free mean of their last
+  step; the ODE samplers then add one Tweedie step ``x + std^2 s(x, t_eps)`` (divided by the mean coefficient),
+  which costs one extra score evaluation, so it defaults to False there.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from diffjax.core._checks import check_choice, check_int, check_nonnegative, check_positive
+from diffjax.core.sde import VESDE, VPSDE, bcast, probability_flow_ode
+from diffjax.discrete import ddpm as _ddpm
+from diffjax.discrete import ncsn as _ncsn
+from diffjax.samplers._common import batch_time, check_common, floor_time, time_grid, with_steps
+from diffjax.samplers._kernels import (
+    ddim_step,
+    euler_maruyama_step,
+    langevin_corrector_step,
+    ode_euler_step,
+    ode_heun_step,
+    reverse_diffusion_step,
+)
+
+__all__ = [
+    "euler_maruyama",
+    "reverse_diffusion",
+    "ancestral",
+    "pc",
+    "annealed_langevin",
+    "ode_euler",
+    "ode_heun",
+    "ode_adaptive",
+    "ddim",
+]
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _jit(*static):
+    return functools.partial(jax.jit, static_argnames=static)
+
+
+# --------------------------------------------------------------------------------------- predictor-corrector
+
+
+@_jit("score_fn", "sde", "num_steps", "t_eps", "predictor", "corrector", "denoise")
+def _pc(key, x_T, *, score_fn, sde, num_steps, t_eps, predictor, corrector, denoise):
+    times = time_grid(sde, num_steps, t_eps)
+
+    def body(carry, inputs):
+        x, _ = carry
+        k, t, t_next = inputs
+        key_k = jax.random.fold_in(key, k)
+        x_mean = x
+        if corrector is not None:
+            x, x_mean = corrector(jax.random.fold_in(key_k, 0), x, t, score_fn, sde)
+        if predictor is not None:
+            x, x_mean = predictor(jax.random.fold_in(key_k, 1), x, t, t_next, score_fn, sde)
+        return (x, x_mean), None
+
+    (x, x_mean), _ = jax.lax.scan(body, (x_T, x_T), (jnp.arange(num_steps), times[:-1], times[1:]))
+    return x_mean if denoise else x
+
+
+@functools.lru_cache(maxsize=64)
+def _langevin_corrector(snr, n_steps):
+    # One object per setting, so that it is the same static argument (and the same jit cache entry) every call.
+    return functools.partial(langevin_corrector_step, snr=snr, n_steps=n_steps)
+
+
+def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, predictor=reverse_diffusion_step,
+       corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1, denoise: bool = True):
+    """Predictor-corrector sampler (score-SDE Algorithm 1): at each time, corrector moves then one predictor step.
+
+    Args:
+        key: PRNG key.
+        x_T: (batch, *dims) prior sample, e.g. ``sde.prior_sample(key, shape)``.
+        score_fn: ``score_fn(x, t)``.
+        sde: a VP, sub-VP or VE SDE.
+        num_steps: predictor steps (default ``sde.N``, score-SDE's 1000).
+        t_eps: last time (default 1e-3 VP/sub-VP, 1e-5 VE).
+        predictor: ``predictor(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, e.g.
+            :func:`reverse_diffusion_step` (default, score-SDE's for NCSN++) or :func:`euler_maruyama_step`;
+            ``None`` for corrector only.
+        corrector: ``corrector(key, x, t, score_fn, sde) -> (x, x_mean)``; the default "langevin" is
+            :func:`langevin_corrector_step` with ``snr`` and ``n_corrector_steps``; ``None`` for predictor only.
+        snr: signal-to-noise ratio of the Langevin corrector (score-SDE: 0.16).
+        n_corrector_steps: Langevin steps per time (score-SDE: 1).
+        denoise: return the last step's noise-free mean.
+
+    Returns:
+        (batch, *dims) samples at ``t_eps``. Score evaluations: ``num_steps * (1 + n_corrector_steps)``.
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N, sampler="pc")
+    snr = check_positive("snr", snr)
+    n_corrector_steps = check_int("n_corrector_steps", n_corrector_steps, minimum=1)
+    if isinstance(corrector, str):
+        check_choice("corrector", corrector, ("langevin",))
+        corrector = _langevin_corrector(snr, n_corrector_steps)
+    for name, fn in (("predictor", predictor), ("corrector", corrector)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be a one-step kernel function or None, got {fn!r}")
+    return _pc(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps, t_eps=t_eps,
+               predictor=predictor, corrector=corrector, denoise=_check_bool("denoise", denoise))
+
+
+def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoise: bool = True):
+    """Euler-Maruyama on the reverse-time SDE: ``num_steps`` steps (default ``sde.N``) from ``T`` to ``t_eps``.
+
+    Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N,
+                                    sampler="euler_maruyama")
+    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
+               predictor=euler_maruyama_step, corrector=None, denoise=_check_bool("denoise", denoise))
+
+
+def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoise: bool = True):
+    """Reverse diffusion (score-SDE eq. 47): the forward chain of DDPM (VP) / SMLD (VE) run backwards.
+
+    Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N,
+                                    sampler="reverse_diffusion")
+    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
+               predictor=reverse_diffusion_step, corrector=None, denoise=_check_bool("denoise", denoise))
+
+
+# ------------------------------------------------------------------------------------------ discrete grids
+
+
+@_jit("score_fn", "sde", "num_steps", "t_eps", "variance")
+def _ancestral(key, x_T, *, score_fn, sde, num_steps, t_eps, variance):
+    score = floor_time(score_fn, t_eps)
+    if isinstance(sde, VPSDE):
+        grid = _ddpm.ddpm_grid(sde)
+        step = lambda k, x, i: _ddpm.ancestral_step(k, x, i, score, grid, variance=variance)  # noqa: E731
+    else:
+        step = lambda k, x, i: _ncsn.smld_ancestral_step(k, x, i, score, sde)  # noqa: E731
+
+    def body(carry, i):
+        x, _ = carry
+        return step(jax.random.fold_in(key, i), x, i), None
+
+    (x, x_mean), _ = jax.lax.scan(body, (x_T, x_T), jnp.arange(num_steps - 1, -1, -1))
+    return x_mean
+
+
+def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance: str = "beta"):
+    """Ancestral sampling on the model's own discrete chain: DDPM Algorithm 2 for VP, SMLD's (score-SDE eq. 47
+    with the posterior variance) for VE, over ``num_steps`` grid steps (default ``sde.N`` = 1000).
+
+    Args:
+        key, x_T, score_fn: as in :func:`pc`.
+        sde: a :class:`~diffjax.VPSDE` (discretized as :func:`diffjax.discrete.ddpm_grid` with ``N = num_steps``)
+            or a :class:`~diffjax.VESDE` (``num_steps`` geometric sigmas). sub-VP has no such chain: ValueError.
+        num_steps: grid steps, each one score evaluation.
+        t_eps: lowest time at which the score is evaluated (the grid's step 0 sits at t = 0).
+        variance: DDPM only: "beta" (``sigma_i^2 = beta_i``, DDPM's default) or "posterior" (``beta_tilde_i``).
+
+    Returns:
+        (batch, *dims): the last step's mean (step 0 adds no noise).
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N,
+                                    allowed=(VPSDE, VESDE), sampler="ancestral (DDPM for VP, SMLD for VE)")
+    check_choice("variance", variance, ("beta", "posterior"))
+    return _ancestral(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps,
+                      t_eps=t_eps, variance=variance)
+
+
+@_jit("score_fn", "sde", "num_steps", "t_eps", "n_steps_each", "step_lr", "denoise")
+def _annealed_langevin(key, x_T, *, score_fn, sde, num_steps, t_eps, n_steps_each, step_lr, denoise):
+    grid = _ncsn.ncsn_grid(sde, num_steps)
+    sigmas = grid.sigmas()
+    score = floor_time(score_fn, t_eps)
+
+    def body(x, level):
+        step_size = _ncsn.ncsn_step_size(sigmas[level], sigmas[-1], step_lr=step_lr)
+        x = _ncsn.annealed_langevin_level(jax.random.fold_in(key, level), x, grid.time(level), score,
+                                          step_size=step_size, n_steps=n_steps_each)
+        return x, None
+
+    x, _ = jax.lax.scan(body, x_T, jnp.arange(num_steps))
+    if denoise:
+        x = x + sigmas[-1] ** 2 * score(x, batch_time(grid.time(num_steps - 1), x))
+    return x
+
+
+def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=None, n_steps_each: int = 100,
+                      step_lr: float = 2e-5, denoise: bool = True):
+    """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) on a VE SDE.
+
+    ``num_steps`` geometric noise levels from ``sde.sigma_max`` to ``sde.sigma_min`` (NCSN: L = 10), at each
+    ``n_steps_each`` Langevin steps (NCSN: T = 100) of size ``step_lr * sigma_i^2 / sigma_L^2`` (NCSN:
+    eps = 2e-5), via :func:`diffjax.discrete.ncsn.annealed_langevin_level`.
+
+    Args:
+        key, x_T, score_fn: as in :func:`pc` (``x_T`` ~ N(0, sigma_max^2), e.g. ``sde.prior_sample``).
+        sde: a :class:`~diffjax.VESDE`.
+        t_eps: lowest time at which the score is evaluated.
+        denoise: finish with the Tweedie step ``x + sigma_L^2 s(x, sigma_L)`` (NCSNv2, Song & Ermon 2020).
+
+    Returns:
+        (batch, *dims); ``num_steps * n_steps_each (+1 if denoise)`` score evaluations.
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=10, allowed=(VESDE,),
+                                    sampler="annealed_langevin (NCSN)")
+    n_steps_each = check_int("n_steps_each", n_steps_each, minimum=1)
+    step_lr = check_positive("step_lr", step_lr)
+    return _annealed_langevin(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
+                              n_steps_each=n_steps_each, step_lr=step_lr, denoise=_check_bool("denoise", denoise))
+
+
+@_jit("score_fn", "sde", "num_steps", "t_eps", "eta")
+def _ddim(key, x_T, *, score_fn, sde, num_steps, t_eps, eta):
+    grid = _ddpm.ddpm_grid(sde)
+    score = floor_time(score_fn, t_eps)
+    # DDIM's "uniform" sub-sequence tau = (0, s, 2s, ..), s = N // num_steps, walked from the top down.
+    seq = jnp.arange(num_steps, dtype=jnp.int32) * (grid.N // num_steps)
+    prev = jnp.concatenate([jnp.array([-1], jnp.int32), seq[:-1]])
+
+    def body(carry, inputs):
+        x, _ = carry
+        k, i, i_prev = inputs
+        return ddim_step(jax.random.fold_in(key, k), x, i, i_prev, score, grid, eta=eta), None
+
+    (x, x0), _ = jax.lax.scan(body, (x_T, x_T), (jnp.arange(num_steps), seq[::-1], prev[::-1]))
+    return x
+
+
+def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float = 0.0):
+    """DDIM (Song, Meng & Ermon 2021) on a strided sub-sequence of the DDPM grid of a VP SDE.
+
+    The sub-sequence is DDIM's "uniform" one, ``tau_j = j * (N // num_steps)``, ``j < num_steps``, of the
+    ``sde.N``-step grid :func:`diffjax.discrete.ddpm_grid`; the score drives it through
+    ``eps = -sqrt(1 - abar) * score``.
+
+    Args:
+        key, x_T, score_fn: as in :func:`pc`.
+        sde: a :class:`~diffjax.VPSDE`.
+        num_steps: length of the sub-sequence, 1 .. ``sde.N`` (default 50, DDIM's CIFAR-10 setting).
+        t_eps: lowest time at which the score is evaluated.
+        eta: 0 deterministic (DDIM), 1 ancestral (DDPM on the sub-sequence).
+
+    Returns:
+        (batch, *dims); ``num_steps`` score evaluations.
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=50, allowed=(VPSDE,),
+                                    sampler="ddim (a DDPM grid)")
+    if num_steps > sde.N:
+        raise ValueError(f"num_steps must be <= sde.N={sde.N} for ddim, got {num_steps!r}")
+    eta = check_nonnegative("eta", eta)
+    return _ddim(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, eta=eta)
+
+
+# ------------------------------------------------------------------------------------ probability-flow ODE
+
+
+def _tweedie(x, t, score_fn, sde):
+    tb = batch_time(t, x)
+    mean, std = sde.marginal(tb)
+    return (x + bcast(std**2, x) * score_fn(x, tb)) / bcast(mean, x)
+
+
+@_jit("score_fn", "sde", "num_steps", "t_eps", "heun", "denoise")
+def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, heun, denoise):
+    del key
+    times = time_grid(sde, num_steps, t_eps)
+    step = ode_heun_step if heun else ode_euler_step
+
+    def body(x, inputs):
+        t, t_next = inputs
+        return step(x, t, t_next, score_fn, sde), None
+
+    x, _ = jax.lax.scan(body, x_T, (times[:-1], times[1:]))
+    return _tweedie(x, t_eps, score_fn, sde) if denoise else x
+
+
+def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoise: bool = False):
+    """Euler's method on the probability-flow ODE, ``num_steps`` uniform steps (default ``sde.N``) to ``t_eps``.
+
+    Deterministic (``key`` is unused, kept for the common signature). ``num_steps`` (+1 if ``denoise``) score
+    evaluations.
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N, sampler="ode_euler")
+    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, heun=False,
+                      denoise=_check_bool("denoise", denoise))
+
+
+def ode_heun(key, x_T, score_fn, sde, *, num_steps: int = 100, t_eps=None, denoise: bool = False):
+    """Heun's method (2nd order) on the probability-flow ODE, ``num_steps`` uniform steps to ``t_eps``.
+
+    Default 100 steps (200 score evaluations): on the exact-score benchmarks of ``experiments/bench`` its
+    sample distance is then at the level of the data's own sampling noise. Deterministic; ``2 num_steps``
+    (+1 if ``denoise``) score evaluations.
+    """
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=100, sampler="ode_heun")
+    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, heun=True,
+                      denoise=_check_bool("denoise", denoise))
+
+
+_SOLVERS = ("dopri5", "tsit5")
+
+
+def _explicit_spec(x):
+    """The PartitionSpec of ``x`` if it is sharded over Explicit mesh axes (sharding in types), else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or AxisType.Explicit not in tuple(getattr(mesh, "axis_types", ())):
+        return None
+    return sharding.spec if any(p is not None for p in sharding.spec) else None
+
+
+def _with_input_sharding(run, key, x_T):
+    """Run ``run(key, x_T, sharding=...)`` so that its ``(x, nfe)`` keeps ``x_T``'s sharding.
+
+    Explicit axes: diffrax's loop state is created unsharded, so run it in auto mode (``auto_axes``) and ask for
+    ``x_T``'s spec back. A concrete array on an automatic mesh: pin the loop state to its sharding.
+    """
+    spec = _explicit_spec(x_T)
+    if spec is not None:
+        auto = jax.sharding.auto_axes(functools.partial(run, sharding=None), out_sharding=(spec, P()))
+        if isinstance(x_T, jax.core.Tracer):
+            with jax.sharding.use_abstract_mesh(jax.typeof(x_T).sharding.mesh):
+                return auto(key, x_T)
+        with jax.set_mesh(x_T.sharding.mesh):
+            return auto(key, x_T)
+    sharding = None
+    if not isinstance(x_T, jax.core.Tracer) and isinstance(getattr(x_T, "sharding", None), NamedSharding):
+        sharding = x_T.sharding
+    return run(key, x_T, sharding=sharding)
+
+
+@_jit("score_fn", "sde", "t_eps", "rtol", "atol", "solver", "max_steps", "denoise", "sharding")
+def _ode_adaptive(key, x_T, *, score_fn, sde, t_eps, rtol, atol, solver, max_steps, denoise, sharding):
+    import diffrax  # imported on first use: the core and the other samplers do not need it
+
+    del key
+    vf = probability_flow_ode(sde, score_fn)
+    # diffrax's while loop drops an automatic input sharding unless the state is pinned to it.
+    pin = (lambda y: y) if sharding is None else (lambda y: jax.lax.with_sharding_constraint(y, sharding))
+    x_T = pin(x_T)
+    term = diffrax.ODETerm(lambda t, y, args: pin(vf(pin(y), batch_time(t, y))))
+    method = diffrax.Dopri5() if solver == "dopri5" else diffrax.Tsit5()
+    sol = diffrax.diffeqsolve(term, method, t0=sde.T, t1=t_eps, dt0=None, y0=x_T,
+                              stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+                              saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
+    x = pin(sol.ys[0])
+    # Dopri5 and Tsit5 are FSAL: 6 new evaluations per attempted (accepted or rejected) step plus one at t0
+    # (diffrax's initial step-size selection reuses it); checked against a counting score_fn in the tests.
+    nfe = 6 * sol.stats["num_steps"] + 1
+    if denoise:
+        x, nfe = _tweedie(x, t_eps, score_fn, sde), nfe + 1
+    return x, nfe
+
+
+def ode_adaptive(key, x_T, score_fn, sde, *, t_eps=None, rtol: float = 1e-5, atol: float = 1e-5,
+                 solver: str = "dopri5", max_steps: int = 4096, denoise: bool = False, return_nfe: bool = False):
+    """Adaptive Runge-Kutta on the probability-flow ODE, on device with diffrax (score-SDE's RK45 setting).
+
+    Args:
+        key, x_T, score_fn, sde, t_eps: as in :func:`pc` (``key`` unused: the sampler is deterministic).
+        rtol, atol: tolerances of the PID step-size controller (score-SDE: 1e-5 both). The error norm is the RMS
+            over the whole batch, so the batch shares one step sequence (as in score-SDE).
+        solver: "dopri5" (Dormand-Prince 5(4), scipy's RK45) or "tsit5".
+        max_steps: the solver's step budget (there is no ``num_steps``: the controller picks the steps).
+        denoise: finish with one Tweedie step at ``t_eps``.
+        return_nfe: also return the number of score evaluations (an int32 array).
+
+    Returns:
+        ``x_0`` (batch, *dims), or ``(x_0, nfe)`` if ``return_nfe``.
+    """
+    _, t_eps = check_common(x_T, score_fn, sde, 1, t_eps, default_steps=1, sampler="ode_adaptive")
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    check_choice("solver", solver, _SOLVERS)
+    max_steps = check_int("max_steps", max_steps, minimum=1)
+    run = functools.partial(_ode_adaptive, score_fn=score_fn, sde=sde, t_eps=t_eps, rtol=rtol, atol=atol,
+                            solver=solver, max_steps=max_steps, denoise=_check_bool("denoise", denoise))
+    x, nfe = _with_input_sharding(run, key, x_T)
+    return (x, nfe) if _check_bool("return_nfe", return_nfe) else x
