@@ -10,8 +10,9 @@ Named constructors (keyword overrides of the fields): :func:`ddpm_cifar10`, :fun
 from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_conditional_score_fn, make_score_fn,
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
-from diffjax.nets._layers import (AttnBlock, Conv, Dense, Downsample, GaussianFourierProjection, GroupNorm,
-                                  ResBlock, Upsample, fir_downsample_2d, fir_upsample_2d, timestep_embedding)
+from diffjax.nets._layers import (CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GaussianFourierProjection,
+                                  GroupNorm, ResBlock, Upsample, conv_matmul_grad, conv_shifted_matmuls, conv_xla,
+                                  fir_downsample_2d, fir_upsample_2d, timestep_embedding)
 from diffjax.nets._mlp import MLPScore
 from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, fashion_mnist_small,
                                    ncsnpp_cifar10, ncsnpp_deep_cifar10, noise_classifier_cifar10, small32, toy_mlp)
@@ -27,4 +28,5 @@ __all__ = [
     "fashion_mnist_small", "toy_mlp", "noise_classifier_cifar10",
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d",
+    "CONV_IMPLS", "conv_xla", "conv_matmul_grad", "conv_shifted_matmuls",
 ]

@@ -36,7 +36,7 @@ def noise_labels_for(t, sde, *, time_input: str = "continuous") -> jax.Array:
     * ``"edm"``: EDM's ``c_noise = log(sigma) / 4``.
     """
     check_choice("time_input", time_input, TIME_INPUTS)
-    t = jnp.asarray(t, jnp.float32)
+    t = jnp.asarray(t, jnp.result_type(float))
     if time_input == "continuous":
         return t * (999.0 / sde.T)
     if time_input == "index":
@@ -88,7 +88,7 @@ def _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigm
         return split_learned_sigma(out)[0] if learned_sigma else out
 
     def score_fn(x, t, y=None):
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.result_type(x.dtype, jnp.float32)), (x.shape[0],))
         if parameterization == "edm":
             def raw_fn(x_in, c_noise):
                 labels = c_noise if time_input == "edm" else noise_labels_for(t, sde, time_input=time_input)
