@@ -1,0 +1,1 @@
+"""Experiment configs (ml_collections): default.py and overrides of it."""

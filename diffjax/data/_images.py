@@ -1,0 +1,116 @@
+"""Image sources (Fashion-MNIST IDX files, TFDS by name) and the per-batch transforms."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "to_unit", "from_unit", "random_flip",
+           "dequantize"]
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(path: str) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4]!r})")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {arr.size} bytes of data")
+    return arr.reshape(shape)
+
+
+def _find(directory: str, stem: str) -> Optional[str]:
+    for name in (stem + ".gz", stem):
+        p = os.path.join(directory, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def load_fashion_mnist(split: str = "train", *, data_dir: Optional[str] = None):
+    """Fashion-MNIST from its IDX files: ``(images uint8 (N, 28, 28, 1), labels int32 (N,))``.
+
+    Looks in ``data_dir`` if given, else in :data:`FASHION_MNIST_DIR` (the Debian package
+    ``dataset-fashion-mnist``). Missing files raise ``FileNotFoundError`` saying where it looked and how to get them.
+    """
+    if split not in _FMNIST_FILES:
+        raise ValueError(f"split must be one of {sorted(_FMNIST_FILES)}, got {split!r}")
+    directory = data_dir or FASHION_MNIST_DIR
+    paths = [_find(directory, stem) for stem in _FMNIST_FILES[split]]
+    if None in paths:
+        raise FileNotFoundError(
+            f"Fashion-MNIST {split} split not found: looked for {_FMNIST_FILES[split][0]}[.gz] and "
+            f"{_FMNIST_FILES[split][1]}[.gz] in {directory!r}. Install it with `apt-get install "
+            f"dataset-fashion-mnist` (puts the IDX files in {FASHION_MNIST_DIR}) or set data.data_dir to a "
+            f"directory holding the IDX files.")
+    images, labels = (_read_idx(p) for p in paths)
+    return images[..., None], labels.astype(np.int32)
+
+
+class _TFDSArrays:
+    """Random access into a TFDS ``data_source`` (only the rows a process asks for are read)."""
+
+    def __init__(self, source, image_key, label_key):
+        self.source, self.image_key, self.label_key = source, image_key, label_key
+
+    def __len__(self):
+        return len(self.source)
+
+    def get(self, indices):
+        rows = [self.source[int(i)] for i in indices]
+        images = np.stack([np.asarray(r[self.image_key]) for r in rows])
+        labels = (np.asarray([r[self.label_key] for r in rows], np.int32) if self.label_key in rows[0]
+                  else np.zeros(len(rows), np.int32))
+        return images, labels
+
+
+def load_tfds(name: str, split: str = "train", *, data_dir: Optional[str] = None, image_key: str = "image",
+              label_key: str = "label"):
+    """A TFDS dataset by name (``mnist``, ``fashion_mnist``, ``cifar10``, ``celeb_a``, ...) as a random-access source
+    (``tfds.data_source``; never downloads: prepare it first with ``tfds build NAME`` or ``tfds.builder(NAME)
+    .download_and_prepare()``). Needs ``pip install diffjax[tfds]``."""
+    try:
+        import tensorflow_datasets as tfds  # lazy: an optional extra
+    except ImportError as e:
+        raise ImportError(f"dataset {name!r} needs tensorflow_datasets: pip install 'diffjax[tfds]' "
+                          f"(tensorflow-datasets, importlib_resources) ({e})") from e
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises assorted errors for a missing / unprepared dataset
+        raise FileNotFoundError(f"TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir={data_dir!r} "
+                                f"(TFDS default when None). Prepare it with `tfds build {name}` on a machine with a "
+                                f"network, or set data.data_dir. ({type(e).__name__}: {e})") from e
+    return _TFDSArrays(source, image_key, label_key)
+
+
+def to_unit(images_uint8) -> np.ndarray:
+    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]``: ``x = 2 u / 255 - 1``."""
+    return np.asarray(images_uint8, np.float32) * (2.0 / 255.0) - 1.0
+
+
+def from_unit(x) -> np.ndarray:
+    """float ``[-1, 1]`` -> uint8 ``[0, 255]`` (rounded, clipped); the inverse of :func:`to_unit`."""
+    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def random_flip(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
+    """Flip each image ``(N, H, W, C)`` left-right with probability 1/2."""
+    flip = rng.random(images.shape[0]) < 0.5
+    return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def dequantize(rng: np.random.Generator, images_uint8: np.ndarray) -> np.ndarray:
+    """Uniform dequantization to ``[-1, 1]``: ``x = 2 (u + U[0,1)) / 256 - 1`` (continuous density for bits/dim)."""
+    u = np.asarray(images_uint8, np.float32) + rng.random(images_uint8.shape, dtype=np.float32)
+    return u * (2.0 / 256.0) - 1.0

@@ -1,0 +1,138 @@
+"""The CLI: tiny config trains, checkpoints and samples; describe; bad configs fail fast; exact resume after
+SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import tiny  # noqa: E402
+from diffjax import config_lib  # noqa: E402
+from diffjax import main as dmain  # noqa: E402
+
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "diffjax.main", "--config", "configs/tiny.py", "--noprogress",
+                           *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_tiny_trains_checkpoints_and_samples(tmp_path):
+    wd = str(tmp_path / "run")
+    r = _cli("--workdir", wd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in open(os.path.join(wd, "metrics.jsonl"))]
+    assert [x["step"] for x in lines if "loss" in x] == [2, 4, 6, 8]
+    assert all(np.isfinite(x["loss"]) for x in lines if "loss" in x)
+    final = [x for x in lines if "energy_distance" in x]
+    assert len(final) == 1 and np.isfinite(final[0]["energy_distance"])
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4", "8"]
+    assert os.listdir(os.path.join(wd, "checkpoints-meta")) == ["8"] or \
+        sorted(os.listdir(os.path.join(wd, "checkpoints-meta"))) == ["6"]
+    samples = os.listdir(os.path.join(wd, "samples"))
+    assert {"iter_00000004.png", "iter_00000008.png", "final.npz", "final.png"} <= set(samples)
+    x = np.load(os.path.join(wd, "samples", "final.npz"))["x"]
+    assert x.shape == (64, 2) and np.all(np.isfinite(x))
+    assert os.listdir(os.path.join(wd, "tensorboard"))
+    # sample mode restores the EMA params; the same seed gives the same samples
+    r = _cli("--workdir", wd, "--mode", "sample")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = np.load(os.path.join(wd, "samples", "samples_00000008.npz"))["x"]
+    assert s.shape == (32, 2) and np.all(np.isfinite(s))
+    assert os.path.exists(os.path.join(wd, "samples", "samples_00000008.png"))
+
+
+def test_describe(capsys):
+    cfg = tiny.get_config()
+    dmain.describe(cfg)
+    out = capsys.readouterr().out
+    model = config_lib.build_model(cfg)
+    from diffjax.nets import abstract_init, count_params
+    n = count_params(abstract_init(model, (1, 2))["params"])
+    assert f"{n:,} parameters" in out and "toy_mlp" in out
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("training.sde", "vpsdee", "vesde"),
+    ("sampling.method", "pcc", "euler_maruyama"),
+    ("data.dataset", "cifar100", "fashion_mnist"),
+    ("model.name", "unet9000", "ddpm_cifar10"),
+    ("training.loss", "l1", "hybrid"),
+])
+def test_bad_names_list_allowed_values(field, value, allowed):
+    cfg = tiny.get_config()
+    section, name = field.split(".")
+    cfg[section][name] = value
+    with pytest.raises(ValueError, match=f"{field}={value!r}.*allowed values.*{allowed}"):
+        config_lib.validate(cfg)
+
+
+def test_batch_not_divisible_by_devices():
+    cfg = tiny.get_config()
+    cfg.training.batch_size = 12
+    with pytest.raises(ValueError, match="divisible by the device count 8"):
+        config_lib.validate(cfg)
+    cfg.training.batch_size = 16
+    cfg.training.log_freq = 3
+    with pytest.raises(ValueError, match="n_jitted_steps"):
+        config_lib.validate(cfg)
+
+
+def test_cli_bad_config_fails_before_compiling(tmp_path):
+    t0 = time.perf_counter()
+    r = _cli("--workdir", str(tmp_path), "--config.training.sde=vpsd")
+    assert r.returncode != 0
+    assert "training.sde='vpsd' is not known; allowed values: ['cosine', 'subvpsde', 'vesde', 'vpsde']" in r.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+    assert time.perf_counter() - t0 < 60
+
+
+def _losses(wd):
+    return [(x["step"], x["loss"]) for x in map(json.loads, open(os.path.join(wd, "metrics.jsonl"))) if "loss" in x]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    over = ["--config.training.n_iters=40", "--config.training.snapshot_sampling=False",
+            "--config.sampling.final_num_samples=0", "--config.training.checkpoint_freq=20"]
+    killed = str(tmp_path / "killed")
+    p = subprocess.Popen([sys.executable, "-m", "diffjax.main", "--config", "configs/tiny.py", "--noprogress",
+                          "--workdir", killed, *over], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(killed, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 6:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    at_kill = _losses(killed)
+    assert 6 <= len(at_kill) < 20
+    r = _cli("--workdir", killed, *over)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from step" in r.stdout
+    # the uninterrupted run, in this process (same 8 devices, same program)
+    cfg = tiny.get_config()
+    cfg.training.n_iters, cfg.training.snapshot_sampling, cfg.training.checkpoint_freq = 40, False, 20
+    cfg.sampling.final_num_samples = 0
+    straight = str(tmp_path / "straight")
+    state = dmain.train(cfg, straight, progress=False)
+    assert _losses(killed) == _losses(straight)
+    assert [s for s, _ in _losses(killed)] == list(range(2, 41, 2))
+    run = dmain.Run(cfg, killed)
+    resumed, step = run.restore()
+    run.checkpoints.close()
+    assert step == 40
+    chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(state.params))
+    chex.assert_trees_all_equal(jax.device_get(resumed.ema_params), jax.device_get(state.ema_params))
