@@ -24,6 +24,12 @@ def get_config():
     d.random_flip = False
     m = config.model
     m.name = "fashion_mnist_small"
+    # listed so that each can be overridden on the command line (--config.model.overrides.ch=64)
+    m.overrides.ch = 32
+    m.overrides.ch_mult = (1, 2, 2)
+    m.overrides.num_res_blocks = 1
+    m.overrides.attn_resolutions = (7,)
+    m.overrides.dropout = 0.1
     m.parameterization = "eps"
     m.time_input = "index"
     m.num_scales = 1000         # vp_sde(0.1, 20, N=1000) discretizes to DDPM's betas 1e-4 .. 0.02

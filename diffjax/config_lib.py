@@ -151,10 +151,22 @@ def _score_kwargs(config):
     return kw
 
 
+def _network_marginal(config, sde):
+    """What converts the network's output to a score: a discrete-time VP model (``training.continuous=False``, or
+    the DDPM / hybrid loss) was trained on the DDPM grid, whose ``alpha_bar_i`` differ from the continuous VP
+    marginal (at ``i = 0`` the grid's std is ``sqrt(beta_1)``, the SDE's is 0), so its score uses the grid, as
+    score-SDE's discrete DDPM models do."""
+    discrete = not config.training.continuous or config.training.loss in ("ddpm", "hybrid")
+    if discrete and isinstance(sde, core.VPSDE):
+        return _ddpm.ddpm_grid(sde)
+    return sde
+
+
 def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, rng=None):
     """``score_fn(x, t)`` of the network with ``params`` (``y``: class labels of a conditional model)."""
     nets = _nets()
     kw = _score_kwargs(config)
+    sde = _network_marginal(config, sde)
     if num_classes(config):
         f = nets.make_conditional_score_fn(model.apply, params, sde, train=train, rng=rng, **kw)
         return lambda x, t: f(x, t, y)

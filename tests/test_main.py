@@ -136,3 +136,19 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert step == 40
     chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(state.params))
     chex.assert_trees_all_equal(jax.device_get(resumed.ema_params), jax.device_get(state.ema_params))
+
+
+def test_discrete_ddpm_model_uses_the_grid_marginal():
+    """A DDPM model (eps on the discrete grid) gives a finite score at grid step 0, where the continuous VP
+    marginal's std is 0: score = -eps / sqrt(1 - alpha_bar_0), alpha_bar_0 = 1 - beta_1 (regression: inf loss)."""
+    from configs import fashion_mnist_ddpm
+    cfg = fashion_mnist_ddpm.get_config()
+    sde = config_lib.build_sde(cfg)
+    eps = np.full((2, 28, 28, 1), 0.5, np.float32)
+    apply_fn = lambda variables, x, labels, *, train: eps  # noqa: E731
+    model = type("M", (), {"apply": staticmethod(apply_fn)})
+    score = config_lib.build_score_fn(cfg, model, sde, {})(np.zeros_like(eps), np.zeros(2, np.float32))
+    np.testing.assert_allclose(np.asarray(score), -0.5 / np.sqrt(1e-4), rtol=1e-4)
+    cfg.training.continuous, cfg.training.loss = True, "dsm"  # continuous models keep the SDE's marginal
+    score = config_lib.build_score_fn(cfg, model, sde, {})(np.zeros_like(eps), np.full(2, 0.5, np.float32))
+    np.testing.assert_allclose(np.asarray(score), -0.5 / np.asarray(sde.marginal(np.float32(0.5))[1]), rtol=1e-4)
