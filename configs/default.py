@@ -8,6 +8,7 @@ import ml_collections
 def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 42
+    config.task = "diffusion"                # diffusion | classifier (the Fashion-MNIST feature classifier)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128
@@ -73,6 +74,37 @@ def get_config():
     optim.weight_decay = 0.0
     optim.warmup = 5000
     optim.grad_clip = 1.0
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.feature_net = "auto"            # auto (classifier for 28x28x1 data, else inception) | inception | classifier
+    evaluate.inception_weights = ""          # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz)
+    evaluate.allow_random_inception = False  # no weights: random-weight Inception (tests / smoke runs only)
+    evaluate.classifier_workdir = ""         # workdir of a --config configs/fashion_mnist_classifier.py run
+    evaluate.num_samples = 10000             # samples generated for FID / KID / IS
+    evaluate.batch_size = 500                # samples per sampler call (one eval/samples_STEP_*.npz each)
+    evaluate.feature_batch_size = 100        # images per feature-network call
+    evaluate.stats_dir = ""                  # cache of reference statistics; "": WORKDIR/stats
+    evaluate.reference_split = "test"
+    evaluate.reference_num_examples = 0      # first examples of the split used as reference; 0: all
+    evaluate.kid_subsets = 100
+    evaluate.kid_subset_size = 1000
+    evaluate.score_splits = 10               # splits of the Inception / classifier score
+    evaluate.bpd_num_repeats = 5             # passes over the examples (fresh dequantization + Hutchinson noise)
+    evaluate.bpd_num_examples = 1000         # first examples of the test split (toy data: fresh samples)
+    evaluate.bpd_batch_size = 100
+    evaluate.likelihood_trace = "hutchinson"  # hutchinson | exact
+    evaluate.likelihood_rtol = 1e-5
+    evaluate.likelihood_atol = 1e-5
+    evaluate.likelihood_t_eps = 1e-5
+    evaluate.vlb_variance = "beta"           # fixed-variance DDPM bound: beta | posterior (learned sigma: ignored)
+
+    config.classifier = clf = ml_collections.ConfigDict()  # config.task = "classifier"
+    clf.num_train_examples = 0               # first examples of the train split; 0: all
+    clf.num_test_examples = 0                # first examples of the test split for the accuracy; 0: all
+    clf.epochs = 3.0
+    clf.batch_size = 128
+    clf.learning_rate = 1e-3
+    clf.log_every = 100
 
     config.distributed = dist = ml_collections.ConfigDict()
     dist.initialize = False                  # call jax.distributed.initialize (multi-host)

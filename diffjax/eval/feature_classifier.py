@@ -6,14 +6,14 @@ penultimate layer (:func:`features`, 128-d) feeds the Frechet distance and its l
 classifier score (:func:`diffjax.eval.metrics.classifier_score`).
 
 Images are float arrays in [0, 1] shaped (batch, 28, 28) or (batch, 28, 28, 1); uint8 arrays in
-[0, 255] are accepted too and divided by 255.
+[0, 255] are accepted too and divided by 255. The data itself comes from :func:`diffjax.data.load_fashion_mnist`.
+Trained parameters are stored as one ``.npz`` (:func:`save_classifier_params`, written atomically).
 """
 from __future__ import annotations
 
 import functools
-import gzip
 import os
-import struct
+import tempfile
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffjax.core._checks import check_choice, check_int, check_positive
+from diffjax.core._checks import check_int, check_positive
 
 __all__ = [
     "FeatureClassifier",
@@ -31,12 +31,10 @@ __all__ = [
     "classifier_features",
     "classifier_logits",
     "accuracy",
-    "read_idx",
-    "load_fashion_mnist",
-    "FASHION_MNIST_DIR",
+    "save_classifier_params",
+    "load_classifier_params",
 ]
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Fashion-MNIST training-set pixel mean / std in [0, 1] units, used to standardise the input.
 _MEAN, _STD = 0.2860, 0.3530
 
@@ -212,39 +210,57 @@ def accuracy(params, images, labels, *, model: FeatureClassifier | None = None, 
     return float((logits.argmax(-1) == labels).mean())
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), the format of the MNIST / Fashion-MNIST distribution files.
+
+def save_classifier_params(path: str, params) -> None:
+    """Write ``params`` to ``path`` (``.npz``, one array per leaf named by its key path), atomically.
 
     Args:
-        path: a ``*-idx?-ubyte`` or ``*-idx?-ubyte.gz`` file.
-
-    Returns:
-        The array with the file's dtype and shape (uint8 (N, 28, 28) images or (N,) labels).
+        path: target file; the folder is created if needed.
+        params: the classifier's parameter tree.
     """
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if zero != 0 or dtype_code not in dtypes:
-        raise ValueError(f"path {path!r} is not an IDX file (bad magic {data[:4]!r})")
-    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    return arr.reshape(shape).astype(np.dtype(dtypes[dtype_code]).newbyteorder("="))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    arrays = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def load_fashion_mnist(split: str = "train", *, data_dir: str = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST from the local IDX files (Debian ``dataset-fashion-mnist``); no download.
+def load_classifier_params(path: str, *, model: FeatureClassifier | None = None, image_size: int = 28):
+    """Read parameters written by :func:`save_classifier_params`, checked against ``model``'s structure.
 
     Args:
-        split: ``"train"`` (60000) or ``"test"`` (10000).
-        data_dir: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
+        path: the ``.npz`` file.
+        model: the module they belong to (default :class:`FeatureClassifier()`).
+        image_size: input size the module was built for.
 
     Returns:
-        ``(images, labels)``: uint8 (N, 28, 28) and int64 (N,).
+        The parameter tree (``params`` collection) as device arrays.
     """
-    check_choice("split", split, ("train", "test"))
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz")).astype(np.int64)
-    return images, labels
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        raise ValueError(f"path must be an existing classifier parameter file (.npz), got {path!r}")
+    model = FeatureClassifier() if model is None else model
+    abstract = jax.eval_shape(lambda k: init_feature_classifier(k, model=model, image_size=image_size),
+                              jax.random.key(0))
+    with np.load(path, allow_pickle=False) as z:
+        stored = {k: z[k] for k in z.files}
+
+    def fill(p, leaf):
+        name = jax.tree_util.keystr(p)
+        if name not in stored or stored[name].shape != leaf.shape:
+            got = stored[name].shape if name in stored else "missing"
+            raise ValueError(f"classifier parameters in {path!r} do not match the model: {name} expected shape "
+                             f"{leaf.shape}, got {got}")
+        return jnp.asarray(stored[name], leaf.dtype)
+
+    params = jax.tree_util.tree_map_with_path(fill, abstract)
+    extra = set(stored) - {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(abstract)}
+    if extra:
+        raise ValueError(f"classifier parameters in {path!r} have entries the model lacks: {sorted(extra)[:5]}")
+    return params

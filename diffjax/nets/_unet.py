@@ -78,8 +78,8 @@ class UNet(nn.Module):
       learn_sigma: double the output channels: ``(eps, v)`` for improved DDPM's interpolated log-variance.
       image_size / num_channels: expected input size, checked when given (``None``: any).
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
-      conv_impl: ``"auto"`` (on CPU, XLA's conv with matmul weight gradients, see :class:`Conv`; XLA's conv
-        elsewhere), ``"xla"`` or ``"matmul"``.
+      conv_impl: ``"auto"`` / ``"xla"`` (XLA's convolution) or ``"matmul"`` (matmul weight gradients), see
+        :class:`Conv`.
     """
 
     ch: int = 128

@@ -1,0 +1,155 @@
+"""The CLI's evaluation modes: eval (resumable sample metrics), likelihood, stats; the feature classifier task."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import default, fashion_mnist_classifier, fashion_mnist_ddpm, tiny  # noqa: E402
+from diffjax import main as dmain  # noqa: E402
+from diffjax.data import FASHION_MNIST_DIR  # noqa: E402
+
+needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
+                                  reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+
+
+def _lines(wd):
+    return [json.loads(x) for x in open(os.path.join(wd, "metrics.jsonl"))]
+
+
+def _finite(record, keys):
+    return all(np.isfinite(record[k]) for k in keys)
+
+
+def _short_training(cfg, steps=2):
+    t = cfg.training
+    t.n_iters, t.n_jitted_steps, t.log_freq = steps, 1, 1
+    t.checkpoint_freq = t.snapshot_freq = t.snapshot_freq_for_preemption = steps
+    t.snapshot_sampling = False
+    cfg.sampling.final_num_samples = 0
+    return cfg
+
+
+def test_toy_eval_and_likelihood(tmp_path):
+    cfg = _short_training(tiny.get_config(), steps=4)
+    cfg.eval.num_samples, cfg.eval.batch_size = 32, 16
+    cfg.eval.bpd_num_examples, cfg.eval.bpd_batch_size, cfg.eval.bpd_num_repeats = 16, 16, 1
+    cfg.eval.likelihood_trace, cfg.eval.likelihood_rtol, cfg.eval.likelihood_atol = "exact", 1e-3, 1e-3
+    wd = str(tmp_path / "toy")
+    dmain.run_mode(cfg, wd, "train", progress=False)
+    rec = dmain.run_mode(cfg, wd, "eval")
+    assert rec["num_samples"] == 32 and _finite(rec, ["energy_distance", "mmd"])
+    assert sorted(os.listdir(os.path.join(wd, "eval"))) == [
+        "metrics_00000004.json", "samples_00000004_00000.npz", "samples_00000004_00001.npz"]
+    rec = dmain.run_mode(cfg, wd, "likelihood")
+    assert _finite(rec, ["nll_nats", "nfe_mean"]) and rec["num_examples"] == 16
+    assert json.load(open(os.path.join(wd, "eval", "bpd_00000004.json")))["nll_nats"] == rec["nll_nats"]
+    modes = [x.get("mode") for x in _lines(wd)]
+    assert modes.count("eval") == 1 and modes.count("likelihood") == 1
+    with pytest.raises(ValueError, match="toy dataset"):
+        dmain.run_mode(cfg, wd, "stats")
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    """A feature classifier trained for a few steps on 2000 images (the real run trains for minutes)."""
+    cfg = fashion_mnist_classifier.get_config()
+    c = cfg.classifier
+    c.num_train_examples, c.num_test_examples, c.epochs, c.log_every = 2000, 500, 1.0, 8
+    wd = str(tmp_path_factory.mktemp("classifier"))
+    dmain.run_mode(cfg, wd, "train")
+    return wd
+
+
+@needs_fmnist
+def test_classifier_task_writes_params_and_accuracy(classifier_dir):
+    assert os.path.isfile(os.path.join(classifier_dir, dmain.CLASSIFIER_FILE))
+    lines = _lines(classifier_dir)
+    final = [x for x in lines if "test_accuracy" in x]
+    assert len(final) == 1 and 0.0 <= final[0]["test_accuracy"] <= 1.0
+    assert final[0]["num_train_examples"] == 2000 and final[0]["step"] == 16  # ceil(2000 / 128)
+    assert [x["step"] for x in lines if "classifier_loss" in x] == [8, 16]
+    cfg = fashion_mnist_classifier.get_config()
+    with pytest.raises(ValueError, match="supports --mode train only"):
+        dmain.run_mode(cfg, classifier_dir, "eval")
+
+
+def _tiny_image_config(classifier_dir):
+    cfg = _short_training(fashion_mnist_ddpm.get_config())
+    cfg.training.batch_size = 8
+    cfg.model.overrides.update(dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0))
+    cfg.model.num_scales = 40  # DDPM grid of vp_sde(0.1, 20, N=40): betas 0.0025 .. 0.5
+    cfg.sampling.num_steps = 40
+    e = cfg.eval
+    e.classifier_workdir = classifier_dir
+    e.num_samples, e.batch_size, e.reference_num_examples, e.feature_batch_size = 16, 8, 64, 16
+    e.kid_subsets, e.kid_subset_size, e.score_splits = 10, 16, 2
+    e.bpd_num_examples, e.bpd_batch_size, e.bpd_num_repeats = 4, 4, 1
+    e.likelihood_rtol = e.likelihood_atol = 1e-2
+    return cfg
+
+
+@needs_fmnist
+def test_image_eval_resumes_likelihood_and_stats(tmp_path, classifier_dir, capsys):
+    cfg = _tiny_image_config(classifier_dir)
+    wd = str(tmp_path / "img")
+    # a checkpoint of the initial state at step 2 (compiling the UNet's train step on CPU takes over a minute;
+    # train -> eval through main is covered by the toy test)
+    run = dmain.Run(cfg, wd)
+    run.checkpoints.save(2, run.fresh_state())
+    run.checkpoints.close()
+    ref = dmain.run_mode(cfg, wd, "stats")
+    assert int(ref["count"]) == 64 and ref["features"].shape == (64, 128)
+    assert len(os.listdir(os.path.join(wd, "stats"))) == 1
+    rec = dmain.run_mode(cfg, wd, "eval")
+    keys = ["frechet_distance", "kid", "classifier_score"]
+    assert _finite(rec, keys) and rec["num_samples"] == 16 and rec["num_reused"] == 0
+    assert "loaded from" in capsys.readouterr().out  # the reference statistics were cached by --mode stats
+    ev = os.path.join(wd, "eval")
+    assert json.load(open(os.path.join(ev, "metrics_00000002.json")))["frechet_distance"] == rec["frechet_distance"]
+    # an interrupted eval: batch 0 on disk (marked), batch 1 missing -> batch 0 is reused, batch 1 generated
+    first = os.path.join(ev, "samples_00000002_00000.npz")
+    np.savez(first, x=np.zeros((8, 28, 28, 1), np.uint8))
+    os.remove(os.path.join(ev, "samples_00000002_00001.npz"))
+    rec2 = dmain.run_mode(cfg, wd, "eval")
+    assert rec2["num_reused"] == 8 and _finite(rec2, keys)
+    assert not np.load(first)["x"].any() and os.path.exists(os.path.join(ev, "samples_00000002_00001.npz"))
+    assert rec2["frechet_distance"] != rec["frechet_distance"]  # the marked batch was used, not regenerated
+    # likelihood: probability-flow bits/dim and, for this DDPM config, the variational bound
+    rec = dmain.run_mode(cfg, wd, "likelihood")
+    assert _finite(rec, ["bpd", "vlb_bpd", "nfe_mean"]) and rec["num_examples"] == 4
+    assert os.path.exists(os.path.join(ev, "bpd_00000002.json"))
+    assert [x.get("mode") for x in _lines(wd)].count("eval") == 2
+    # any uint8 images (here a Gaussian-noise baseline) against the cached reference
+    noise = np.clip(np.random.default_rng(0).normal(128, 64, (16, 28, 28, 1)), 0, 255).astype(np.uint8)
+    out = dmain.evaluate_images(cfg, wd, noise)
+    assert _finite(out, keys) and out["frechet_distance"] > 0
+    with pytest.raises(ValueError, match=r"images_uint8 must be a uint8 array shaped \(N, 28, 28, 1\)"):
+        dmain.evaluate_images(cfg, wd, noise.astype(np.float32))
+
+
+def test_bad_eval_settings_fail_fast(tmp_path):
+    cfg = tiny.get_config()
+    cfg.eval.feature_net = "vgg"
+    with pytest.raises(ValueError, match=r"eval.feature_net='vgg' is not known; allowed values: "
+                                         r"\['auto', 'classifier', 'inception'\]"):
+        dmain.run_mode(cfg, str(tmp_path), "eval")
+    cfg = default.get_config()  # CIFAR-10 32x32x3: auto -> inception, which needs weights
+    assert dmain.feature_net_name(cfg) == "inception"
+    with pytest.raises(ValueError, match="eval.inception_weights"):
+        dmain.build_feature_net(cfg)
+    cfg = fashion_mnist_ddpm.get_config()
+    assert dmain.feature_net_name(cfg) == "classifier"
+    with pytest.raises(ValueError, match="eval.classifier_workdir"):
+        dmain.build_feature_net(cfg)
+    cfg.task = "gan"
+    with pytest.raises(ValueError, match=r"task='gan' is not known; allowed values: \['classifier', 'diffusion'\]"):
+        dmain.run_mode(cfg, str(tmp_path), "train")
+    cfg = tiny.get_config()
+    cfg.eval.likelihood_trace = "skilling"
+    with pytest.raises(ValueError, match="eval.likelihood_trace='skilling'"):
+        dmain.run_mode(cfg, str(tmp_path), "likelihood")
