@@ -12,7 +12,7 @@ def get_config():
     t.reduce_mean = True
     t.batch_size = 128
     t.n_iters = 30000
-    t.n_jitted_steps = 10
+    t.n_jitted_steps = 5
     t.log_freq = 100
     t.snapshot_freq = 5000
     t.checkpoint_freq = 5000

@@ -303,7 +303,7 @@ def _image_source(config, split):
 
 
 def _rows(source, start, stop):
-    images, labels = source._get(np.arange(start, stop))  # ImageData's random access: uint8 rows, fitted to size
+    images, labels = source.get(np.arange(start, stop))  # uint8 rows, fitted to size
     return np.asarray(images, np.uint8), np.asarray(labels)
 
 

@@ -95,6 +95,10 @@ class ImageData:
         labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels, np.int32)
         return cls(lambda idx: (images[idx], labels[idx]), len(images), images.shape[1:], **kwargs)
 
+    def get(self, indices) -> tuple:
+        """Rows ``indices`` as stored: ``(images uint8 (k, H, W, C), labels int (k,))`` (no scaling or flips)."""
+        return self._get(np.asarray(indices))
+
     def _indices(self, step):
         epoch, pos = divmod(step, self.steps_per_epoch)
         if epoch != self._perm_epoch:

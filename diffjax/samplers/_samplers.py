@@ -186,6 +186,14 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance: 
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N,
                                     allowed=(VPSDE, VESDE), sampler="ancestral (DDPM for VP, SMLD for VE)")
     check_choice("variance", variance, ("beta", "posterior"))
+    if isinstance(sde, VPSDE):
+        import numpy as np
+        with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit
+            max_beta = float(np.max(np.asarray(with_steps(sde, num_steps).discrete_betas())))
+        if not max_beta < 1.0:
+            raise ValueError(f"num_steps={num_steps} is too few for ancestral sampling of this VP SDE: its DDPM betas "
+                             f"beta(t)/num_steps reach {max_beta:.3g} >= 1; allowed: num_steps > beta_max "
+                             f"(use ddim for strided sampling with fewer steps)")
     return _ancestral(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps,
                       t_eps=t_eps, variance=variance)
 

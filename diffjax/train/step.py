@@ -56,10 +56,22 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     return train_step
 
 
-def multi_step(train_step: Callable) -> Callable:
-    """Several steps per dispatch (score-SDE's ``n_jitted_steps``): ``lax.scan`` of ``train_step`` over batches
-    stacked on a leading axis ``(n, batch, ...)``; metrics come back stacked ``(n,)``."""
+def multi_step(train_step: Callable, *, unroll: bool = True) -> Callable:
+    """Several steps per dispatch (score-SDE's ``n_jitted_steps``) over batches stacked on a leading axis
+    ``(n, batch, ...)``; metrics come back stacked ``(n,)``.
+
+    ``unroll=True`` (default) traces the ``n`` steps one after another; ``unroll=False`` is a ``lax.scan`` (smaller
+    program for large ``n``). Unrolled is the default because XLA's CPU backend runs a UNet's backward pass inside a
+    while loop about 20x slower than outside one (jaxlib 0.10.2: 23 s vs 1.1 s per Fashion-MNIST step).
+    """
     def steps(state, batches):
-        return jax.lax.scan(train_step, state, batches)
+        if not unroll:
+            return jax.lax.scan(train_step, state, batches)
+        n = jax.tree.leaves(batches)[0].shape[0]
+        metrics = []
+        for i in range(n):
+            state, m = train_step(state, jax.tree.map(lambda a: a[i], batches))
+            metrics.append(m)
+        return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
     return steps
