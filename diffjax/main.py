@@ -448,20 +448,6 @@ def evaluate_images(config, workdir, images_uint8, *, feature_net=None, referenc
     return out
 
 
-def _save_npz_atomic(path, **arrays):
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _restore_for_eval(config, workdir, mode):
     run = Run(config, workdir)
     state, step = run.restore()
@@ -482,6 +468,7 @@ def eval_samples(run, params, step, *, num_samples, batch_size, seed, workdir):
     import jax
     from diffjax import config_lib as cl
     from diffjax.data import from_unit
+    from diffjax.eval.stats import save_npz_atomic
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     toy = cl.is_toy(run.config)
@@ -499,7 +486,7 @@ def eval_samples(run, params, step, *, num_samples, batch_size, seed, workdir):
             x = run.sample(params, jax.random.fold_in(key, i), n)
             x = x.astype(np.float32) if toy else from_unit(x)
             if jax.process_index() == 0:
-                _save_npz_atomic(path, x=x)
+                save_npz_atomic(path, x=x)
         xs.append(x)
         done, i = done + len(x), i + 1
         print(f"eval samples {done}/{num_samples} ({reused} reused; {time.perf_counter() - t0:.1f} s)", flush=True)

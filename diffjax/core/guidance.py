@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_int, check_nonnegative, check_positive, check_t_eps
-from diffjax.core.sde import SubVPSDE, VESDE, VPSDE
+from diffjax.core.sde import SubVPSDE, VESDE, VPSDE, forward_chain_step
 
 __all__ = ["classifier_guidance", "classifier_free_guidance", "with_label", "inpaint", "colorize"]
 
@@ -105,27 +105,10 @@ def with_label(score_fn, y):
 # Conditional PC sampling by replacement (score-SDE Appendix I.2).
 
 
-def _forward_chain(sde, x, t, t_next):
-    """``(F, G^2)`` of the forward step ``x_t = x_{t_next} + F + G z`` between consecutive grid times.
-
-    VP: DDPM's step with ``beta = 1 - abar(t) / abar(t_next)``; VE: SMLD's ``G^2 = sigma(t)^2 - sigma(t_next)^2``
-    (score-SDE eq. 45-46); sub-VP: Euler-Maruyama.
-    """
-    if isinstance(sde, VPSDE):
-        m_t, _ = sde.marginal(t)
-        m_n, _ = sde.marginal(t_next)
-        beta = -jnp.expm1(2.0 * (jnp.log(m_t) - jnp.log(m_n)))
-        return (jnp.sqrt(1.0 - beta) - 1.0) * x, beta
-    if isinstance(sde, VESDE):
-        return jnp.zeros_like(x), sde.marginal(t)[1] ** 2 - sde.marginal(t_next)[1] ** 2
-    f, g = sde.coefficients(x, t)
-    return f * (t - t_next), g**2 * (t - t_next)
-
-
 def _reverse_diffusion(key, x, t, t_next, score_fn, sde):
     """Reverse-diffusion predictor (score-SDE eq. 47): ``x' = x - F + G^2 s(x, t) + G z``. Returns ``(x', mean)``."""
     tb = jnp.broadcast_to(t, (x.shape[0],))
-    F, G2 = _forward_chain(sde, x, t, t_next)
+    F, G2 = forward_chain_step(sde, x, t, t_next)
     G2 = jnp.asarray(G2, x.dtype)
     mean = x - F + G2 * score_fn(x, tb)
     return mean + jnp.sqrt(G2) * jax.random.normal(key, x.shape, x.dtype), mean

@@ -26,6 +26,7 @@ from diffjax.core._checks import check_int, check_positive
 from diffjax.core.schedules import CosineBeta, LinearBeta
 
 __all__ = [
+    "forward_chain_step",
     "VPSDE",
     "SubVPSDE",
     "VESDE",
@@ -258,3 +259,24 @@ def probability_flow_ode(sde: SDE, score_fn: ScoreFn) -> Callable[[jax.Array, ja
         return f - 0.5 * bcast(g**2, x) * score_fn(x, t)
 
     return vector_field
+
+
+def forward_chain_step(sde, x, t, t_next):
+    """``(F, G^2)`` of one forward step ``x_t = x_{t_next} + F + G z`` of the discretized chain between grid times
+    ``t_next < t`` (scalars): the step that reverse diffusion inverts.
+
+    VP: DDPM's step with ``beta = 1 - alpha_bar(t) / alpha_bar(t_next)``; VE: SMLD's step with
+    ``G^2 = sigma(t)^2 - sigma(t_next)^2`` (score-SDE eq. 45-46, on any grid); otherwise Euler-Maruyama.
+    """
+    if isinstance(sde, VPSDE):
+        m_t, _ = sde.marginal(t)
+        m_n, _ = sde.marginal(t_next)
+        beta = -jnp.expm1(2.0 * (jnp.log(m_t) - jnp.log(m_n)))
+        return (jnp.sqrt(1.0 - beta) - 1.0) * x, beta
+    if isinstance(sde, VESDE):
+        _, s_t = sde.marginal(t)
+        _, s_n = sde.marginal(t_next)
+        return jnp.zeros_like(x), s_t**2 - s_n**2
+    dt = t - t_next
+    f, g = sde.coefficients(x, jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],)))
+    return f * dt, bcast(g**2 * dt, x)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -218,18 +217,9 @@ def save_classifier_params(path: str, params) -> None:
         path: target file; the folder is created if needed.
         params: the classifier's parameter tree.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    arrays = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from diffjax.eval.stats import save_npz_atomic
+    save_npz_atomic(path, **{jax.tree_util.keystr(p): np.asarray(leaf)
+                             for p, leaf in jax.tree_util.tree_leaves_with_path(params)})
 
 
 def load_classifier_params(path: str, *, model: FeatureClassifier | None = None, image_size: int = 28):

@@ -25,6 +25,7 @@ from diffjax.core._checks import check_int
 from diffjax.eval import metrics
 
 __all__ = [
+    "save_npz_atomic",
     "reference_stats_path",
     "params_fingerprint",
     "compute_feature_stats",
@@ -79,13 +80,15 @@ def params_fingerprint(params, *, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
-def _save_npz_atomic(path: str, **arrays) -> None:
+def save_npz_atomic(path: str, **arrays) -> None:
+    """``np.savez`` through a temporary file in the same folder and a rename (readers never see a partial file)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -138,7 +141,7 @@ def compute_feature_stats(
         done = i + 1
         if partial_path is not None and done % checkpoint_every == 0:
             extra = {"features": np.concatenate(feats)} if keep_features else {}
-            _save_npz_atomic(partial_path, batches_done=np.asarray(done), **stats._asdict(), **extra)
+            save_npz_atomic(partial_path, batches_done=np.asarray(done), **stats._asdict(), **extra)
     if stats is None:
         raise ValueError("batches must yield at least one batch")
     if partial_path is not None and os.path.exists(partial_path):
@@ -204,6 +207,6 @@ def reference_stats(
     out = {"mu": mu, "sigma": sigma, "count": np.asarray(stats.count)}
     if feats is not None:
         out["features"] = feats
-    _save_npz_atomic(path, dataset=np.asarray(dataset), split=np.asarray(split),
+    save_npz_atomic(path, dataset=np.asarray(dataset), split=np.asarray(split),
                      feature_net=np.asarray(feature_net), **out)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffjax.core.sde import SubVPSDE, VESDE, VPSDE, bcast, probability_flow_ode
+from diffjax.core.sde import SubVPSDE, VESDE, VPSDE, bcast, forward_chain_step, probability_flow_ode
 from diffjax.discrete.ddpm import DDPMGrid
 from diffjax.samplers._common import batch_time
 
@@ -38,26 +38,6 @@ def euler_maruyama_step(key, x, t, t_next, score_fn, sde):
     return x_mean + g * jnp.sqrt(-dt) * jax.random.normal(key, x.shape, x.dtype), x_mean
 
 
-def _forward_chain(sde, x, t, t_next):
-    """``(F, G^2)`` of one forward step ``x_t = x_{t_next} + F + G z`` of the chain on the grid ``(t_next, t)``.
-
-    VP: DDPM's step with ``beta = 1 - alpha_bar(t)/alpha_bar(t_next)``; VE: SMLD's step with
-    ``G^2 = sigma(t)^2 - sigma(t_next)^2`` (score-SDE eq. 45-46, on any grid); otherwise Euler-Maruyama.
-    """
-    if isinstance(sde, VPSDE):
-        m_t, _ = sde.marginal(t)
-        m_n, _ = sde.marginal(t_next)
-        beta = -jnp.expm1(2.0 * (jnp.log(m_t) - jnp.log(m_n)))
-        return (jnp.sqrt(1.0 - beta) - 1.0) * x, beta
-    if isinstance(sde, VESDE):
-        _, s_t = sde.marginal(t)
-        _, s_n = sde.marginal(t_next)
-        return jnp.zeros_like(x), s_t**2 - s_n**2
-    dt = t - t_next
-    f, g = sde.coefficients(x, batch_time(t, x))
-    return f * dt, bcast(g**2 * dt, x)
-
-
 def reverse_diffusion_step(key, x, t, t_next, score_fn, sde):
     """Reverse diffusion predictor (score-SDE eq. 47): the forward chain's step run backwards.
 
@@ -67,7 +47,7 @@ def reverse_diffusion_step(key, x, t, t_next, score_fn, sde):
     for sub-VP). On score-SDE's grid this is its ``ReverseDiffusionPredictor``.
     """
     tb = batch_time(t, x)
-    F, G2 = _forward_chain(sde, x, jnp.asarray(t, jnp.float32), jnp.asarray(t_next, jnp.float32))
+    F, G2 = forward_chain_step(sde, x, jnp.asarray(t, jnp.float32), jnp.asarray(t_next, jnp.float32))
     G2 = jnp.asarray(G2, x.dtype)
     x_mean = x - F + G2 * score_fn(x, tb)
     return x_mean + jnp.sqrt(G2) * jax.random.normal(key, x.shape, x.dtype), x_mean
