@@ -113,18 +113,29 @@ def quality_table(quick):
 
 
 def score_time(score_fn, x, t, chain=64):
-    """One score evaluation inside a jitted, loop-free chain of ``chain`` dependent evaluations."""
+    """One score evaluation inside a jitted, loop-free chain of ``chain`` dependent evaluations, each at its own
+    time (with one constant ``t`` XLA would compute the time embedding once for the whole chain)."""
 
     @jax.jit
     def many(x):
-        for _ in range(chain):
-            x = x + 1e-3 * score_fn(x, t)
+        for i in range(chain):
+            x = x + 1e-3 * score_fn(x, t * (1.0 - 1e-3 * i))
         return x
 
     return timed(many, x, reps=5) / chain
 
 
-def overhead_table(batches):
+def mlp_score_fn(sde, dim=16, width=128):
+    """A real network score: diffjax's MLP score net (3 hidden layers of ``width``, random weights) through
+    ``make_score_fn`` (eps parameterization), so the score costs what a small trained model costs."""
+    import diffjax.nets as nets
+    model = nets.toy_mlp(hidden=(width,) * 3)
+    x = jnp.zeros((1, dim))
+    params = jax.jit(lambda k: model.init(k, x, jnp.zeros((1,)), train=False))(jax.random.key(0))["params"]
+    return nets.make_score_fn(model.apply, params, sde)
+
+
+def overhead_table(batches, score="exact"):
     mix = problems()["mix16d"]
     rows = []
     for batch in batches:
@@ -138,7 +149,7 @@ def overhead_table(batches):
             ("vp", "ode_adaptive 1e-5", None, None),
         ]:
             sde = SDES[sde_name]
-            score_fn = dj.mixture_score_fn(mix, sde)
+            score_fn = dj.mixture_score_fn(mix, sde) if score == "exact" else mlp_score_fn(sde)
             x_T = sde.prior_sample(jax.random.key(2), (batch, 16))
             t_score = score_time(score_fn, x_T, jnp.full((batch,), 0.5))
             if call is None:
@@ -162,16 +173,23 @@ def fmt(header, rows):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--overhead-only", action="store_true", help="skip the quality table")
+    parser.add_argument("--batches", default="16,256,4096")
+    parser.add_argument("--scores", default="exact,mlp", help="overhead tables: exact and/or mlp")
     args = parser.parse_args()
+    batches = tuple(int(b) for b in args.batches.split(","))
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
           f"batch {N_SAMPLES} for quality", flush=True)
     t0 = time.time()
-    q = quality_table(args.quick)
-    o = overhead_table((16, 256, 4096))
-    print("\nQuality vs NFE (energy distance to fresh data; lower is better, floor = data vs data)\n")
-    print(fmt(("problem", "sampler [sde]", "steps/tol", "NFE", "energy dist", "us/NFE"), q))
-    print("\nOverhead: ratio = t_run / (NFE x t_score), 16-D mixture, exact score\n")
-    print(fmt(("batch", "sampler", "NFE", "t_score us", "t_run ms", "ratio"), o))
+    if not args.overhead_only:
+        q = quality_table(args.quick)
+        print("\nQuality vs NFE (energy distance to fresh data; lower is better, floor = data vs data)\n")
+        print(fmt(("problem", "sampler [sde]", "steps/tol", "NFE", "energy dist", "us/NFE"), q))
+    for score in args.scores.split(","):
+        o = overhead_table(batches, score)
+        what = "exact mixture score" if score == "exact" else "MLP score network (3 x 128, make_score_fn)"
+        print(f"\nOverhead: ratio = t_run / (NFE x t_score), 16-D, {what}\n")
+        print(fmt(("batch", "sampler", "NFE", "t_score us", "t_run ms", "ratio"), o), flush=True)
     print(f"\ntotal {time.time() - t0:.0f} s")
 
 
