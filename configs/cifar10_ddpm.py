@@ -19,4 +19,5 @@ def get_config():
     m.ema_rate = 0.9999
     config.sampling.method = "ancestral"
     config.sampling.num_steps = 1000
+    config.sampling.clip_denoised = True  # Ho et al.'s sampler clips the predicted x0 to [-1, 1]
     return config

@@ -36,6 +36,9 @@ def get_config():
     sampling.num_steps = 0                   # 0: the sampler's published default
     sampling.t_eps = 0.0                     # 0: the sampler's default
     sampling.options = ml_collections.ConfigDict()  # extra keyword options of the sampler (snr, eta, rtol, ...)
+    sampling.guidance_scale = 0.0            # classifier-free guidance w (class-conditional models)
+    sampling.clip_denoised = False           # clip the predicted x0 to [-1, 1] (DDPM's sampler; diffusers' clip_sample)
+    sampling.dynamic_threshold = 0.0         # Imagen's dynamic thresholding percentile (0: off)
     sampling.num_samples = 64                # --mode sample
     sampling.batch_size = 64
     sampling.snapshot_num = 64               # samples per training snapshot

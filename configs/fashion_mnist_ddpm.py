@@ -38,4 +38,5 @@ def get_config():
     s = config.sampling
     s.method = "ancestral"
     s.num_steps = 1000
+    s.clip_denoised = True  # Ho et al.'s sampler clips the predicted x0 to [-1, 1]
     return config

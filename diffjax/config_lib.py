@@ -18,7 +18,8 @@ from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
 
 __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "SAMPLERS", "TOY_DATASETS", "IMAGE_DATASETS", "validate",
-           "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampler",
+           "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampling_score_fn",
+           "build_sampler",
            "build_dataset", "input_shape", "is_toy", "num_classes"]
 
 SDES = {
@@ -114,6 +115,19 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
         raise ValueError(f"training.label_dropout must be in [0, 1), got {t.label_dropout}")
     if t.label_dropout > 0 and not num_classes(config):
         raise ValueError("training.label_dropout > 0 needs data.num_classes > 0 (a class-conditional model)")
+    if not s.guidance_scale >= 0:
+        raise ValueError(f"sampling.guidance_scale must be >= 0, got {s.guidance_scale!r}")
+    if s.guidance_scale > 0 and not (num_classes(config) and t.label_dropout > 0):
+        raise ValueError(f"sampling.guidance_scale={s.guidance_scale} (classifier-free guidance) needs a "
+                         "class-conditional model trained with training.label_dropout > 0")
+    if not (s.dynamic_threshold == 0 or 0 < s.dynamic_threshold <= 1):
+        raise ValueError(f"sampling.dynamic_threshold must be 0 (off) or a percentile in (0, 1], "
+                         f"got {s.dynamic_threshold!r}")
+    if s.clip_denoised and s.dynamic_threshold:
+        raise ValueError("sampling.clip_denoised and sampling.dynamic_threshold are alternatives; set one")
+    if (s.clip_denoised or s.dynamic_threshold) and is_toy(config):
+        raise ValueError(f"sampling.clip_denoised / sampling.dynamic_threshold keep x0 in the image range [-1, 1]; "
+                         f"data.dataset={d.dataset!r} is not an image dataset")
 
 
 def build_sde(config):
@@ -171,6 +185,28 @@ def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, r
         f = nets.make_conditional_score_fn(model.apply, params, sde, train=train, rng=rng, **kw)
         return lambda x, t: f(x, t, y)
     return nets.make_score_fn(model.apply, params, sde, train=train, rng=rng, **kw)
+
+
+def build_sampling_score_fn(config, model, sde, params, *, y=None):
+    """The score the samplers use: :func:`build_score_fn`, with classifier-free guidance of scale
+    ``sampling.guidance_scale`` (null label ``num_classes``) and the x0 range control of ``sampling.clip_denoised``
+    / ``sampling.dynamic_threshold``. Not for likelihoods, which need the model's own score."""
+    s = config.sampling
+    if num_classes(config) and s.guidance_scale > 0:
+        nets = _nets()
+        cond = nets.make_conditional_score_fn(model.apply, params, _network_marginal(config, sde),
+                                              **_score_kwargs(config))
+        guided = core.classifier_free_guidance(cond, guidance_scale=s.guidance_scale,
+                                               null_label=num_classes(config))
+        score_fn = core.with_label(guided, y)
+    else:
+        score_fn = build_score_fn(config, model, sde, params, y=y)
+    marginal = _network_marginal(config, sde)
+    if s.clip_denoised:
+        score_fn = core.clip_denoised(score_fn, marginal)
+    elif s.dynamic_threshold:
+        score_fn = core.dynamic_threshold(score_fn, marginal, percentile=float(s.dynamic_threshold))
+    return score_fn
 
 
 def build_loss_fn(config, model, sde) -> Callable:

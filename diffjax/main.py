@@ -103,7 +103,7 @@ class Run:
                 k_prior, k_y, k_s = jax.random.split(key, 3)
                 x_T = self.sde.prior_sample(k_prior, cl.input_shape(self.config, n))
                 y = jnp.arange(n) % self.num_classes if self.num_classes else None
-                score_fn = cl.build_score_fn(self.config, self.model, self.sde, params, y=y)
+                score_fn = cl.build_sampling_score_fn(self.config, self.model, self.sde, params, y=y)
                 return sampler(k_s, x_T, score_fn, self.sde)
 
             out = tr.batch_sharding(self.mesh, stacked=False) if n % self.mesh.size == 0 else tr.replicated(self.mesh)

@@ -152,3 +152,47 @@ def test_discrete_ddpm_model_uses_the_grid_marginal():
     cfg.training.continuous, cfg.training.loss = True, "dsm"  # continuous models keep the SDE's marginal
     score = config_lib.build_score_fn(cfg, model, sde, {})(np.zeros_like(eps), np.full(2, 0.5, np.float32))
     np.testing.assert_allclose(np.asarray(score), -0.5 / np.asarray(sde.marginal(np.float32(0.5))[1]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(guidance_scale=2.0), "needs a class-conditional model"),
+    (dict(guidance_scale=-1.0), "guidance_scale must be >= 0"),
+    (dict(clip_denoised=True), "not an image dataset"),
+    (dict(dynamic_threshold=1.5), "dynamic_threshold must be 0"),
+])
+def test_bad_sampling_options(changes, match):
+    cfg = tiny.get_config()
+    for k, v in changes.items():
+        cfg.sampling[k] = v
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(cfg)
+
+
+def test_sampling_score_fn_guides_and_clips():
+    """sampling.guidance_scale gives (1 + w) s(x, t, y) - w s(x, t, null) with null = num_classes;
+    sampling.clip_denoised clips the implied x0 on the network's (grid) marginal."""
+    import diffjax as dj
+    from configs import fashion_mnist_ddpm
+    cfg = fashion_mnist_ddpm.get_config()
+    cfg.data.num_classes, cfg.training.label_dropout = 10, 0.1
+    cfg.sampling.guidance_scale, cfg.sampling.clip_denoised = 1.5, False
+    config_lib.validate(cfg, device_count=1)
+    sde = config_lib.build_sde(cfg)
+
+    def apply_fn(variables, x, labels, y, *, train):
+        return 0.1 * x + 0.01 * np.asarray(y, x.dtype).reshape(-1, 1, 1, 1)
+
+    model = type("M", (), {"apply": staticmethod(apply_fn)})
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 1)))
+    t = np.full(3, 0.5, np.float32)
+    y = np.array([1, 4, 7])
+    grid = config_lib._network_marginal(cfg, sde)
+    s_of = lambda lab: dj.score_from_eps(apply_fn(None, x, None, lab, train=False), x, t, grid)  # noqa: E731
+    expected = 2.5 * s_of(y) - 1.5 * s_of(np.full(3, 10))
+    got = config_lib.build_sampling_score_fn(cfg, model, sde, {}, y=y)(x, t)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    cfg.sampling.clip_denoised = True
+    clipped = config_lib.build_sampling_score_fn(cfg, model, sde, {}, y=y)(x, t)
+    x0 = dj.x0_from_score(clipped, x, t, grid)
+    np.testing.assert_allclose(x0, np.clip(dj.x0_from_score(expected, x, t, grid), -1, 1), rtol=1e-4, atol=1e-4)
+    assert np.abs(dj.x0_from_score(expected, x, t, grid)).max() > 1.0
