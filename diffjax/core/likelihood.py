@@ -9,9 +9,9 @@ with ``p_T`` replaced by the SDE's prior. The state ``(x, int div v)`` is integr
 explicit Runge-Kutta solver of diffrax (Dopri5 by default, as score-SDE's RK45) entirely on device, so
 :func:`log_likelihood` runs inside ``jax.jit`` (compiling once per shape) with ``score_fn`` closed over.
 
-The divergence is either exact (``trace="exact"``: one forward-mode JVP per input dimension, vmapped over the
+The divergence is either exact (``trace="exact"``: one vector-Jacobian product per input dimension, vmapped over the
 standard basis -- cost ``D`` score evaluations per ODE step and memory ``D x batch x D``, so only for small ``D``,
-e.g. 2-D toy data) or Hutchinson's unbiased estimate ``eps^T (dv/dx) eps`` (one JVP, with one noise draw ``eps``
+e.g. 2-D toy data) or Hutchinson's unbiased estimate ``eps^T (dv/dx) eps`` (one VJP, with one noise draw ``eps``
 per example held fixed for the whole solve, as in FFJORD and score-SDE).
 """
 from __future__ import annotations
@@ -58,21 +58,24 @@ def _solver_nfe_counts(solver):
 def _divergence_fn(vector_field, trace: str):
     """``f(x, t, eps) -> (v(x, t), div_x v(x, t))``, the divergence per example, shape ``(batch,)``."""
 
+    # Reverse mode (vector-Jacobian products): eps^T J eps is the same scalar either way, and networks whose
+    # layers define only a custom VJP (the CPU attention of diffjax.nets) support reverse mode alone.
     def hutchinson(x, t, eps):
-        v, jvp = jax.jvp(lambda y: vector_field(y, t), (x,), (eps,))
-        return v, jnp.sum((jvp * eps).reshape(x.shape[0], -1), axis=-1)
+        v, vjp_fn = jax.vjp(lambda y: vector_field(y, t), x)
+        (eps_j,) = vjp_fn(eps)
+        return v, jnp.sum((eps_j * eps).reshape(x.shape[0], -1), axis=-1)
 
     def exact(x, t, eps):
         del eps
         batch, d = x.shape[0], math.prod(x.shape[1:])
         basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + x.shape[1:])
+        v, vjp_fn = jax.vjp(lambda y: vector_field(y, t), x)
 
-        def column(e):  # the same basis vector for every example: the Jacobian is block diagonal over the batch
-            return jax.jvp(lambda y: vector_field(y, t), (x,), (jnp.broadcast_to(e, x.shape),))
+        def row(e):  # the same basis vector for every example: the Jacobian is block diagonal over the batch
+            return vjp_fn(jnp.broadcast_to(e, x.shape))[0]
 
-        vs, cols = jax.vmap(column)(basis)  # (d, batch, *dims)
-        cols = cols.reshape(d, batch, d)
-        return vs[0], jnp.einsum("ibi->b", cols)
+        rows = jax.vmap(row)(basis).reshape(d, batch, d)  # rows[i, b] = e_i^T J_b
+        return v, jnp.einsum("ibi->b", rows)
 
     return exact if trace == "exact" else hutchinson
 

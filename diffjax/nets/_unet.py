@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.nets._layers import (CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm, NoiseEmbedding,
-                                  ResBlock, Upsample)
+from diffjax.nets._layers import (ATTENTION_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm,
+                                  NoiseEmbedding, ResBlock, Upsample)
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
 EMBEDDING_TYPES = ("positional", "fourier")
@@ -80,6 +80,8 @@ class UNet(nn.Module):
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
       conv_impl: ``"auto"`` / ``"xla"`` (XLA's convolution) or ``"matmul"`` (matmul weight gradients), see
         :class:`Conv`.
+      attention_impl: ``"auto"`` / ``"chunked"`` / ``"reference"``, see :func:`~diffjax.nets.attention` (``auto``
+        on the CPU is the chunked, reverse-mode-only kernel; ``"reference"`` supports ``jax.jvp``).
     """
 
     ch: int = 128
@@ -108,6 +110,7 @@ class UNet(nn.Module):
     num_channels: Optional[int] = None
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         check_int("ch", self.ch, minimum=1)
@@ -125,6 +128,7 @@ class UNet(nn.Module):
         check_choice("progressive_input", self.progressive_input, PROGRESSIVE_INPUT)
         check_choice("progressive_combine", self.progressive_combine, PROGRESSIVE_COMBINE)
         check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, minimum=1)
         if self.num_head_channels is not None:
@@ -148,7 +152,7 @@ class UNet(nn.Module):
         res_kw = dict(kind=self.resblock_type, dropout=self.dropout, fir=self.fir, fir_kernel=tuple(self.fir_kernel),
                       skip_rescale=self.skip_rescale, init_scale=self.init_scale, conv_impl=self.conv_impl, **common)
         attn = lambda name: AttnBlock(self.num_head_channels, self.skip_rescale, self.init_scale,  # noqa: E731
-                                      name=name, **common)
+                                      impl=self.attention_impl, name=name, **common)
         resamp_kw = dict(fir=self.fir, fir_kernel=tuple(self.fir_kernel), dtype=dt, conv_impl=self.conv_impl)
         nf, n_levels = self.ch, len(self.ch_mult)
 
