@@ -35,7 +35,6 @@ SAMPLERS = [
     ("DDIM 50 (eta 0), clip x0", "ddim", 50, {}, 128, True),
     ("DDIM 100 (eta 0), clip x0", "ddim", 100, {}, 128, True),
     ("ancestral 1000, clip x0", "ancestral", 1000, {}, 128, True),
-    ("ancestral 1000, clip x0", "ancestral", 1000, {}, 500, True),
 ]
 
 
