@@ -308,28 +308,33 @@ def test_chunked_attention_equals_reference(heads_per_step):
     assert float(jnp.max(jnp.abs(out16.astype(jnp.float32) - ref))) < 0.05
 
 
-def test_attention_impls_and_forward_mode():
-    """AttnBlock with impl 'chunked' and 'reference' gives the same outputs; forward mode (jax.jvp) works with
-    'reference' and is refused by the chunked custom-VJP kernel."""
+def test_layer_impls_and_forward_mode():
+    """AttnBlock (GroupNorm + attention) with impl 'fused' and 'reference' gives the same outputs and gradients;
+    forward mode (jax.jvp) works with 'reference' and is refused by the fused custom-VJP kernels."""
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 16))
     variables = nets.AttnBlock(num_head_channels=4, init_scale=1.0, norm_groups=4).init(jax.random.key(2), x)
     run = lambda impl: lambda x: nets.AttnBlock(num_head_channels=4, init_scale=1.0, norm_groups=4,  # noqa: E731
                                                  impl=impl).apply(variables, x)
-    chex.assert_trees_all_close(run("chunked")(x), run("reference")(x), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(run("fused")(x), run("reference")(x), rtol=1e-5, atol=1e-5)
+    grad = lambda impl: jax.grad(lambda x: jnp.sum(jnp.sin(run(impl)(x))))(x)  # noqa: E731
+    chex.assert_trees_all_close(grad("fused"), grad("reference"), rtol=1e-4, atol=1e-5)
     jax.jvp(run("reference"), (x,), (x,))
     with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(run("chunked"), (x,), (x,))
-    with pytest.raises(ValueError, match="attention_impl"):
-        nets.UNet(attention_impl="flash")
+        jax.jvp(run("fused"), (x,), (x,))
+    with pytest.raises(ValueError, match="layer_impl"):
+        nets.UNet(layer_impl="flash")
 
 
-def test_group_norm_equals_flax():
+def test_group_norm_and_fused_equal_flax():
+    """group_norm and group_norm_fused (hand-written VJP) equal flax's GroupNorm: values and the gradients of
+    input, scale and bias."""
     import flax.linen as nn
     x = 3.0 * jax.random.normal(jax.random.key(3), (2, 5, 5, 12)) + 1.5
     scale, bias = jnp.linspace(0.5, 1.5, 12), jnp.linspace(-1.0, 1.0, 12)
-    ref = nn.GroupNorm(num_groups=4, epsilon=1e-6).apply({"params": {"scale": scale, "bias": bias}}, x)
-    chex.assert_trees_all_close(nets.group_norm(x, scale, bias, 4), ref, rtol=1e-5, atol=1e-5)
-    g = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)  # noqa: E731
-    chex.assert_trees_all_close(g(lambda x: nets.group_norm(x, scale, bias, 4)),
-                                g(lambda x: nn.GroupNorm(num_groups=4, epsilon=1e-6).apply(
-                                    {"params": {"scale": scale, "bias": bias}}, x)), rtol=1e-4, atol=1e-4)
+    flax_gn = lambda x, scale, bias: nn.GroupNorm(num_groups=4, epsilon=1e-6).apply(  # noqa: E731
+        {"params": {"scale": scale, "bias": bias}}, x)
+    ref = flax_gn(x, scale, bias)
+    g = lambda f: jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), (0, 1, 2))(x, scale, bias)  # noqa: E731
+    for norm in (nets.group_norm, nets.group_norm_fused):
+        chex.assert_trees_all_close(norm(x, scale, bias, 4), ref, rtol=1e-5, atol=1e-5)
+        chex.assert_trees_all_close(g(lambda x, s, b: norm(x, s, b, 4)), g(flax_gn), rtol=1e-4, atol=1e-4)

@@ -10,10 +10,10 @@ Named constructors (keyword overrides of the fields): :func:`ddpm_cifar10`, :fun
 from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_conditional_score_fn, make_score_fn,
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
-from diffjax.nets._layers import (ATTENTION_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample,
+from diffjax.nets._layers import (CONV_IMPLS, LAYER_IMPLS, AttnBlock, Conv, Dense, Downsample,
                                   GaussianFourierProjection, GroupNorm, ResBlock, Upsample, attention, conv_matmul_grad,
                                   conv_shifted_matmuls, conv_xla, default_heads_per_step, dot_product_attention,
-                                  fir_downsample_2d, fir_upsample_2d, group_norm, reference_attention,
+                                  fir_downsample_2d, fir_upsample_2d, group_norm, group_norm_fused, reference_attention,
                                   timestep_embedding)
 from diffjax.nets._mlp import MLPScore
 from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, fashion_mnist_small,
@@ -31,6 +31,6 @@ __all__ = [
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d",
     "CONV_IMPLS", "conv_xla", "conv_matmul_grad", "conv_shifted_matmuls",
-    "ATTENTION_IMPLS", "attention", "dot_product_attention", "reference_attention", "default_heads_per_step",
-    "group_norm",
+    "LAYER_IMPLS", "attention", "dot_product_attention", "reference_attention", "default_heads_per_step",
+    "group_norm", "group_norm_fused",
 ]

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.nets._layers import ATTENTION_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm, NoiseEmbedding, ResBlock
+from diffjax.nets._layers import LAYER_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm, NoiseEmbedding, ResBlock
 from diffjax.nets._unet import EMBEDDING_TYPES, _check_dtype, _check_rate, _noise_labels
 
 
@@ -17,7 +17,8 @@ class NoiseConditionalClassifier(nn.Module):
     a linear head (as the encoder of improved-diffusion's classifier; Dhariwal & Nichol 2021).
 
     Attributes: as :class:`UNet` (``ch``, ``ch_mult``, ``num_res_blocks``, ``attn_resolutions``, ``dropout``,
-    ``embedding_type``, ``fourier_scale``, ``num_head_channels``, ``norm_groups``, ``dtype``, ``conv_impl``, ``attention_impl``), plus
+    ``embedding_type``, ``fourier_scale``, ``num_head_channels``, ``norm_groups``, ``dtype``, ``conv_impl``,
+    ``layer_impl``), plus
     ``num_classes`` (required).
     """
 
@@ -35,7 +36,7 @@ class NoiseConditionalClassifier(nn.Module):
     num_channels: Optional[int] = None
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
-    attention_impl: str = "auto"
+    layer_impl: str = "auto"
 
     def __post_init__(self):
         check_int("num_classes", self.num_classes, minimum=1)
@@ -45,7 +46,7 @@ class NoiseConditionalClassifier(nn.Module):
             raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
         check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
         check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
-        check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        check_choice("layer_impl", self.layer_impl, LAYER_IMPLS)
         _check_rate("dropout", self.dropout)
         _check_dtype(self.dtype)
         super().__post_init__()
@@ -60,16 +61,16 @@ class NoiseConditionalClassifier(nn.Module):
         temb = NoiseEmbedding(self.ch, 4 * self.ch, self.embedding_type, self.fourier_scale, dt,
                               name="noise_embed")(_noise_labels(noise_labels, x.shape[0]))
         res_kw = dict(kind="ddpm", dropout=self.dropout, init_scale=1.0, norm_groups=self.norm_groups, dtype=dt,
-                      conv_impl=self.conv_impl)
+                      conv_impl=self.conv_impl, layer_impl=self.layer_impl)
         h = Conv(self.ch, 3, dtype=dt, impl=self.conv_impl, name="conv_in")(x.astype(dt))
         for i, mult in enumerate(self.ch_mult):
             for j in range(self.num_res_blocks):
                 h = ResBlock(self.ch * mult, name=f"down{i}_res{j}", **res_kw)(h, temb, train)
                 if h.shape[1] in self.attn_resolutions:
                     h = AttnBlock(self.num_head_channels, init_scale=1.0, norm_groups=self.norm_groups, dtype=dt,
-                                  impl=self.attention_impl, name=f"down{i}_attn{j}")(h)
+                                  impl=self.layer_impl, name=f"down{i}_attn{j}")(h)
             if i != len(self.ch_mult) - 1:
                 h = Downsample(dtype=dt, conv_impl=self.conv_impl, name=f"down{i}_downsample")(h)
-        h = nn.swish(GroupNorm(self.norm_groups, dt, name="norm_out")(h))
+        h = nn.swish(GroupNorm(self.norm_groups, dt, self.layer_impl, name="norm_out")(h))
         h = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
         return Dense(self.num_classes, name="head")(h).astype(jnp.float32)

@@ -17,7 +17,13 @@ import numpy as np
 
 Dtype = Any
 CONV_IMPLS = ("auto", "xla", "matmul")
-ATTENTION_IMPLS = ("auto", "chunked", "reference")
+# "fused": the CPU-tuned attention and GroupNorm kernels with custom VJPs (reverse-mode differentiation only);
+# "reference": plain JAX formulas (every transformation, jax.jvp included); "auto": fused on the CPU backend.
+LAYER_IMPLS = ("auto", "fused", "reference")
+
+
+def use_fused(impl: str) -> bool:
+    return impl == "fused" or (impl == "auto" and jax.default_backend() == "cpu")
 
 
 def default_init(scale: float = 1.0):
@@ -220,42 +226,91 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
     ``GroupNorm`` computes it by default); the same values as ``flax.linen.GroupNorm`` up to float rounding, but a
     single fused pass over ``x`` forward and backward (10x faster forward on a 2-core CPU at 32x32x64).
     """
-    b, c = x.shape[0], x.shape[-1]
+    return _group_norm_fwd(x, scale, bias, num_groups, epsilon)[0]
+
+
+def _expand_bc(a, x):  # (B, C) -> broadcastable against (B, ..., C)
+    return a.reshape((a.shape[0],) + (1,) * (x.ndim - 2) + (a.shape[-1],))
+
+
+def _group_stats(xf, num_groups):
+    b, c = xf.shape[0], xf.shape[-1]
     per_group = c // num_groups
-    xf = x.astype(jnp.float32)
-    axes = tuple(range(1, x.ndim - 1))
-    n = math.prod(x.shape[1:-1]) * per_group
+    n = math.prod(xf.shape[1:-1]) * per_group
+    axes = tuple(range(1, xf.ndim - 1))
     mean = jnp.sum(xf, axis=axes).reshape(b, num_groups, per_group).sum(-1) / n
     mean_sq = jnp.sum(jnp.square(xf), axis=axes).reshape(b, num_groups, per_group).sum(-1) / n
+    return mean, mean_sq
+
+
+def _group_norm_fwd(x, scale, bias, num_groups, epsilon):
+    per_group = x.shape[-1] // num_groups
+    xf = x.astype(jnp.float32)
+    mean, mean_sq = _group_stats(xf, num_groups)
     inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + epsilon)
     a = jnp.repeat(inv, per_group, axis=1) * scale
     shift = bias - jnp.repeat(mean, per_group, axis=1) * a
-    expand = (slice(None),) + (None,) * len(axes) + (slice(None),)
-    return (xf * a[expand] + shift[expand]).astype(x.dtype)
+    return (xf * _expand_bc(a, x) + _expand_bc(shift, x)).astype(x.dtype), (x, scale, mean, inv)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm_fused(x, scale, bias, num_groups: int, epsilon: float = 1e-6):
+    """:func:`group_norm` with a hand-written VJP: two per-(example, channel) sums (``sum dy``, ``sum dy * x``) and
+    one fused pass ``dx = k_dy dy + k_x x + k_0``. Reverse mode only; 3-8% faster small32 train step on the CPU
+    than differentiating :func:`group_norm` (interleaved A/B runs)."""
+    return _group_norm_fwd(x, scale, bias, num_groups, epsilon)[0]
+
+
+def _group_norm_bwd(num_groups, epsilon, res, dy):
+    # y = xhat * scale + bias, xhat = (x - mean) inv:  dx = inv (g - mean_G(g) - xhat mean_G(g xhat)), g = dy scale
+    x, scale, mean, inv = res
+    b, c = x.shape[0], x.shape[-1]
+    per_group = c // num_groups
+    n = math.prod(x.shape[1:-1]) * per_group
+    xf, dyf = x.astype(jnp.float32), dy.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim - 1))
+    s_dy, s_dyx = jnp.sum(dyf, axis=axes), jnp.sum(dyf * xf, axis=axes)  # (B, C)
+    mean_c, inv_c = jnp.repeat(mean, per_group, axis=1), jnp.repeat(inv, per_group, axis=1)
+    s_dy_xhat = (s_dyx - mean_c * s_dy) * inv_c
+    group_mean = lambda a: jnp.repeat(a.reshape(b, num_groups, per_group).sum(-1) / n, per_group, axis=1)  # noqa
+    m_g, m_gx = group_mean(s_dy * scale), group_mean(s_dy_xhat * scale)
+    k_dy = inv_c * scale
+    k_x = -jnp.square(inv_c) * m_gx
+    k_0 = -inv_c * m_g - k_x * mean_c
+    dx = dyf * _expand_bc(k_dy, x) + xf * _expand_bc(k_x, x) + _expand_bc(k_0, x)
+    return dx.astype(x.dtype), jnp.sum(s_dy_xhat, axis=0), jnp.sum(s_dy, axis=0)
+
+
+group_norm_fused.defvjp(lambda x, scale, bias, g, eps: _group_norm_fwd(x, scale, bias, g, eps), _group_norm_bwd)
 
 
 class _GroupNormParams(nn.Module):
     num_groups: int
     dtype: Dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        return group_norm(x, scale, bias, self.num_groups).astype(self.dtype)
+        norm = group_norm_fused if use_fused(self.impl) else group_norm
+        return norm(x, scale, bias, self.num_groups).astype(self.dtype)
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm with ``num_groups_for(C, max_groups)`` groups; statistics in float32 (:func:`group_norm`).
+    """GroupNorm with ``num_groups_for(C, max_groups)`` groups; statistics in float32 (:func:`group_norm`, or
+    :func:`group_norm_fused` when ``impl`` selects the fused kernels, see ``LAYER_IMPLS``).
     Parameters ``GroupNorm_0/{scale, bias}``, as when this wrapped ``flax.linen.GroupNorm``."""
 
     max_groups: int = 32
     dtype: Dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
-        return _GroupNormParams(num_groups_for(x.shape[-1], self.max_groups), self.dtype, name="GroupNorm_0")(x)
+        return _GroupNormParams(num_groups_for(x.shape[-1], self.max_groups), self.dtype, self.impl,
+                                name="GroupNorm_0")(x)
 
 
 # ----------------------------------------------------------------------------------------------- resampling
@@ -442,19 +497,17 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def attention(q, k, v, impl: str = "auto"):
-    """``impl``: ``"chunked"`` (:func:`dot_product_attention` with :func:`default_heads_per_step`), ``"reference"``
-    (:func:`reference_attention`) or ``"auto"``: chunked on the CPU backend, reference elsewhere (XLA fuses the
-    plain formula well on GPU/TPU, and it keeps forward-mode differentiation)."""
-    if impl == "reference" or (impl == "auto" and jax.default_backend() != "cpu"):
-        return reference_attention(q, k, v)
-    return dot_product_attention(q, k, v, default_heads_per_step())
+    """``impl`` (``LAYER_IMPLS``): ``"fused"`` (:func:`dot_product_attention` with :func:`default_heads_per_step`),
+    ``"reference"`` (:func:`reference_attention`) or ``"auto"``: fused on the CPU backend, reference elsewhere
+    (XLA fuses the plain formula well on GPU/TPU, and it keeps forward-mode differentiation)."""
+    return dot_product_attention(q, k, v, default_heads_per_step()) if use_fused(impl) else reference_attention(q, k, v)
 
 
 class AttnBlock(nn.Module):
     """Spatial self-attention over all ``H*W`` positions (DDPM), multi-head when ``num_head_channels`` is set.
 
     ``x + proj(softmax(q k^T / sqrt(d)) v)``, divided by sqrt(2) if ``skip_rescale``; the output projection starts
-    near zero (``init_scale=0``). ``impl``: see :func:`attention` (the CPU default supports reverse-mode
+    near zero (``init_scale=0``). ``impl``: ``LAYER_IMPLS`` (the CPU default, fused kernels, supports reverse-mode
     differentiation only; ``impl="reference"`` for ``jax.jvp``).
     """
 
@@ -470,7 +523,7 @@ class AttnBlock(nn.Module):
         b, hgt, wid, c = x.shape
         heads = 1 if self.num_head_channels is None else max(1, c // self.num_head_channels)
         d = c // heads
-        h = GroupNorm(self.norm_groups, self.dtype, name="norm")(x)
+        h = GroupNorm(self.norm_groups, self.dtype, self.impl, name="norm")(x)
         qkv = Dense(3 * c, init_scale=0.1, dtype=self.dtype, name="qkv")(h).reshape(b, hgt * wid, 3, heads, d)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         h = attention(q, k, v, self.impl).reshape(b, hgt, wid, c)
@@ -500,13 +553,14 @@ class ResBlock(nn.Module):
     norm_groups: int = 32
     dtype: Dtype = jnp.float32
     conv_impl: str = "auto"
+    layer_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
         c = x.shape[-1]
         out_ch = self.out_ch or c
         x = x.astype(self.dtype)
-        h = nn.swish(GroupNorm(self.norm_groups, self.dtype, name="norm0")(x))
+        h = nn.swish(GroupNorm(self.norm_groups, self.dtype, self.layer_impl, name="norm0")(x))
         if self.up:
             up = (lambda z: fir_upsample_2d(z, self.fir_kernel)) if self.fir else naive_upsample_2d
             h, x = _crop(up(h), self.out_hw), _crop(up(x), self.out_hw)
@@ -516,7 +570,7 @@ class ResBlock(nn.Module):
         h = Conv(out_ch, 3, dtype=self.dtype, impl=self.conv_impl, name="conv0")(h)
         if temb is not None:
             h = h + Dense(out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(GroupNorm(self.norm_groups, self.dtype, name="norm1")(h))
+        h = nn.swish(GroupNorm(self.norm_groups, self.dtype, self.layer_impl, name="norm1")(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = Conv(out_ch, 3, init_scale=self.init_scale, dtype=self.dtype, impl=self.conv_impl, name="conv1")(h)
         if c != out_ch or self.up or self.down:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.nets._layers import (ATTENTION_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm,
+from diffjax.nets._layers import (LAYER_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm,
                                   NoiseEmbedding, ResBlock, Upsample)
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
@@ -80,8 +80,8 @@ class UNet(nn.Module):
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
       conv_impl: ``"auto"`` / ``"xla"`` (XLA's convolution) or ``"matmul"`` (matmul weight gradients), see
         :class:`Conv`.
-      attention_impl: ``"auto"`` / ``"chunked"`` / ``"reference"``, see :func:`~diffjax.nets.attention` (``auto``
-        on the CPU is the chunked, reverse-mode-only kernel; ``"reference"`` supports ``jax.jvp``).
+      layer_impl: attention and GroupNorm kernels: ``"auto"`` (``"fused"`` on the CPU backend: chunked attention
+        and GroupNorm with custom VJPs, reverse-mode only) or ``"reference"`` (plain JAX, supports ``jax.jvp``).
     """
 
     ch: int = 128
@@ -110,7 +110,7 @@ class UNet(nn.Module):
     num_channels: Optional[int] = None
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
-    attention_impl: str = "auto"
+    layer_impl: str = "auto"
 
     def __post_init__(self):
         check_int("ch", self.ch, minimum=1)
@@ -128,7 +128,7 @@ class UNet(nn.Module):
         check_choice("progressive_input", self.progressive_input, PROGRESSIVE_INPUT)
         check_choice("progressive_combine", self.progressive_combine, PROGRESSIVE_COMBINE)
         check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
-        check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        check_choice("layer_impl", self.layer_impl, LAYER_IMPLS)
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, minimum=1)
         if self.num_head_channels is not None:
@@ -150,9 +150,10 @@ class UNet(nn.Module):
         common = dict(dtype=dt, norm_groups=self.norm_groups)
         conv_kw = dict(dtype=dt, impl=self.conv_impl)
         res_kw = dict(kind=self.resblock_type, dropout=self.dropout, fir=self.fir, fir_kernel=tuple(self.fir_kernel),
-                      skip_rescale=self.skip_rescale, init_scale=self.init_scale, conv_impl=self.conv_impl, **common)
+                      skip_rescale=self.skip_rescale, init_scale=self.init_scale, conv_impl=self.conv_impl,
+                      layer_impl=self.layer_impl, **common)
         attn = lambda name: AttnBlock(self.num_head_channels, self.skip_rescale, self.init_scale,  # noqa: E731
-                                      impl=self.attention_impl, name=name, **common)
+                                      impl=self.layer_impl, name=name, **common)
         resamp_kw = dict(fir=self.fir, fir_kernel=tuple(self.fir_kernel), dtype=dt, conv_impl=self.conv_impl)
         nf, n_levels = self.ch, len(self.ch_mult)
 
@@ -207,7 +208,7 @@ class UNet(nn.Module):
                 h = attn(f"up{i}_attn")(h)
 
             if self.progressive != "none":
-                hn = nn.swish(GroupNorm(self.norm_groups, dt, name=f"up{i}_pyramid_norm")(h))
+                hn = nn.swish(GroupNorm(self.norm_groups, dt, self.layer_impl, name=f"up{i}_pyramid_norm")(h))
                 if self.progressive == "output_skip":
                     out = Conv(out_ch, 3, init_scale=self.init_scale, name=f"up{i}_pyramid_conv", **conv_kw)(hn)
                     if pyramid is None:
@@ -235,6 +236,6 @@ class UNet(nn.Module):
         if self.progressive == "output_skip":
             h = pyramid
         else:
-            h = nn.swish(GroupNorm(self.norm_groups, dt, name="norm_out")(h))
+            h = nn.swish(GroupNorm(self.norm_groups, dt, self.layer_impl, name="norm_out")(h))
             h = Conv(out_ch, 3, init_scale=self.init_scale, name="conv_out", **conv_kw)(h)
         return h.astype(jnp.float32)
