@@ -1,0 +1,105 @@
+"""small32 back to back: diffjax (JAX/Flax) against diffusers' UNet2DModel (PyTorch) on this machine.
+
+    pip install torch diffusers   # not dependencies of diffjax; only this script needs them
+    python experiments/bench/nets_vs_diffusers.py [--batch 32] [--rounds 2] [--threads 2] [--json]
+
+The same layout on both sides (``UNet2DModel(sample_size=32, block_out_channels=(64, 128, 128),
+layers_per_block=2, down=(Down, AttnDown, Down), up=(Up, AttnUp, Up), norm_num_groups=32)`` and
+``diffjax.nets.small32``), float32, a forward pass and an Adam train step on the DDPM eps loss. The two frameworks
+alternate for ``--rounds`` rounds so that machine drift hits both; medians per round are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_small32(batch: int, repeats: int, threads: int) -> dict:
+    import torch
+    from diffusers import UNet2DModel
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128),
+                        layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32)
+    x = torch.randn(batch, 3, 32, 32)
+    t = torch.linspace(0, 999, batch).long()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    betas = torch.linspace(1e-4, 0.02, 1000)
+    alpha_bars = torch.cumprod(1 - betas, 0)
+
+    def forward():
+        with torch.no_grad():
+            model(x, t).sample
+
+    def train_step():
+        eps = torch.randn_like(x)
+        ab = alpha_bars[t].view(-1, 1, 1, 1)
+        loss = torch.mean((model(ab.sqrt() * x + (1 - ab).sqrt() * eps, t).sample - eps) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.eval()
+    fwd = _median(forward, repeats)
+    model.train()
+    train = _median(train_step, repeats)
+    return dict(framework=f"diffusers {__import__('diffusers').__version__} / torch {torch.__version__}",
+                params=sum(p.numel() for p in model.parameters()),
+                forward_images_per_s=batch / fwd, train_images_per_s=batch / train)
+
+
+def _median(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def jax_small32(batch: int, repeats: int) -> dict:
+    import jax
+    import nets as bench_nets  # experiments/bench/nets.py
+
+    r = bench_nets.run("small32", batch, repeats=repeats)
+    return dict(framework=f"diffjax / jax {jax.__version__}", params=r["params"],
+                forward_images_per_s=r["forward_images_per_s"], train_images_per_s=r["train_images_per_s"],
+                gflops_matmul_peak=r["gflops_matmul_peak"])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads (XLA uses every core)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    rows = []
+    for rnd in range(args.rounds):
+        for name, run in (("torch", lambda: torch_small32(args.batch, args.repeats, args.threads)),
+                          ("jax", lambda: jax_small32(args.batch, args.repeats))):
+            row = dict(round=rnd, batch=args.batch, **run())
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row), flush=True)
+    if not args.json:
+        print(f"small32, batch {args.batch}, float32, {os.cpu_count()} cpus")
+        print("| round | framework | params | forward images/s | train images/s |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['round']} | {r['framework']} | {r['params']:,} | {r['forward_images_per_s']:.1f} | "
+                  f"{r['train_images_per_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
