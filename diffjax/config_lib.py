@@ -176,15 +176,19 @@ def _network_marginal(config, sde):
     return sde
 
 
+def _conditional_score_fn(config, model, sde, params, *, train: bool = False, rng=None):
+    """``score_fn(x, t, y)`` of a class-conditional network (``y=None``: the null label)."""
+    return _nets().make_conditional_score_fn(model.apply, params, _network_marginal(config, sde), train=train,
+                                             rng=rng, **_score_kwargs(config))
+
+
 def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, rng=None):
     """``score_fn(x, t)`` of the network with ``params`` (``y``: class labels of a conditional model)."""
-    nets = _nets()
-    kw = _score_kwargs(config)
-    sde = _network_marginal(config, sde)
     if num_classes(config):
-        f = nets.make_conditional_score_fn(model.apply, params, sde, train=train, rng=rng, **kw)
+        f = _conditional_score_fn(config, model, sde, params, train=train, rng=rng)
         return lambda x, t: f(x, t, y)
-    return nets.make_score_fn(model.apply, params, sde, train=train, rng=rng, **kw)
+    return _nets().make_score_fn(model.apply, params, _network_marginal(config, sde), train=train, rng=rng,
+                                 **_score_kwargs(config))
 
 
 def build_sampling_score_fn(config, model, sde, params, *, y=None):
@@ -193,19 +197,16 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
     / ``sampling.dynamic_threshold``. Not for likelihoods, which need the model's own score."""
     s = config.sampling
     if num_classes(config) and s.guidance_scale > 0:
-        nets = _nets()
-        cond = nets.make_conditional_score_fn(model.apply, params, _network_marginal(config, sde),
-                                              **_score_kwargs(config))
-        guided = core.classifier_free_guidance(cond, guidance_scale=s.guidance_scale,
-                                               null_label=num_classes(config))
+        guided = core.classifier_free_guidance(_conditional_score_fn(config, model, sde, params),
+                                               guidance_scale=s.guidance_scale, null_label=num_classes(config))
         score_fn = core.with_label(guided, y)
     else:
         score_fn = build_score_fn(config, model, sde, params, y=y)
-    marginal = _network_marginal(config, sde)
     if s.clip_denoised:
-        score_fn = core.clip_denoised(score_fn, marginal)
+        score_fn = core.clip_denoised(score_fn, _network_marginal(config, sde))
     elif s.dynamic_threshold:
-        score_fn = core.dynamic_threshold(score_fn, marginal, percentile=float(s.dynamic_threshold))
+        score_fn = core.dynamic_threshold(score_fn, _network_marginal(config, sde),
+                                          percentile=float(s.dynamic_threshold))
     return score_fn
 
 

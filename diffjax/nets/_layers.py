@@ -233,11 +233,15 @@ def _expand_bc(a, x):  # (B, C) -> broadcastable against (B, ..., C)
     return a.reshape((a.shape[0],) + (1,) * (x.ndim - 2) + (a.shape[-1],))
 
 
+def _group_sizes(x, num_groups):
+    """``(channels per group, elements per (example, group), spatial axes)`` of NHWC-like ``x``."""
+    per_group = x.shape[-1] // num_groups
+    return per_group, math.prod(x.shape[1:-1]) * per_group, tuple(range(1, x.ndim - 1))
+
+
 def _group_stats(xf, num_groups):
-    b, c = xf.shape[0], xf.shape[-1]
-    per_group = c // num_groups
-    n = math.prod(xf.shape[1:-1]) * per_group
-    axes = tuple(range(1, xf.ndim - 1))
+    b = xf.shape[0]
+    per_group, n, axes = _group_sizes(xf, num_groups)
     mean = jnp.sum(xf, axis=axes).reshape(b, num_groups, per_group).sum(-1) / n
     mean_sq = jnp.sum(jnp.square(xf), axis=axes).reshape(b, num_groups, per_group).sum(-1) / n
     return mean, mean_sq
@@ -264,11 +268,9 @@ def group_norm_fused(x, scale, bias, num_groups: int, epsilon: float = 1e-6):
 def _group_norm_bwd(num_groups, epsilon, res, dy):
     # y = xhat * scale + bias, xhat = (x - mean) inv:  dx = inv (g - mean_G(g) - xhat mean_G(g xhat)), g = dy scale
     x, scale, mean, inv = res
-    b, c = x.shape[0], x.shape[-1]
-    per_group = c // num_groups
-    n = math.prod(x.shape[1:-1]) * per_group
+    b = x.shape[0]
+    per_group, n, axes = _group_sizes(x, num_groups)
     xf, dyf = x.astype(jnp.float32), dy.astype(jnp.float32)
-    axes = tuple(range(1, x.ndim - 1))
     s_dy, s_dyx = jnp.sum(dyf, axis=axes), jnp.sum(dyf * xf, axis=axes)  # (B, C)
     mean_c, inv_c = jnp.repeat(mean, per_group, axis=1), jnp.repeat(inv, per_group, axis=1)
     s_dy_xhat = (s_dyx - mean_c * s_dy) * inv_c
