@@ -6,8 +6,12 @@
 """
 import importlib as _importlib
 
-from diffjax import core, discrete, samplers
-from diffjax.core import *  # noqa: F401,F403
+from diffjax import _xla_flags
+
+_xla_flags.apply_cpu_defaults()  # before any JAX backend starts: XLA reads XLA_FLAGS once
+
+from diffjax import core, discrete, samplers  # noqa: E402
+from diffjax.core import *  # noqa: F401,F403,E402
 
 __version__ = "0.1.0"
 __all__ = ["core", "discrete", "samplers", "nets", "train", "data", "eval"] + core.__all__

@@ -364,8 +364,9 @@ def test_bad_inputs_raise_value_error():
 
 
 def test_cpu_fused_reduction_canary():
-    """Guards the XLA flag in conftest.py: jaxlib 0.10.2's YNNPACK reduce fusion on CPU merges distinct log/expm1
-    nodes, so this mean came out 0 instead of log 2 (it broke every KL and the sub-VP weighting)."""
+    """Guards the XLA flag set by `import diffjax` (diffjax/_xla_flags.py): jaxlib 0.10.2's YNNPACK reduce fusion
+    on CPU merges distinct log/expm1 nodes, so this mean came out 0 instead of log 2 (it broke every KL and the
+    sub-VP weighting)."""
     t = jax.random.uniform(jax.random.PRNGKey(0), (16384,), minval=1e-3, maxval=1.0)
     got = jax.jit(lambda t: jnp.mean(jnp.log(2 * t) - jnp.log(t)) + jnp.mean(jnp.expm1(-2 * t) / jnp.expm1(-t)))(t)
     np.testing.assert_allclose(got, math.log(2) + np.mean(np.expm1(-2 * np.asarray(t)) / np.expm1(-np.asarray(t))),

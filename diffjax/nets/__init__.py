@@ -11,10 +11,11 @@ from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_condition
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
 from diffjax.nets._layers import (CONV_IMPLS, LAYER_IMPLS, AttnBlock, Conv, Dense, Downsample,
-                                  GaussianFourierProjection, GroupNorm, ResBlock, Upsample, attention, conv_matmul_grad,
+                                  GaussianFourierProjection, GroupNorm, ResBlock, Upsample, add_bias, attention,
+                                  conv_matmul_grad,
                                   conv_shifted_matmuls, conv_xla, default_heads_per_step, dot_product_attention,
                                   fir_downsample_2d, fir_upsample_2d, group_norm, group_norm_fused, reference_attention,
-                                  timestep_embedding)
+                                  sum_spatial, timestep_embedding)
 from diffjax.nets._mlp import MLPScore
 from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, fashion_mnist_small,
                                    ncsnpp_cifar10, ncsnpp_deep_cifar10, noise_classifier_cifar10, small32, toy_mlp)
@@ -32,5 +33,5 @@ __all__ = [
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d",
     "CONV_IMPLS", "conv_xla", "conv_matmul_grad", "conv_shifted_matmuls",
     "LAYER_IMPLS", "attention", "dot_product_attention", "reference_attention", "default_heads_per_step",
-    "group_norm", "group_norm_fused",
+    "group_norm", "group_norm_fused", "sum_spatial", "add_bias",
 ]

@@ -97,7 +97,8 @@ class NoiseEmbedding(nn.Module):
 
 
 class Dense(nn.Module):
-    """Dense layer (also score-SDE's ``NIN``, a 1x1 convolution) with DDPM init and float32 parameters."""
+    """Dense layer (also score-SDE's ``NIN``, a 1x1 convolution) with DDPM init and float32 parameters; the
+    parameters of ``flax.linen.Dense`` (``Dense_0/{kernel, bias}``), the bias added by :func:`add_bias`."""
 
     features: int
     init_scale: float = 1.0
@@ -106,8 +107,25 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=default_init(self.init_scale),
-                        bias_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=jnp.float32)(x)
+        return _DenseParams(self.features, self.init_scale, self.use_bias, self.dtype, name="Dense_0")(x)
+
+
+class _DenseParams(nn.Module):
+    """``x @ kernel + bias`` with ``flax.linen.Dense``'s parameters (``kernel (in, out)``, ``bias (out,)``) and
+    :func:`add_bias` for the bias."""
+
+    features: int
+    init_scale: float
+    use_bias: bool
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", default_init(self.init_scale), (x.shape[-1], self.features), jnp.float32)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        if self.use_bias:
+            y = add_bias(y, self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32))
+        return y
 
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -215,7 +233,8 @@ class Conv(nn.Module):
         else:
             y = conv_xla(x, kernel, self.stride)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = add_bias(y, bias)
         return y
 
 
@@ -233,17 +252,45 @@ def _expand_bc(a, x):  # (B, C) -> broadcastable against (B, ..., C)
     return a.reshape((a.shape[0],) + (1,) * (x.ndim - 2) + (a.shape[-1],))
 
 
+def sum_spatial(a: jax.Array, b: Optional[jax.Array] = None) -> jax.Array:
+    """``a.sum(spatial axes)`` (or ``(a * b).sum(...)``) of ``(B, ..., C)`` arrays, shape ``(B, C)``, as a batched
+    product with a row of ones (float32 accumulation). With YNNPACK's reduce fusion off (``diffjax._xla_flags``:
+    it miscompiles), XLA:CPU runs a matrix product several times faster than its own reduction over many rows."""
+    a3 = a.reshape(a.shape[0], -1, a.shape[-1])
+    if b is not None:
+        a3 = a3 * b.reshape(a3.shape)
+    ones = jnp.ones((a3.shape[0], 1, a3.shape[1]), a3.dtype)
+    return jax.lax.dot_general(ones, a3, (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)[:, 0]
+
+
+@jax.custom_jvp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """``y + bias`` over the last axis, differentiated so that the bias gradient is ``ones @ dy`` (a matrix product,
+    see :func:`sum_spatial`) rather than a reduction over the leading axes; every transformation applies."""
+    return y + bias.astype(y.dtype)
+
+
+@add_bias.defjvp
+def _add_bias_jvp(primals, tangents):
+    y, bias = primals
+    y_dot, b_dot = tangents
+    rows = jnp.ones((math.prod(y.shape[:-1]),), y.dtype)
+    # the outer product transposes to ones @ dy
+    return add_bias(y, bias), y_dot + jnp.einsum("m,c->mc", rows, b_dot.astype(y.dtype)).reshape(y.shape)
+
+
 def _group_sizes(x, num_groups):
-    """``(channels per group, elements per (example, group), spatial axes)`` of NHWC-like ``x``."""
+    """``(channels per group, elements per (example, group))`` of NHWC-like ``x``."""
     per_group = x.shape[-1] // num_groups
-    return per_group, math.prod(x.shape[1:-1]) * per_group, tuple(range(1, x.ndim - 1))
+    return per_group, math.prod(x.shape[1:-1]) * per_group
 
 
 def _group_stats(xf, num_groups):
     b = xf.shape[0]
-    per_group, n, axes = _group_sizes(xf, num_groups)
-    mean = jnp.sum(xf, axis=axes).reshape(b, num_groups, per_group).sum(-1) / n
-    mean_sq = jnp.sum(jnp.square(xf), axis=axes).reshape(b, num_groups, per_group).sum(-1) / n
+    per_group, n = _group_sizes(xf, num_groups)
+    s1, s2 = sum_spatial(xf), sum_spatial(xf, xf)
+    mean = s1.reshape(b, num_groups, per_group).sum(-1) / n
+    mean_sq = s2.reshape(b, num_groups, per_group).sum(-1) / n
     return mean, mean_sq
 
 
@@ -269,9 +316,9 @@ def _group_norm_bwd(num_groups, epsilon, res, dy):
     # y = xhat * scale + bias, xhat = (x - mean) inv:  dx = inv (g - mean_G(g) - xhat mean_G(g xhat)), g = dy scale
     x, scale, mean, inv = res
     b = x.shape[0]
-    per_group, n, axes = _group_sizes(x, num_groups)
+    per_group, n = _group_sizes(x, num_groups)
     xf, dyf = x.astype(jnp.float32), dy.astype(jnp.float32)
-    s_dy, s_dyx = jnp.sum(dyf, axis=axes), jnp.sum(dyf * xf, axis=axes)  # (B, C)
+    s_dy, s_dyx = sum_spatial(dyf), sum_spatial(dyf, xf)  # (B, C)
     mean_c, inv_c = jnp.repeat(mean, per_group, axis=1), jnp.repeat(inv, per_group, axis=1)
     s_dy_xhat = (s_dyx - mean_c * s_dy) * inv_c
     group_mean = lambda a: jnp.repeat(a.reshape(b, num_groups, per_group).sum(-1) / n, per_group, axis=1)  # noqa
@@ -417,7 +464,7 @@ def _attention_one_head(q, k, v):
     s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
     e = jnp.exp(s - m)
-    total = jnp.sum(e, axis=-1, keepdims=True)
+    total = jnp.dot(e, jnp.ones((e.shape[-1], 1), e.dtype), preferred_element_type=jnp.float32)  # row sums
     o = jnp.dot(e.astype(v.dtype), v, preferred_element_type=jnp.float32) / total
     return o.astype(q.dtype), (m + jnp.log(total))[:, 0]
 
