@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +92,9 @@ def ddpm_loss_fn(model, num_steps: int = 1000):
 
 
 def run(net: str, batch: int, dtype: str = "float32", conv_impl: str = "auto", repeats: int = 3,
-        matmul_n: int = 2048) -> dict:
+        matmul_n: int = 2048, xla_options: Optional[dict] = None) -> dict:
+    """``xla_options``: per-compile XLA options for the forward and train-step compiles (e.g.
+    ``{"xla_cpu_experimental_ynn_fusion_type": "..."}``, to compare against ``import diffjax``'s XLA_FLAGS)."""
     model = NETS[net](dtype=jnp.dtype(dtype), conv_impl=conv_impl)
     shape = (batch,) + INPUT.get(net, (32, 32, 3))
     x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
@@ -103,7 +106,7 @@ def run(net: str, batch: int, dtype: str = "float32", conv_impl: str = "auto", r
 
     fwd = jax.jit(lambda p, x, l: model.apply({"params": p}, x, l, train=False))
     t0 = time.perf_counter()
-    fwd_c = fwd.lower(params, x, labels).compile()
+    fwd_c = fwd.lower(params, x, labels).compile(xla_options)
     fwd_compile_s = time.perf_counter() - t0
     fwd_flops = _vectorised_flops(lambda p, x, l: model.apply({"params": p}, x, l, train=False), params, x, labels)
     fwd_s, _ = _time(fwd_c, params, x, labels, repeats=repeats)
@@ -120,7 +123,7 @@ def run(net: str, batch: int, dtype: str = "float32", conv_impl: str = "auto", r
     step = jax.jit(train_step)
     key = jax.random.key(2)
     t0 = time.perf_counter()
-    step_c = step.lower(params, opt_state, x, key).compile()
+    step_c = step.lower(params, opt_state, x, key).compile(xla_options)
     train_compile_s = time.perf_counter() - t0
     train_flops = _vectorised_flops(train_step, params, opt_state, x, key)
     train_s, _ = _time(step_c, params, opt_state, x, key, repeats=repeats)
@@ -134,7 +137,8 @@ def run(net: str, batch: int, dtype: str = "float32", conv_impl: str = "auto", r
         forward_gflop_per_image=fwd_flops / batch / 1e9, train_gflop_per_image=train_flops / batch / 1e9,
         forward_gflops_achieved=fwd_flops / fwd_s / 1e9, gflops_achieved=train_flops / train_s / 1e9,
         gflops_matmul_peak=max(peak, peak_after), gflops_matmul_before=peak, gflops_matmul_after=peak_after,
-        forward_compile_s=fwd_compile_s, train_compile_s=train_compile_s, jax_version=jax.__version__)
+        forward_compile_s=fwd_compile_s, train_compile_s=train_compile_s, jax_version=jax.__version__,
+        xla_flags=os.environ.get("XLA_FLAGS", ""), xla_options=xla_options or {})
 
 
 def main(argv=None):
@@ -145,16 +149,23 @@ def main(argv=None):
     p.add_argument("--conv-impl", default="auto", choices=list(nets.CONV_IMPLS))
     p.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up (median reported)")
     p.add_argument("--matmul-n", type=int, default=2048)
+    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="per-compile XLA option, repeatable (e.g. xla_cpu_experimental_ynn_fusion_type=...)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch must be >= 1, got {args.batch}")
-    r = run(args.net, args.batch, args.dtype, args.conv_impl, args.repeats, args.matmul_n)
+    bad = [o for o in args.xla_option if "=" not in o]
+    if bad:
+        p.error(f"--xla-option must be KEY=VALUE, got {bad[0]!r}")
+    options = dict(o.split("=", 1) for o in args.xla_option)
+    r = run(args.net, args.batch, args.dtype, args.conv_impl, args.repeats, args.matmul_n, options or None)
     if args.json:
         print(json.dumps(r))
         return
     print(f"{r['net']} ({r['params'] / 1e6:.2f} M params), batch {r['batch']}, {r['dtype']}, conv_impl="
           f"{r['conv_impl']}, backend {r['backend']} ({r['device']}, {r['cpu_count']} cpus)")
+    print(f"  XLA_FLAGS={r['xla_flags']!r}  per-compile options={r['xla_options']}")
     print(f"  float32 matmul:  {r['gflops_matmul_peak']:.1f} GFLOP/s (before {r['gflops_matmul_before']:.1f}, "
           f"after {r['gflops_matmul_after']:.1f})")
     print(f"  forward:    {r['forward_images_per_s']:8.2f} images/s  {r['forward_s_per_batch']:.3f} s/batch  "

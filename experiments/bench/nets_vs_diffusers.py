@@ -66,12 +66,14 @@ def _median(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def jax_small32(batch: int, repeats: int) -> dict:
+def jax_small32(batch: int, repeats: int, xla_options=None) -> dict:
     import jax
     import nets as bench_nets  # experiments/bench/nets.py
 
-    r = bench_nets.run("small32", batch, repeats=repeats)
-    return dict(framework=f"diffjax / jax {jax.__version__}", params=r["params"],
+    r = bench_nets.run("small32", batch, repeats=repeats, xla_options=xla_options)
+    name = f"diffjax / jax {jax.__version__}" + (f" ({', '.join(f'{k}={v}' for k, v in xla_options.items())})"
+                                                  if xla_options else "")
+    return dict(framework=name, params=r["params"],
                 forward_images_per_s=r["forward_images_per_s"], train_images_per_s=r["train_images_per_s"],
                 gflops_matmul_peak=r["gflops_matmul_peak"])
 
@@ -82,12 +84,21 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads (XLA uses every core)")
+    p.add_argument("--baseline-xla-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="also run diffjax compiled with these per-compile XLA options (e.g. jaxlib's own YNNPACK "
+                        "fusion types, to compare with the XLA_FLAGS `import diffjax` sets)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if any("=" not in o for o in args.baseline_xla_option):
+        p.error(f"--baseline-xla-option must be KEY=VALUE, got {args.baseline_xla_option}")
+    baseline = dict(o.split("=", 1) for o in args.baseline_xla_option)
     rows = []
     for rnd in range(args.rounds):
-        for name, run in (("torch", lambda: torch_small32(args.batch, args.repeats, args.threads)),
-                          ("jax", lambda: jax_small32(args.batch, args.repeats))):
+        runs = [("torch", lambda: torch_small32(args.batch, args.repeats, args.threads)),
+                ("jax", lambda: jax_small32(args.batch, args.repeats))]
+        if baseline:
+            runs.append(("jax-baseline", lambda: jax_small32(args.batch, args.repeats, baseline)))
+        for name, run in runs:
             row = dict(round=rnd, batch=args.batch, **run())
             rows.append(row)
             if args.json:
