@@ -46,7 +46,7 @@ def _vectorised_flops(fn, *args) -> float:
     body once, so the CPU's head-chunked attention loop (``lax.map``) would be undercounted."""
     from diffjax.nets import _layers
     saved = _layers.default_heads_per_step
-    _layers.default_heads_per_step = lambda: None
+    _layers.default_heads_per_step = lambda *args, **kwargs: None
     try:
         return _flops(jax.jit(fn).lower(*args).compile())
     finally:
