@@ -37,14 +37,10 @@ VERIFIED_JAXLIB = ((0, 10), (0, 12))
 
 def _jaxlib_version() -> Optional[Tuple[int, ...]]:
     try:
-        from jaxlib.version import __version__ as v
-    except ImportError:  # pragma: no cover - jaxlib is a dependency of jax
+        from jaxlib.version import __version_info__
+    except ImportError:  # pragma: no cover - jaxlib without a version tuple: leave XLA_FLAGS alone
         return None
-    parts = []
-    for p in v.split(".")[:3]:
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+    return tuple(__version_info__)
 
 
 def _backends_started() -> bool:

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.nets._layers import LAYER_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm, NoiseEmbedding, ResBlock
+from diffjax.nets._layers import (CONV_IMPLS, LAYER_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm,
+                                  NoiseEmbedding, ResBlock)
 from diffjax.nets._unet import EMBEDDING_TYPES, _check_dtype, _check_rate, _noise_labels
 
 

@@ -330,7 +330,7 @@ def _group_norm_bwd(num_groups, epsilon, res, dy):
     return dx.astype(x.dtype), jnp.sum(s_dy_xhat, axis=0), jnp.sum(s_dy, axis=0)
 
 
-group_norm_fused.defvjp(lambda x, scale, bias, g, eps: _group_norm_fwd(x, scale, bias, g, eps), _group_norm_bwd)
+group_norm_fused.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
 class _GroupNormParams(nn.Module):
@@ -450,9 +450,6 @@ class Downsample(nn.Module):
         if self.with_conv:
             return Conv(out_ch, 3, stride=2, dtype=self.dtype, impl=self.conv_impl, name="conv")(x)
         return naive_downsample_2d(x)
-
-
-# ------------------------------------------------------------------------------------------ attention / res
 
 
 # ------------------------------------------------------------------------------------------------ attention

@@ -16,7 +16,7 @@ import time
 
 import diffjax  # noqa: F401  (applies diffjax's XLA:CPU flag before JAX starts)
 import jax
-import jax.numpy as jnp
+from nets import parse_xla_options  # experiments/bench/nets.py
 
 SHAPES = ((32, 64, 64), (32, 128, 64), (32, 192, 64), (32, 128, 128), (16, 128, 128), (16, 256, 128),
           (16, 192, 128), (8, 128, 128), (8, 256, 128))
@@ -64,9 +64,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch must be >= 1, got {args.batch}")
-    if any("=" not in o for o in args.xla_option):
-        p.error(f"--xla-option must be KEY=VALUE, got {args.xla_option}")
-    options = dict(o.split("=", 1) for o in args.xla_option) or None
+    options = parse_xla_options(p, "--xla-option", args.xla_option)
     use_torch = not args.no_torch
     if use_torch:
         try:

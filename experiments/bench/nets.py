@@ -91,6 +91,14 @@ def ddpm_loss_fn(model, num_steps: int = 1000):
     return loss
 
 
+def parse_xla_options(parser: argparse.ArgumentParser, flag: str, values) -> Optional[dict]:
+    """``KEY=VALUE`` strings (a repeatable ``--xla-option``-style flag) as a per-compile options dict, or None."""
+    bad = [v for v in values if "=" not in v]
+    if bad:
+        parser.error(f"{flag} must be KEY=VALUE, got {bad[0]!r}")
+    return dict(v.split("=", 1) for v in values) or None
+
+
 def run(net: str, batch: int, dtype: str = "float32", conv_impl: str = "auto", repeats: int = 3,
         matmul_n: int = 2048, xla_options: Optional[dict] = None) -> dict:
     """``xla_options``: per-compile XLA options for the forward and train-step compiles (e.g.
@@ -155,11 +163,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch must be >= 1, got {args.batch}")
-    bad = [o for o in args.xla_option if "=" not in o]
-    if bad:
-        p.error(f"--xla-option must be KEY=VALUE, got {bad[0]!r}")
-    options = dict(o.split("=", 1) for o in args.xla_option)
-    r = run(args.net, args.batch, args.dtype, args.conv_impl, args.repeats, args.matmul_n, options or None)
+    options = parse_xla_options(p, "--xla-option", args.xla_option)
+    r = run(args.net, args.batch, args.dtype, args.conv_impl, args.repeats, args.matmul_n, options)
     if args.json:
         print(json.dumps(r))
         return

@@ -89,9 +89,9 @@ def main(argv=None):
                         "fusion types, to compare with the XLA_FLAGS `import diffjax` sets)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    if any("=" not in o for o in args.baseline_xla_option):
-        p.error(f"--baseline-xla-option must be KEY=VALUE, got {args.baseline_xla_option}")
-    baseline = dict(o.split("=", 1) for o in args.baseline_xla_option)
+    import nets as bench_nets  # experiments/bench/nets.py
+
+    baseline = bench_nets.parse_xla_options(p, "--baseline-xla-option", args.baseline_xla_option)
     rows = []
     for rnd in range(args.rounds):
         runs = [("torch", lambda: torch_small32(args.batch, args.repeats, args.threads)),
