@@ -7,7 +7,8 @@ switched off, keeping YNNPACK for matrix products only:
   ``jnp.mean(jnp.log(2 * t) - jnp.log(t))`` over 16384 elements is 0, not log 2; that breaks every Gaussian KL
   (the DDPM bound, bits/dim) and the sub-VP likelihood weighting (tests/test_losses.py has the canary). The
   networks compute their large sums as matrix products (``nets.sum_spatial``, ``nets.add_bias``), so they do not
-  slow down without it.
+  slow down without it. YNNPACK's element-wise fusion type (``eltwise``, not in jaxlib's default set) has the same
+  fault (``jnp.log(2 * t) - jnp.log(t)`` compiles to 0 element-wise): never enable it either.
 - **convolutions** (speed): on the 3x3 convolutions of the score networks (64-256 channels) YNNPACK runs at about
   half the speed of XLA's own (Eigen) convolution: 32x32x64 -> 64 at batch 32 takes 25-27 ms forward and per
   gradient against 14-16 ms for Eigen and for PyTorch (experiments/bench/README.md).

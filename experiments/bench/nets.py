@@ -100,10 +100,11 @@ def parse_xla_options(parser: argparse.ArgumentParser, flag: str, values) -> Opt
 
 
 def run(net: str, batch: int, dtype: str = "float32", conv_impl: str = "auto", repeats: int = 3,
-        matmul_n: int = 2048, xla_options: Optional[dict] = None) -> dict:
+        matmul_n: int = 2048, xla_options: Optional[dict] = None, overrides: Optional[dict] = None) -> dict:
     """``xla_options``: per-compile XLA options for the forward and train-step compiles (e.g.
-    ``{"xla_cpu_experimental_ynn_fusion_type": "..."}``, to compare against ``import diffjax``'s XLA_FLAGS)."""
-    model = NETS[net](dtype=jnp.dtype(dtype), conv_impl=conv_impl)
+    ``{"xla_cpu_experimental_ynn_fusion_type": "..."}``, to compare against ``import diffjax``'s XLA_FLAGS).
+    ``overrides``: further fields of the network (``{"attn_resolutions": ()}``)."""
+    model = NETS[net](dtype=jnp.dtype(dtype), conv_impl=conv_impl, **(overrides or {}))
     shape = (batch,) + INPUT.get(net, (32, 32, 3))
     x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
     labels = jnp.linspace(0.0, 999.0, batch)

@@ -1,12 +1,14 @@
 """small32 back to back: diffjax (JAX/Flax) against diffusers' UNet2DModel (PyTorch) on this machine.
 
     pip install torch diffusers   # not dependencies of diffjax; only this script needs them
-    python experiments/bench/nets_vs_diffusers.py [--batch 32] [--rounds 2] [--threads 2] [--json]
+    python experiments/bench/nets_vs_diffusers.py [--batch 32] [--rounds 2] [--threads 2] [--attention mid] [--json]
 
 The same layout on both sides (``UNet2DModel(sample_size=32, block_out_channels=(64, 128, 128),
 layers_per_block=2, down=(Down, AttnDown, Down), up=(Up, AttnUp, Up), norm_num_groups=32)`` and
 ``diffjax.nets.small32``), float32, a forward pass and an Adam train step on the DDPM eps loss. The two frameworks
 alternate for ``--rounds`` rounds so that machine drift hits both; medians per round are printed.
+``--attention mid`` drops the 16x16 attention blocks on both sides (diffusers' Down/UpBlock2D instead of the Attn
+variants, diffjax's ``attn_resolutions=()``), keeping the 8x8 middle block's: the rest of the network compared alone.
 """
 from __future__ import annotations
 
@@ -20,15 +22,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def torch_small32(batch: int, repeats: int, threads: int) -> dict:
+def torch_small32(batch: int, repeats: int, threads: int, attention: str = "all") -> dict:
     import torch
     from diffusers import UNet2DModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    attn = "Attn" if attention == "all" else ""
     model = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128),
-                        layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32)
+                        layers_per_block=2, down_block_types=("DownBlock2D", f"{attn}DownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", f"{attn}UpBlock2D", "UpBlock2D"), norm_num_groups=32)
     x = torch.randn(batch, 3, 32, 32)
     t = torch.linspace(0, 999, batch).long()
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
@@ -66,11 +69,12 @@ def _median(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def jax_small32(batch: int, repeats: int, xla_options=None) -> dict:
+def jax_small32(batch: int, repeats: int, xla_options=None, attention: str = "all") -> dict:
     import jax
     import nets as bench_nets  # experiments/bench/nets.py
 
-    r = bench_nets.run("small32", batch, repeats=repeats, xla_options=xla_options)
+    overrides = {} if attention == "all" else {"attn_resolutions": ()}
+    r = bench_nets.run("small32", batch, repeats=repeats, xla_options=xla_options, overrides=overrides)
     name = f"diffjax / jax {jax.__version__}" + (f" ({', '.join(f'{k}={v}' for k, v in xla_options.items())})"
                                                   if xla_options else "")
     return dict(framework=name, params=r["params"],
@@ -87,6 +91,8 @@ def main(argv=None):
     p.add_argument("--baseline-xla-option", action="append", default=[], metavar="KEY=VALUE",
                    help="also run diffjax compiled with these per-compile XLA options (e.g. jaxlib's own YNNPACK "
                         "fusion types, to compare with the XLA_FLAGS `import diffjax` sets)")
+    p.add_argument("--attention", default="all", choices=["all", "mid"],
+                   help="'mid': without the 16x16 attention blocks on both sides (the 8x8 middle one stays)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     import nets as bench_nets  # experiments/bench/nets.py
@@ -94,17 +100,17 @@ def main(argv=None):
     baseline = bench_nets.parse_xla_options(p, "--baseline-xla-option", args.baseline_xla_option)
     rows = []
     for rnd in range(args.rounds):
-        runs = [("torch", lambda: torch_small32(args.batch, args.repeats, args.threads)),
-                ("jax", lambda: jax_small32(args.batch, args.repeats))]
+        runs = [("torch", lambda: torch_small32(args.batch, args.repeats, args.threads, args.attention)),
+                ("jax", lambda: jax_small32(args.batch, args.repeats, attention=args.attention))]
         if baseline:
-            runs.append(("jax-baseline", lambda: jax_small32(args.batch, args.repeats, baseline)))
+            runs.append(("jax-baseline", lambda: jax_small32(args.batch, args.repeats, baseline, args.attention)))
         for name, run in runs:
             row = dict(round=rnd, batch=args.batch, **run())
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
     if not args.json:
-        print(f"small32, batch {args.batch}, float32, {os.cpu_count()} cpus")
+        print(f"small32, batch {args.batch}, float32, {os.cpu_count()} cpus, attention: {args.attention}")
         print("| round | framework | params | forward images/s | train images/s |")
         print("|---|---|---|---|---|")
         for r in rows:
