@@ -12,10 +12,9 @@ from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_condition
 from diffjax.nets._classifier import NoiseConditionalClassifier
 from diffjax.nets._layers import (CONV_IMPLS, LAYER_IMPLS, AttnBlock, Conv, Dense, Downsample,
                                   GaussianFourierProjection, GroupNorm, ResBlock, Upsample, add_bias, attention,
-                                  conv_matmul_grad,
-                                  conv_shifted_matmuls, conv_xla, default_heads_per_step, dot_product_attention,
-                                  fir_downsample_2d, fir_upsample_2d, group_norm, group_norm_fused, reference_attention,
-                                  sum_spatial, timestep_embedding)
+                                  conv_matmul_grad, conv_shifted_matmuls, conv_xla, default_heads_per_step,
+                                  dot_product_attention, fir_downsample_2d, fir_upsample_2d, group_norm,
+                                  group_norm_fused, reference_attention, sum_spatial, timestep_embedding)
 from diffjax.nets._mlp import MLPScore
 from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, fashion_mnist_small,
                                    ncsnpp_cifar10, ncsnpp_deep_cifar10, noise_classifier_cifar10, small32, toy_mlp)

@@ -100,11 +100,11 @@ def main(argv=None):
     baseline = bench_nets.parse_xla_options(p, "--baseline-xla-option", args.baseline_xla_option)
     rows = []
     for rnd in range(args.rounds):
-        runs = [("torch", lambda: torch_small32(args.batch, args.repeats, args.threads, args.attention)),
-                ("jax", lambda: jax_small32(args.batch, args.repeats, attention=args.attention))]
+        runs = [lambda: torch_small32(args.batch, args.repeats, args.threads, args.attention),
+                lambda: jax_small32(args.batch, args.repeats, attention=args.attention)]
         if baseline:
-            runs.append(("jax-baseline", lambda: jax_small32(args.batch, args.repeats, baseline, args.attention)))
-        for name, run in runs:
+            runs.append(lambda: jax_small32(args.batch, args.repeats, baseline, args.attention))
+        for run in runs:
             row = dict(round=rnd, batch=args.batch, **run())
             rows.append(row)
             if args.json:
