@@ -11,10 +11,12 @@ from diffjax import _xla_flags
 _xla_flags.apply_cpu_defaults()  # before any JAX backend starts: XLA reads XLA_FLAGS once
 
 from diffjax import core, discrete, samplers  # noqa: E402
+from diffjax._host_memory import reuse_freed_host_memory  # noqa: E402
 from diffjax.core import *  # noqa: F401,F403,E402
 
 __version__ = "0.1.0"
-__all__ = ["core", "discrete", "samplers", "nets", "train", "data", "eval"] + core.__all__
+__all__ = ["core", "discrete", "samplers", "nets", "train", "data", "eval",
+           "reuse_freed_host_memory"] + core.__all__
 
 _LAZY = ("nets", "train", "data", "eval")
 

@@ -671,6 +671,8 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
 
 def main(argv):
     del argv
+    from diffjax import reuse_freed_host_memory
+    reuse_freed_host_memory()  # before JAX starts; this process is ours (diffjax/_host_memory.py)
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
     config = FLAGS.config

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 import diffjax.nets as nets
+from diffjax import reuse_freed_host_memory
 from diffjax.core.schedules import linear_betas
 
 NETS = {
@@ -147,10 +148,12 @@ def run(net: str, batch: int, dtype: str = "float32", conv_impl: str = "auto", r
         forward_gflops_achieved=fwd_flops / fwd_s / 1e9, gflops_achieved=train_flops / train_s / 1e9,
         gflops_matmul_peak=max(peak, peak_after), gflops_matmul_before=peak, gflops_matmul_after=peak_after,
         forward_compile_s=fwd_compile_s, train_compile_s=train_compile_s, jax_version=jax.__version__,
-        xla_flags=os.environ.get("XLA_FLAGS", ""), xla_options=xla_options or {})
+        xla_flags=os.environ.get("XLA_FLAGS", ""), xla_options=xla_options or {},
+        host_memory_reuse=reuse_freed_host_memory())  # in effect?
 
 
 def main(argv=None):
+    reuse_freed_host_memory()  # as `python -m diffjax.main` does (diffjax/_host_memory.py)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", required=True, choices=sorted(NETS))
     p.add_argument("--batch", type=int, default=32)
@@ -171,7 +174,8 @@ def main(argv=None):
         return
     print(f"{r['net']} ({r['params'] / 1e6:.2f} M params), batch {r['batch']}, {r['dtype']}, conv_impl="
           f"{r['conv_impl']}, backend {r['backend']} ({r['device']}, {r['cpu_count']} cpus)")
-    print(f"  XLA_FLAGS={r['xla_flags']!r}  per-compile options={r['xla_options']}")
+    print(f"  XLA_FLAGS={r['xla_flags']!r}  per-compile options={r['xla_options']}  "
+          f"host memory reuse: {r['host_memory_reuse']}")
     print(f"  float32 matmul:  {r['gflops_matmul_peak']:.1f} GFLOP/s (before {r['gflops_matmul_before']:.1f}, "
           f"after {r['gflops_matmul_after']:.1f})")
     print(f"  forward:    {r['forward_images_per_s']:8.2f} images/s  {r['forward_s_per_batch']:.3f} s/batch  "

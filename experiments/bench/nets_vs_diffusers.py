@@ -83,6 +83,8 @@ def jax_small32(batch: int, repeats: int, xla_options=None, attention: str = "al
 
 
 def main(argv=None):
+    from diffjax import reuse_freed_host_memory
+    reuse = reuse_freed_host_memory()  # first, before torch or JAX start threads (diffjax/_host_memory.py)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
@@ -110,7 +112,8 @@ def main(argv=None):
             if args.json:
                 print(json.dumps(row), flush=True)
     if not args.json:
-        print(f"small32, batch {args.batch}, float32, {os.cpu_count()} cpus, attention: {args.attention}")
+        print(f"small32, batch {args.batch}, float32, {os.cpu_count()} cpus, attention: {args.attention}, "
+              f"host memory reuse (both frameworks): {reuse}")
         print("| round | framework | params | forward images/s | train images/s |")
         print("|---|---|---|---|---|")
         for r in rows:

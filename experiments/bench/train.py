@@ -27,7 +27,9 @@ def worker(args):
     from diffjax import config_lib as cl
     from diffjax import data as dd
     from diffjax import train as tr
+    from diffjax import reuse_freed_host_memory
 
+    reuse_freed_host_memory()  # as `python -m diffjax.main` does
     cfg = default.get_config()
     cfg.model.name = args.model
     cfg.training.batch_size = args.batch
