@@ -6,7 +6,10 @@
 The same layout on both sides (``UNet2DModel(sample_size=32, block_out_channels=(64, 128, 128),
 layers_per_block=2, down=(Down, AttnDown, Down), up=(Up, AttnUp, Up), norm_num_groups=32)`` and
 ``diffjax.nets.small32``), float32, a forward pass and an Adam train step on the DDPM eps loss. The two frameworks
-alternate for ``--rounds`` rounds so that machine drift hits both; medians per round are printed.
+alternate for ``--rounds`` rounds so that machine drift hits both; medians per round are printed. Each measurement
+runs in a fresh process with its framework's own defaults: PyTorch with glibc's malloc as it comes, diffjax with
+``diffjax.reuse_freed_host_memory()`` applied as ``python -m diffjax.main`` applies it (a process-wide malloc
+setting, so the two cannot share a process; ``DIFFJAX_REUSE_HOST_MEMORY=0`` runs diffjax without it).
 ``--attention mid`` drops the 16x16 attention blocks on both sides (diffusers' Down/UpBlock2D instead of the Attn
 variants, diffjax's ``attn_resolutions=()``), keeping the 8x8 middle block's: the rest of the network compared alone.
 """
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -82,9 +86,17 @@ def jax_small32(batch: int, repeats: int, xla_options=None, attention: str = "al
                 gflops_matmul_peak=r["gflops_matmul_peak"])
 
 
-def main(argv=None):
+def worker(args, baseline) -> dict:
+    """One measurement in this (fresh) process: each framework runs with its own defaults, as its users get it."""
+    if args.worker == "torch":
+        return torch_small32(args.batch, args.repeats, args.threads, args.attention)
     from diffjax import reuse_freed_host_memory
-    reuse = reuse_freed_host_memory()  # first, before torch or JAX start threads (diffjax/_host_memory.py)
+    reuse_freed_host_memory()  # what `python -m diffjax.main` does, before JAX starts (diffjax/_host_memory.py)
+    return jax_small32(args.batch, args.repeats, baseline if args.worker == "jax-baseline" else None,
+                       args.attention)
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
@@ -96,24 +108,32 @@ def main(argv=None):
     p.add_argument("--attention", default="all", choices=["all", "mid"],
                    help="'mid': without the 16x16 attention blocks on both sides (the 8x8 middle one stays)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--worker", choices=["torch", "jax", "jax-baseline"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.batch < 1 or args.rounds < 1 or args.repeats < 1:
+        p.error(f"--batch, --rounds and --repeats must be >= 1, got {args.batch}, {args.rounds}, {args.repeats}")
     import nets as bench_nets  # experiments/bench/nets.py
 
     baseline = bench_nets.parse_xla_options(p, "--baseline-xla-option", args.baseline_xla_option)
+    if args.worker:
+        print(json.dumps(worker(args, baseline)), flush=True)
+        return
+    passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+    workers = ["torch", "jax"] + (["jax-baseline"] if baseline else [])
     rows = []
     for rnd in range(args.rounds):
-        runs = [lambda: torch_small32(args.batch, args.repeats, args.threads, args.attention),
-                lambda: jax_small32(args.batch, args.repeats, attention=args.attention)]
-        if baseline:
-            runs.append(lambda: jax_small32(args.batch, args.repeats, baseline, args.attention))
-        for run in runs:
-            row = dict(round=rnd, batch=args.batch, **run())
+        for name in workers:  # a fresh process per measurement, the frameworks alternating
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), *passed, "--worker", name],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{name} worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+            row = dict(round=rnd, batch=args.batch, **json.loads(out.stdout.strip().splitlines()[-1]))
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
     if not args.json:
         print(f"small32, batch {args.batch}, float32, {os.cpu_count()} cpus, attention: {args.attention}, "
-              f"host memory reuse (both frameworks): {reuse}")
+              f"one fresh process per measurement")
         print("| round | framework | params | forward images/s | train images/s |")
         print("|---|---|---|---|---|")
         for r in rows:
