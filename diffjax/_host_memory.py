@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Mapping, Optional
 
+from diffjax._xla_flags import _backends_started
+
 OPT_OUT = "DIFFJAX_REUSE_HOST_MEMORY"
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
@@ -42,14 +44,6 @@ def _glibc() -> Optional[ctypes.CDLL]:
     except (OSError, AttributeError):
         return None
     return libc
-
-
-def _backends_started() -> bool:
-    try:
-        from jax._src import xla_bridge
-        return bool(xla_bridge.backends_are_initialized())
-    except Exception:  # JAX not importable or its private API moved: assume not started
-        return False
 
 
 def reuse_wanted(environ: Mapping[str, str], have_glibc: bool, backends_started: bool) -> bool:
