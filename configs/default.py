@@ -19,7 +19,10 @@ def get_config():
     training.checkpoint_keep = 5
     training.log_freq = 50
     training.eval_freq = 100
-    training.n_jitted_steps = 5              # optimizer steps per dispatch (lax.scan)
+    training.n_jitted_steps = 5              # optimizer steps per dispatch
+    training.unroll_jitted_steps = True      # trace them one after another (XLA:CPU runs a conv net's backward
+                                             # ~20x slower inside a loop); False: lax.scan, fast to compile for many
+                                             # small steps (an MLP)
     training.snapshot_sampling = True
     training.sde = "vpsde"                   # vpsde | subvpsde | vesde | cosine
     training.continuous = True

@@ -87,7 +87,7 @@ class Run:
         loss_fn = cl.build_loss_fn(self.config, self.model, self.sde)
         step = tr.make_train_step(loss_fn, self.optimizer, ema_rate=self.config.model.ema_rate,
                                   num_classes=self.num_classes, label_dropout=t.label_dropout)
-        return tr.jit_train_step(tr.multi_step(step), self.mesh, self.shardings)
+        return tr.jit_train_step(tr.multi_step(step, unroll=t.unroll_jitted_steps), self.mesh, self.shardings)
 
     def sample(self, params, key, n):
         """``n`` samples (host numpy, float) from the network with ``params``."""
