@@ -14,7 +14,8 @@ the project's 2-core machine (experiments/bench/README.md). PyTorch's buffers ar
   instead of a JAX worker thread. That matters because glibc gives each thread its own arena, and a worker
   thread's arena cannot hold an allocation over 64 MB whatever ``M_MMAP_MAX`` says; the calling (main) thread's
   heap can. The alternative, one arena for all threads (``M_ARENA_MAX=1``), makes every thread's small
-  allocations contend for one lock: the small32 train step ran ~7% slower that way, and compiles ~20% slower.
+  allocations contend for one lock: the small32 train step ran ~8% slower that way, and compiled ~20% slower
+  (experiments/bench/README.md).
   Without async dispatch, Python waits for each computation to finish; the training loop still builds batches
   ahead in its own thread. Multi-device computations keep JAX's asynchronous dispatch.
 
