@@ -308,6 +308,18 @@ def test_chunked_attention_equals_reference(heads_per_step):
     assert float(jnp.max(jnp.abs(out16.astype(jnp.float32) - ref))) < 0.05
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 12, 256, 784])
+def test_row_max_by_halving_equals_max(n):
+    """The attention's row maximum (halved with element-wise maxima first) is jnp.max exactly, NaN and -inf
+    rows included."""
+    from diffjax.nets._layers import _row_max
+    s = np.array(jax.random.normal(jax.random.key(n), (3, 5, n)))
+    s[0, 1, :] = -np.inf
+    s[1, 2, n // 2] = np.nan
+    s[2, 3, n - 1] = 50.0  # the maximum in the last column
+    np.testing.assert_array_equal(np.asarray(jax.jit(_row_max)(jnp.asarray(s))), np.max(s, axis=-1, keepdims=True))
+
+
 def test_layer_impls_and_forward_mode():
     """AttnBlock (GroupNorm + attention) with impl 'fused' and 'reference' gives the same outputs and gradients;
     forward mode (jax.jvp) works with 'reference' and is refused by the fused custom-VJP kernels."""
