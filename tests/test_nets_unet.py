@@ -287,7 +287,7 @@ def test_bad_fields_raise_before_tracing():
         model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros(1), train=False)
 
 
-@pytest.mark.parametrize("heads_per_step", [None, 1, 3])
+@pytest.mark.parametrize("heads_per_step", [None, 1, 3, 8])
 def test_chunked_attention_equals_reference(heads_per_step):
     """dot_product_attention (head chunks, recomputing backward) equals the textbook formula: values, gradients
     of all three inputs, jitted; also in bfloat16 within bf16 tolerance."""
