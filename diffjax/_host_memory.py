@@ -63,8 +63,8 @@ def reuse_wanted(environ: Mapping[str, str], have_glibc: bool, backends_started:
 
 
 def reuse_freed_host_memory(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """Apply the malloc and dispatch settings of the module docstring if wanted. Returns whether they are in effect (so a
-    second call, e.g. once JAX runs, reports what the first one did)."""
+    """Apply the malloc and dispatch settings of the module docstring if wanted. Returns whether they are in effect
+    (so a second call, e.g. once JAX runs, reports what the first one did)."""
     global _applied
     if _applied:
         return True
