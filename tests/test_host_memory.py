@@ -30,9 +30,11 @@ def test_does_nothing_once_jax_started(monkeypatch):
 
 
 # A jitted function whose run needs a 128 MB temporary buffer (like XLA:CPU's per-step buffer of a train step), run
-# five times; count the page faults of the last run.
+# eight times; the fewest page faults of runs 3-8. (The runtime frees a run's buffer just after its outputs are
+# ready, so on a loaded machine the next run can allocate before that free and take fresh memory; a training step
+# leaves time in between, and the pause here does too.)
 _SCRIPT = textwrap.dedent("""
-    import resource
+    import resource, time
     import diffjax
     applied = diffjax.reuse_freed_host_memory()
     import jax, jax.numpy as jnp
@@ -40,13 +42,15 @@ _SCRIPT = textwrap.dedent("""
         jnp.ones((65536, 64)), jnp.ones((64, 512)), jnp.ones((512, 4))).compile()
     assert f.memory_analysis().temp_size_in_bytes >= 128 << 20
     args = jnp.ones((65536, 64)), jnp.ones((64, 512)) / 64, jnp.ones((512, 4)) / 512
-    for _ in range(5):
+    faults = []
+    for _ in range(8):
+        time.sleep(0.05)
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         out = f(*args).block_until_ready()
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     assert float(out.mean()) == 1.0
     # a second call reports the first
-    print(applied and diffjax.reuse_freed_host_memory(), jax.config.values["jax_cpu_enable_async_dispatch"], faults)
+    print(applied and diffjax.reuse_freed_host_memory(), jax.config.values["jax_cpu_enable_async_dispatch"], min(faults[2:]))
 """)
 
 
