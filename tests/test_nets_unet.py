@@ -231,6 +231,70 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
                                 rtol=1e-5, atol=1e-5)
 
 
+def _upsample_then_conv(x, w):
+    return nets.conv_xla(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_conv_upsampled_equals_conv_of_upsampled(k):
+    """The sub-pixel form equals the convolution of the nearest-upsampled image: values, both gradients, jvp."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4))
+    w = jax.random.normal(jax.random.key(1), (k, k, 4, 3)) / np.sqrt(k * k * 4)
+    direct = _upsample_then_conv(x, w)
+    assert direct.shape == (2, 10, 6, 3)
+    chex.assert_trees_all_close(nets.conv_upsampled(x, w), direct, rtol=1e-5, atol=1e-5)
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+    chex.assert_trees_all_close(jax.value_and_grad(loss(nets.conv_upsampled), (0, 1))(x, w),
+                                jax.value_and_grad(loss(_upsample_then_conv), (0, 1))(x, w), rtol=1e-5, atol=1e-5)
+    tangents = (0.3 * x, 0.2 * w)
+    chex.assert_trees_all_close(jax.jvp(nets.conv_upsampled, (x, w), tangents),
+                                jax.jvp(_upsample_then_conv, (x, w), tangents), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,size,k", [(2, 7, 3), (3, 8, 3), (2, 9, 5), (2, 6, 1), (2, 6, 4)])
+def test_conv_polyphase_equals_strided_conv(stride, size, k):
+    """Polyphase form = XLA's strided convolution; the custom-JVP version keeps XLA's forward exactly and matches its
+    gradients, forward-mode derivatives and second derivatives."""
+    x = jax.random.normal(jax.random.key(0), (2, size, size - 1, 3))
+    w = jax.random.normal(jax.random.key(1), (k, k, 3, 4)) / np.sqrt(k * k * 3)
+    ref = lambda x, w: nets.conv_xla(x, w, stride)  # noqa: E731
+    got = lambda x, w: nets.conv_polyphase_grad(x, w, stride)  # noqa: E731
+    chex.assert_trees_all_close(nets.conv_polyphase(x, w, stride), ref(x, w), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(got(x, w), ref(x, w))
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+    chex.assert_trees_all_close(jax.value_and_grad(loss(got), (0, 1))(x, w),
+                                jax.value_and_grad(loss(ref), (0, 1))(x, w), rtol=1e-5, atol=1e-5)
+    tangents = (0.3 * x, 0.2 * w)
+    chex.assert_trees_all_close(jax.jvp(got, (x, w), tangents), jax.jvp(ref, (x, w), tangents), rtol=1e-5, atol=1e-5)
+    grad_norm = lambda conv: jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)  # noqa: E731
+    chex.assert_trees_all_close(grad_norm(got), grad_norm(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_upsampling_and_strided_layers_auto_equal_literal():
+    """conv_impl 'auto' (sub-pixel upsampling convolutions, the 1x1 shortcut of up-ResBlocks moved before the
+    upsampling, polyphase input gradients) against 'xla' (upsample, then convolve): the same parameters, outputs and
+    gradients for the Upsample / Downsample layers and BigGAN up / down ResBlocks (cropped odd sizes included); and
+    a Conv cannot both upsample and stride."""
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
+    temb = jax.random.normal(jax.random.key(2), (2, 16))
+    layers = {
+        "upsample": lambda i: nets.Upsample(6, conv_impl=i),
+        "upsample_crop": lambda i: nets.Upsample(6, out_hw=(7, 7), conv_impl=i),
+        "downsample": lambda i: nets.Downsample(6, conv_impl=i),
+        "resblock_up": lambda i: nets.ResBlock(6, kind="biggan", up=True, norm_groups=2, init_scale=1.0, conv_impl=i),
+        "resblock_down": lambda i: nets.ResBlock(6, kind="biggan", down=True, norm_groups=2, conv_impl=i),
+    }
+    for name, layer in layers.items():
+        args = (x, temb, False) if name.startswith("resblock") else (x,)
+        variables = jax.tree_util.tree_map(lambda p: p + 0.1, layer("xla").init(jax.random.key(0), *args))
+        chex.assert_trees_all_equal_shapes_and_dtypes(variables, layer("auto").init(jax.random.key(0), *args))
+        loss = lambda i: lambda v, x: jnp.sum(jnp.sin(layer(i).apply(v, x, *args[1:])))  # noqa: E731
+        chex.assert_trees_all_close(jax.jit(jax.value_and_grad(loss("auto"), (0, 1)))(variables, x),
+                                    jax.jit(jax.value_and_grad(loss("xla"), (0, 1)))(variables, x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="upsample=True needs stride=1, got stride=2"):
+        nets.Conv(4, stride=2, upsample=True).init(jax.random.key(0), x)
+
+
 def test_conv_impl_choice():
     from diffjax.nets._layers import _use_matmul
     assert not _use_matmul("auto")

@@ -12,7 +12,8 @@ from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_condition
 from diffjax.nets._classifier import NoiseConditionalClassifier
 from diffjax.nets._layers import (CONV_IMPLS, LAYER_IMPLS, AttnBlock, Conv, Dense, Downsample,
                                   GaussianFourierProjection, GroupNorm, ResBlock, Upsample, add_bias, attention,
-                                  conv_matmul_grad, conv_shifted_matmuls, conv_xla, default_heads_per_step,
+                                  conv_matmul_grad, conv_polyphase, conv_polyphase_grad,
+                                  conv_shifted_matmuls, conv_upsampled, conv_xla, default_heads_per_step,
                                   dot_product_attention, fir_downsample_2d, fir_upsample_2d, group_norm,
                                   group_norm_fused, reference_attention, sum_spatial, timestep_embedding)
 from diffjax.nets._mlp import MLPScore
@@ -30,7 +31,8 @@ __all__ = [
     "fashion_mnist_small", "toy_mlp", "noise_classifier_cifar10",
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d",
-    "CONV_IMPLS", "conv_xla", "conv_matmul_grad", "conv_shifted_matmuls",
+    "CONV_IMPLS", "conv_xla", "conv_matmul_grad", "conv_shifted_matmuls", "conv_upsampled", "conv_polyphase",
+    "conv_polyphase_grad",
     "LAYER_IMPLS", "attention", "dot_product_attention", "reference_attention", "default_heads_per_step",
     "group_norm", "group_norm_fused", "sum_spatial", "add_bias",
 ]

@@ -78,7 +78,8 @@ class UNet(nn.Module):
       learn_sigma: double the output channels: ``(eps, v)`` for improved DDPM's interpolated log-variance.
       image_size / num_channels: expected input size, checked when given (``None``: any).
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
-      conv_impl: ``"auto"`` / ``"xla"`` (XLA's convolution) or ``"matmul"`` (matmul weight gradients), see
+      conv_impl: ``"auto"`` (XLA's convolutions; sub-pixel upsampling convolutions and polyphase input gradients
+        of strided ones), ``"xla"`` (XLA's convolutions, literally) or ``"matmul"`` (matmul weight gradients), see
         :class:`Conv`.
       layer_impl: attention and GroupNorm kernels: ``"auto"`` (``"fused"`` on the CPU backend: chunked attention
         and GroupNorm with custom VJPs, reverse-mode only) or ``"reference"`` (plain JAX, supports ``jax.jvp``).
