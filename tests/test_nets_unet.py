@@ -303,6 +303,38 @@ def test_conv_impl_choice():
         nets.UNet(conv_impl="patches")
 
 
+def _upfirdn2d_reference(x, fir_kernel, up):
+    """StyleGAN2's upfirdn2d in numpy (float64): zero insertion (up=2), padding, true 2-D convolution with
+    ``outer(k, k) / sum(k)^2`` (times 4 when upsampling), every second sample (down=2 when ``up`` is False)."""
+    k = np.asarray(fir_kernel, np.float64)
+    k2, n, p = np.outer(k, k) / k.sum() ** 2 * (4 if up else 1), len(k), len(k) - 2
+    x = np.asarray(x, np.float64)
+    if up:
+        z = np.zeros((x.shape[0], 2 * x.shape[1] - 1, 2 * x.shape[2] - 1, x.shape[3]))
+        z[:, ::2, ::2] = x
+        pads = [((p + 1) // 2 + 1, p // 2 + 1)] * 2
+    else:
+        z, pads = x, [((p + 1) // 2, p // 2 + m % 2) for m in x.shape[1:3]]
+    z = np.pad(z, ((0, 0), *pads, (0, 0)))
+    ho, wo = z.shape[1] - n + 1, z.shape[2] - n + 1
+    out = sum(k2[n - 1 - i, n - 1 - j] * z[:, i:i + ho, j:j + wo] for i in range(n) for j in range(n))
+    return out if up else out[:, ::2, ::2]
+
+
+@pytest.mark.parametrize("fir_kernel", [(1, 3, 3, 1), (1, 2, 1), (1, 2), (1, 2, 5)])
+def test_fir_resampling_equals_upfirdn2d(fir_kernel):
+    """FIR up/downsampling equal upfirdn2d (asymmetric kernels too: a convolution, not a correlation) at even and
+    odd sizes, and their gradients are the transposes (<f(x), y> = <x, f^T y>)."""
+    for shape in [(2, 8, 8, 3), (2, 7, 5, 3)]:
+        x = jax.random.normal(jax.random.key(0), shape)
+        for fn, up in ((nets.fir_upsample_2d, True), (nets.fir_downsample_2d, False)):
+            ref = _upfirdn2d_reference(x, fir_kernel, up)
+            out, vjp = jax.vjp(lambda x: fn(x, fir_kernel), x)
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+            y = jax.random.normal(jax.random.key(1), out.shape)
+            np.testing.assert_allclose(np.vdot(vjp(y)[0], x), np.vdot(ref, y), rtol=1e-5)
+
+
 def test_fir_resampling_shapes_and_unit_gain():
     x = jnp.ones((1, 8, 8, 3))
     up = nets.fir_upsample_2d(x)
