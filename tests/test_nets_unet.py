@@ -270,11 +270,18 @@ def test_conv_polyphase_equals_strided_conv(stride, size, k):
     chex.assert_trees_all_close(grad_norm(got), grad_norm(ref), rtol=1e-4, atol=1e-4)
 
 
-def test_upsampling_and_strided_layers_auto_equal_literal():
+def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
     """conv_impl 'auto' (sub-pixel upsampling convolutions, the 1x1 shortcut of up-ResBlocks moved before the
     upsampling, polyphase input gradients) against 'xla' (upsample, then convolve): the same parameters, outputs and
-    gradients for the Upsample / Downsample layers and BigGAN up / down ResBlocks (cropped odd sizes included); and
-    a Conv cannot both upsample and stride."""
+    gradients for the Upsample / Downsample layers and BigGAN up / down ResBlocks (cropped odd sizes included); the
+    sub-pixel form only from SUBPIXEL_MIN_POSITIONS input positions on; a Conv cannot both upsample and stride."""
+    def n_convs(x):
+        conv = nets.Conv(4, upsample=True)
+        jaxpr = jax.make_jaxpr(lambda x: conv.init_with_output(jax.random.key(0), x)[0])(x)
+        return str(jaxpr).count("conv_general_dilated")
+
+    assert n_convs(jnp.zeros((4, 16, 16, 2))) == 4 and n_convs(jnp.zeros((4, 16, 15, 2))) == 1  # 1024 vs 960
+    monkeypatch.setattr(nets._layers, "SUBPIXEL_MIN_POSITIONS", 0)  # tiny inputs below: the sub-pixel form
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
     temb = jax.random.normal(jax.random.key(2), (2, 16))
     layers = {
