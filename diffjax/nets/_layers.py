@@ -187,32 +187,6 @@ def conv_polyphase(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return out
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def conv_polyphase_grad(x: jax.Array, kernel: jax.Array, stride: int = 2) -> jax.Array:
-    """XLA's strided convolution whose input tangent is :func:`conv_polyphase`, so that the input gradient (its
-    transpose) is stride-1 convolutions instead of XLA's input-dilated one (~2x slower on XLA:CPU: 32x32x128, batch
-    32, gradients 68 -> 42 ms). Forward values and weight gradients are XLA's own; input gradients equal XLA's up to
-    float rounding. Forward- and reverse-mode differentiable to any order."""
-    return conv_xla(x, kernel, stride)
-
-
-@functools.partial(conv_polyphase_grad.defjvp, symbolic_zeros=True)
-def _conv_polyphase_grad_jvp(stride, primals, tangents):
-    x, kernel = primals
-    x_dot, k_dot = tangents
-    y = conv_polyphase_grad(x, kernel, stride)
-    zero = jax.custom_derivatives.SymbolicZero
-    y_dot = None
-    if not isinstance(x_dot, zero):
-        y_dot = conv_polyphase(x_dot, kernel, stride)
-    if not isinstance(k_dot, zero):
-        t = conv_xla(x, k_dot, stride)
-        y_dot = t if y_dot is None else y_dot + t
-    if y_dot is None:
-        y_dot = jnp.zeros_like(y)
-    return y, y_dot
-
-
 def _upsampled_taps(k: int, phase: int):
     """For output phase ``phase`` (0 or 1) of a ``k``-tap filter with padding ``k // 2`` over a signal upsampled x2
     by repetition: the matrix ``(n, k)`` that sums the taps reading the same input sample, and the ``(low, high)``
@@ -259,30 +233,42 @@ def conv_shifted_matmuls(x: jax.Array, kernel: jax.Array, stride: int = 1) -> ja
     return out
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def conv_matmul_grad(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+def _conv_with_tangent(x_term, k_term, name: str, doc: str):
+    """XLA's convolution ``f(x, kernel, stride)`` as a ``custom_jvp`` whose tangent is
+    ``x_term(x_dot, kernel, stride) + k_term(x, k_dot, stride)`` (both linear: reverse mode transposes them)."""
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+    def conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+        return conv_xla(x, kernel, stride)
+
+    @functools.partial(conv.defjvp, symbolic_zeros=True)
+    def _jvp(stride, primals, tangents):
+        (x, kernel), (x_dot, k_dot) = primals, tangents
+        y = conv(x, kernel, stride)
+        zero = jax.custom_derivatives.SymbolicZero
+        parts = ([] if isinstance(x_dot, zero) else [x_term(x_dot, kernel, stride)]) + \
+                ([] if isinstance(k_dot, zero) else [k_term(x, k_dot, stride)])
+        return y, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
+
+    conv.__name__ = conv.__qualname__ = name
+    conv.__doc__ = doc
+    return conv
+
+
+conv_matmul_grad = _conv_with_tangent(
+    conv_xla, conv_shifted_matmuls, "conv_matmul_grad",
     """XLA's convolution whose kernel tangent is :func:`conv_shifted_matmuls`, so that the weight gradient
     (its transpose) is ``k*k`` large matmuls instead of XLA's CPU backward-filter convolution (~7 GFLOP/s on a
     2-core CPU). Forward values and input gradients are XLA's own; weight gradients equal XLA's up to float
-    rounding. Forward- and reverse-mode differentiable to any order."""
-    return conv_xla(x, kernel, stride)
+    rounding. Forward- and reverse-mode differentiable to any order. ``conv_matmul_grad(x, kernel, stride=1)``.""")
 
-
-@functools.partial(conv_matmul_grad.defjvp, symbolic_zeros=True)
-def _conv_matmul_grad_jvp(stride, primals, tangents):
-    x, kernel = primals
-    x_dot, k_dot = tangents
-    y = conv_matmul_grad(x, kernel, stride)
-    zero = jax.custom_derivatives.SymbolicZero
-    y_dot = None
-    if not isinstance(x_dot, zero):
-        y_dot = conv_xla(x_dot, kernel, stride)
-    if not isinstance(k_dot, zero):
-        t = conv_shifted_matmuls(x, k_dot, stride)
-        y_dot = t if y_dot is None else y_dot + t
-    if y_dot is None:
-        y_dot = jnp.zeros_like(y)
-    return y, y_dot
+conv_polyphase_grad = _conv_with_tangent(
+    conv_polyphase, conv_xla, "conv_polyphase_grad",
+    """XLA's strided convolution whose input tangent is :func:`conv_polyphase`, so that the input gradient (its
+    transpose) is stride-1 convolutions instead of XLA's input-dilated one (~2x slower on XLA:CPU: 32x32x128, batch
+    32, gradients 68 -> 42 ms). Forward values and weight gradients are XLA's own; input gradients equal XLA's up to
+    float rounding. Forward- and reverse-mode differentiable to any order. ``conv_polyphase_grad(x, kernel,
+    stride)``.""")
 
 
 def _use_matmul(impl: str) -> bool:
