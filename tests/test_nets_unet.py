@@ -298,6 +298,12 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
         loss = lambda i: lambda v, x: jnp.sum(jnp.sin(layer(i).apply(v, x, *args[1:])))  # noqa: E731
         value_and_grad = lambda i: jax.jit(jax.value_and_grad(loss(i), (0, 1)))(variables, x)  # noqa: E731
         chex.assert_trees_all_close(value_and_grad("auto"), value_and_grad("xla"), rtol=1e-4, atol=1e-4)
+    # FIR upsampling with the kernel (1, 1) is nearest upsampling, applied the literal way (before conv0 and the
+    # shortcut): the reordered nearest up-ResBlock is the same function.
+    late, literal = (nets.ResBlock(6, kind="biggan", up=True, norm_groups=2, fir=f, fir_kernel=(1, 1)) for f in (0, 1))
+    variables = jax.tree_util.tree_map(lambda p: p + 0.1, late.init(jax.random.key(0), x, temb, False))
+    chex.assert_trees_all_close(late.apply(variables, x, temb, False), literal.apply(variables, x, temb, False),
+                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="upsample=True needs stride=1, got stride=2"):
         nets.Conv(4, stride=2, upsample=True).init(jax.random.key(0), x)
 

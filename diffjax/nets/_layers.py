@@ -303,8 +303,8 @@ class Conv(nn.Module):
     ``upsample=True`` convolves the x2 nearest-neighbour upsampling of the input (DDPM's upsampling layer); with
     ``impl="auto"`` as :func:`conv_upsampled` (never forms the upsampled image; ~2x faster forward and backward for
     3x3 kernels) when the input has at least ``SUBPIXEL_MIN_POSITIONS`` positions, otherwise and with ``"xla"`` /
-    ``"matmul"`` literally, upsampling first. Strided convolutions with
-    ``impl="auto"`` use :func:`conv_polyphase_grad` (the same forward, a faster input gradient).
+    ``"matmul"`` literally, upsampling first. Strided convolutions with ``impl="auto"`` use
+    :func:`conv_polyphase_grad` (the same forward, a faster input gradient).
     """
 
     features: int
