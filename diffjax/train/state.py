@@ -11,19 +11,23 @@ import optax
 
 from diffjax.core._checks import check_choice, check_int, check_nonnegative, check_positive
 
+from diffjax.train.ema import ema_update
+
 __all__ = ["TrainState", "make_optimizer", "ema_update", "init_params", "create_state"]
 
 
 @flax.struct.dataclass
 class TrainState:
     """Everything a run needs to continue exactly: ``step`` (int32 scalar), ``params``, ``ema_params``,
-    ``opt_state`` and ``key`` (raw ``uint32`` key data; :func:`jax.random.wrap_key_data` gives the key)."""
+    ``opt_state``, ``key`` (raw ``uint32`` key data; :func:`jax.random.wrap_key_data` gives the key) and ``phema``,
+    a tuple of EDM2 power-function EMAs kept for post-hoc EMA reconstruction (empty unless asked for)."""
 
     step: jax.Array
     params: Any
     ema_params: Any
     opt_state: Any
     key: jax.Array
+    phema: tuple = ()
 
 
 def make_optimizer(*, lr: float = 2e-4, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
@@ -47,11 +51,6 @@ def make_optimizer(*, lr: float = 2e-4, beta1: float = 0.9, beta2: float = 0.999
     return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
 
 
-def ema_update(ema_params, params, rate: float):
-    """.. math:: \\bar\\theta \\leftarrow r \\bar\\theta + (1 - r) \\theta"""
-    return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
-
-
 def init_params(key, model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None):
     """``model.init`` on zeros of ``input_shape`` (``(batch, ...)``), returning the ``"params"`` collection."""
     b = input_shape[0]
@@ -63,10 +62,12 @@ def init_params(key, model: nn.Module, input_shape: Sequence[int], *, num_classe
 
 
 def create_state(key, model: nn.Module, input_shape: Sequence[int], optimizer: optax.GradientTransformation, *,
-                 num_classes: Optional[int] = None) -> TrainState:
-    """A fresh :class:`TrainState` at step 0 (EMA = initial params). Pure: wrap in ``jax.jit`` with
-    ``out_shardings`` to create it sharded."""
+                 num_classes: Optional[int] = None, num_posthoc_emas: int = 0) -> TrainState:
+    """A fresh :class:`TrainState` at step 0 (every EMA = initial params; ``num_posthoc_emas`` power EMAs in
+    ``phema``). Pure: wrap in ``jax.jit`` with ``out_shardings`` to create it sharded."""
+    check_int("num_posthoc_emas", num_posthoc_emas, minimum=0)
     k_init, k_train = jax.random.split(key)
     params = init_params(k_init, model, input_shape, num_classes=num_classes)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=optimizer.init(params), key=jax.random.key_data(k_train))
+                      opt_state=optimizer.init(params), key=jax.random.key_data(k_train),
+                      phema=tuple(params for _ in range(num_posthoc_emas)))

@@ -6,13 +6,14 @@ depends only on the state (resume is exact, and the key is the same global value
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from diffjax.train.state import TrainState, ema_update
+from diffjax.train.ema import constant_decay, ema_update, power_decay
+from diffjax.train.state import TrainState
 
 __all__ = ["make_train_step", "multi_step", "drop_labels"]
 
@@ -22,14 +23,18 @@ def drop_labels(key, y, *, num_classes: int, rate: float):
     return jnp.where(jax.random.bernoulli(key, rate, y.shape), num_classes, y)
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, ema_rate: float = 0.9999,
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                    ema_rate: Union[float, Callable] = 0.9999, posthoc_sigma_rels: Sequence[float] = (),
                     num_classes: Optional[int] = None, label_dropout: float = 0.0) -> Callable:
     """One optimizer step.
 
     Args:
       loss_fn: ``loss_fn(params, key, batch) -> (scalar loss, dict of scalar aux metrics)``.
       optimizer: an optax transformation (:func:`~diffjax.train.make_optimizer`).
-      ema_rate: EMA decay of ``ema_params``.
+      ema_rate: EMA decay of ``ema_params``: a float (constant decay) or a decay schedule ``decay(k)`` of the number
+        of updates already applied (:mod:`diffjax.train.ema`: ``debiased_decay``, ``warmup_decay``, ``power_decay``).
+      posthoc_sigma_rels: ``sigma_rel`` of the EDM2 power EMAs kept in ``state.phema`` (one per entry; the state
+        must have been created with as many, see :func:`~diffjax.train.create_state`).
       num_classes / label_dropout: with ``label_dropout > 0`` the batch's ``"y"`` is replaced by the null label
         ``num_classes`` with that probability (classifier-free guidance).
 
@@ -40,6 +45,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout!r}")
     if label_dropout > 0 and num_classes is None:
         raise ValueError("label_dropout > 0 needs num_classes (the null label), got num_classes=None")
+    ema_decay = ema_rate if callable(ema_rate) else constant_decay(ema_rate)
+    phema_decays = tuple(power_decay(s) for s in posthoc_sigma_rels)
 
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
@@ -49,8 +56,12 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, k_loss, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new = state.replace(step=state.step + 1, params=params, ema_params=ema_update(state.ema_params, params, ema_rate),
-                            opt_state=opt_state)
+        if len(state.phema) != len(phema_decays):
+            raise ValueError(f"the state holds {len(state.phema)} post-hoc EMAs but posthoc_sigma_rels has "
+                             f"{len(phema_decays)} entries; create the state with num_posthoc_emas={len(phema_decays)}")
+        phema = tuple(ema_update(e, params, d(state.step)) for e, d in zip(state.phema, phema_decays))
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, phema=phema,
+                            ema_params=ema_update(state.ema_params, params, ema_decay(state.step)))
         return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
     return train_step
