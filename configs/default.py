@@ -4,6 +4,8 @@ Defaults: score-SDE's CIFAR-10 DDPM++ (VP, continuous) setup.
 """
 import ml_collections
 
+from diffjax import config_lib
+
 
 def get_config():
     config = ml_collections.ConfigDict()
@@ -24,6 +26,8 @@ def get_config():
                                              # ~20x slower inside a loop); False: lax.scan, fast to compile for many
                                              # small steps (an MLP)
     training.snapshot_sampling = True
+    training.posthoc_ema_freq = 0            # > 0: write the power EMAs to WORKDIR/posthoc_ema every this many steps
+                                             # (EDM2 post-hoc EMA; sampling.ema_sigma_rel picks a length afterwards)
     training.sde = "vpsde"                   # vpsde | subvpsde | vesde | cosine
     training.continuous = True
     training.loss = "dsm"                    # dsm | ddpm | ncsn | hybrid
@@ -38,7 +42,11 @@ def get_config():
     sampling.method = "pc"                   # see diffjax.config_lib.SAMPLERS
     sampling.num_steps = 0                   # 0: the sampler's published default
     sampling.t_eps = 0.0                     # 0: the sampler's default
-    sampling.options = ml_collections.ConfigDict()  # extra keyword options of the sampler (snr, eta, rtol, ...)
+    # The samplers' keyword options (eta, snr, rtol, ...), each None (the sampler's default) until set, e.g.
+    # --config.sampling.options.eta=1.0; an option the chosen sampler lacks is an error. The fields come from the
+    # samplers' signatures: config_lib.sampler_options(method) lists a sampler's.
+    sampling.options = config_lib.sampler_options_config()
+    sampling.ema_sigma_rel = 0.0             # > 0: sample the post-hoc EMA of this length (needs posthoc_ema_freq)
     sampling.guidance_scale = 0.0            # classifier-free guidance w (class-conditional models)
     sampling.clip_denoised = False           # clip the predicted x0 to [-1, 1] (DDPM's sampler; diffusers' clip_sample)
     sampling.dynamic_threshold = 0.0         # Imagen's dynamic thresholding percentile (0: off)
@@ -65,6 +73,9 @@ def get_config():
     model.time_input = ""                    # "": make_score_fn's default
     model.scale_by_sigma = False
     model.ema_rate = 0.9999
+    model.ema_schedule = "debiased"          # debiased (optax.ema(debias=True)) | warmup (min(rate, (1+n)/(10+n)))
+                                             # | constant (score-SDE: keeps rate^n of the initialisation)
+    model.posthoc_sigma_rels = (0.05, 0.10)  # EDM2 power EMAs tracked when training.posthoc_ema_freq > 0
     model.beta_min = 0.1
     model.beta_max = 20.0
     model.sigma_min = 0.01
@@ -103,6 +114,7 @@ def get_config():
     evaluate.likelihood_atol = 1e-5
     evaluate.likelihood_t_eps = 1e-5
     evaluate.vlb_variance = "beta"           # fixed-variance DDPM bound: beta | posterior (learned sigma: ignored)
+    evaluate.vlb_clip_denoised = True        # DDPM bound with x0 clipped to [-1, 1] (Ho et al., improved DDPM)
 
     config.classifier = clf = ml_collections.ConfigDict()  # config.task = "classifier"
     clf.num_train_examples = 0               # first examples of the train split; 0: all

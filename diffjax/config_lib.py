@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
+import re
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 import diffjax.core as core
@@ -19,7 +24,7 @@ from diffjax.discrete import ncsn as _ncsn
 
 __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "SAMPLERS", "TOY_DATASETS", "IMAGE_DATASETS", "validate",
            "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampling_score_fn",
-           "build_sampler",
+           "build_sampler", "sampler_options", "sampler_options_config", "SamplerOptions",
            "build_dataset", "input_shape", "is_toy", "num_classes"]
 
 SDES = {
@@ -82,7 +87,9 @@ def num_classes(config) -> Optional[int]:
 
 
 def validate(config, *, device_count: Optional[int] = None) -> None:
-    """Check every name and the batch / frequency arithmetic; ``ValueError`` listing the allowed values."""
+    """Check the whole config before anything is compiled: every name, the batch / frequency arithmetic, the SDE's
+    parameters and the sampler settings (``sampling.*``, checked by the sampler's own argument checks on an abstract
+    input, see :func:`build_sampler`). ``ValueError`` naming the field and listing the allowed values."""
     t, m, s, d = config.training, config.model, config.sampling, config.data
     _choice("training.sde", t.sde, SDES)
     _choice("training.loss", t.loss, LOSSES)
@@ -90,6 +97,7 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     _choice("model.name", m.name, MODELS)
     _choice("model.parameterization", m.parameterization, _PARAMETERIZATIONS)
     _choice("model.time_input", m.time_input, _TIME_INPUTS)
+    _validate_ema(config)
     _choice("sampling.method", s.method, SAMPLERS)
     _choice("data.dataset", d.dataset, TOY_DATASETS + tuple(IMAGE_DATASETS))
     if t.loss in ("ddpm", "hybrid") and t.sde not in ("vpsde", "cosine"):
@@ -115,8 +123,10 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
         raise ValueError(f"training.label_dropout must be in [0, 1), got {t.label_dropout}")
     if t.label_dropout > 0 and not num_classes(config):
         raise ValueError("training.label_dropout > 0 needs data.num_classes > 0 (a class-conditional model)")
-    if not s.guidance_scale >= 0:
-        raise ValueError(f"sampling.guidance_scale must be >= 0, got {s.guidance_scale!r}")
+    if isinstance(s.guidance_scale, bool) or not isinstance(s.guidance_scale, numbers.Real) \
+            or not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 0):
+        raise ValueError(f"sampling.guidance_scale must be a finite number >= 0 (0: no guidance), "
+                         f"got {s.guidance_scale!r}")
     if s.guidance_scale > 0 and not (num_classes(config) and t.label_dropout > 0):
         raise ValueError(f"sampling.guidance_scale={s.guidance_scale} (classifier-free guidance) needs a "
                          "class-conditional model trained with training.label_dropout > 0")
@@ -128,6 +138,15 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     if (s.clip_denoised or s.dynamic_threshold) and is_toy(config):
         raise ValueError(f"sampling.clip_denoised / sampling.dynamic_threshold keep x0 in the image range [-1, 1]; "
                          f"data.dataset={d.dataset!r} is not an image dataset")
+    for name, minimum in (("batch_size", 1), ("num_samples", 0), ("snapshot_num", 1), ("final_num_samples", 0)):
+        if isinstance(s[name], bool) or not isinstance(s[name], numbers.Integral) or s[name] < minimum:
+            raise ValueError(f"sampling.{name} must be an integer >= {minimum}, got {s[name]!r}")
+    try:
+        sde = build_sde(config)
+    except ValueError as e:
+        raise ValueError(f"training.sde={t.sde!r} cannot be built from the model.* fields (model.beta_min, "
+                         f"beta_max, sigma_min, sigma_max, num_scales): {e}") from e
+    _check_sampler(config, sde)
 
 
 def build_sde(config):
@@ -150,6 +169,47 @@ def build_optimizer(config):
                           warmup=o.warmup, grad_clip=o.grad_clip, optimizer=o.optimizer)
 
 
+EMA_SCHEDULES = ("debiased", "warmup", "constant")
+
+
+def build_ema_decay(config):
+    """The decay schedule of ``ema_params`` (:mod:`diffjax.train.ema`) for ``model.ema_schedule``."""
+    from diffjax.train import ema
+    m = config.model
+    _choice("model.ema_schedule", m.ema_schedule, EMA_SCHEDULES)
+    make = {"debiased": ema.debiased_decay, "warmup": ema.warmup_decay, "constant": ema.constant_decay}
+    return make[m.ema_schedule](float(m.ema_rate))
+
+
+def _validate_ema(config):
+    from diffjax.train import ema
+    m, t, s = config.model, config.training, config.sampling
+    _choice("model.ema_schedule", m.ema_schedule, EMA_SCHEDULES)
+    rate = m.ema_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"model.ema_rate must be a float in [0, 1), got {rate!r}")
+    freq = t.posthoc_ema_freq
+    if isinstance(freq, bool) or not isinstance(freq, int) or freq < 0 or freq % t.n_jitted_steps:
+        raise ValueError(f"training.posthoc_ema_freq must be 0 (off) or a positive multiple of "
+                         f"training.n_jitted_steps={t.n_jitted_steps}, got {freq!r}")
+    for v in tuple(m.posthoc_sigma_rels) + ((s.ema_sigma_rel,) if s.ema_sigma_rel else ()):
+        try:
+            ema.sigma_rel_to_gamma(v)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"model.posthoc_sigma_rels / sampling.ema_sigma_rel: {e}") from None
+    if freq and not m.posthoc_sigma_rels:
+        raise ValueError("training.posthoc_ema_freq > 0 needs model.posthoc_sigma_rels, e.g. (0.05, 0.10) (EDM2)")
+    if s.ema_sigma_rel and not freq:
+        raise ValueError(f"sampling.ema_sigma_rel={s.ema_sigma_rel} reconstructs a post-hoc EMA from the snapshots "
+                         "that training.posthoc_ema_freq > 0 writes; set it (and model.posthoc_sigma_rels)")
+
+
+def posthoc_sigma_rels(config) -> tuple:
+    """The ``sigma_rel`` of the power EMAs the train state tracks: ``model.posthoc_sigma_rels`` when
+    ``training.posthoc_ema_freq > 0``, else none."""
+    return tuple(float(s) for s in config.model.posthoc_sigma_rels) if config.training.posthoc_ema_freq else ()
+
+
 def input_shape(config, batch: int):
     if is_toy(config):
         return (batch, 2)
@@ -162,14 +222,23 @@ def _score_kwargs(config):
               learned_sigma=bool(m.overrides.get("learn_sigma", False)))
     if m.time_input:
         kw["time_input"] = m.time_input
+    elif _discrete_vp(config) and m.parameterization != "edm":
+        kw["time_input"] = "index"  # DDPM's timestep, what the hybrid loss feeds too: grid.index(grid.time(i)) = i
     return kw
+
+
+def _discrete_vp(config) -> bool:
+    """A discrete-time VP model: trained on the DDPM grid (``training.continuous=False`` or the DDPM / hybrid loss)."""
+    t = config.training
+    return (not t.continuous or t.loss in ("ddpm", "hybrid")) and t.sde in ("vpsde", "cosine")
 
 
 def _network_marginal(config, sde):
     """What converts the network's output to a score: a discrete-time VP model (``training.continuous=False``, or
     the DDPM / hybrid loss) was trained on the DDPM grid, whose ``alpha_bar_i`` differ from the continuous VP
     marginal (at ``i = 0`` the grid's std is ``sqrt(beta_1)``, the SDE's is 0), so its score uses the grid, as
-    score-SDE's discrete DDPM models do."""
+    score-SDE's discrete DDPM models do. The grid's step ``i`` sits at the time where the SDE's marginal equals
+    ``alpha_bar_i`` (:func:`~diffjax.discrete.ddpm_grid`), where the grid samplers evaluate it."""
     discrete = not config.training.continuous or config.training.loss in ("ddpm", "hybrid")
     if discrete and isinstance(sde, core.VPSDE):
         return _ddpm.ddpm_grid(sde)
@@ -186,6 +255,8 @@ def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, r
     """``score_fn(x, t)`` of the network with ``params`` (``y``: class labels of a conditional model)."""
     if num_classes(config):
         f = _conditional_score_fn(config, model, sde, params, train=train, rng=rng)
+        if core.has_learned_variance(f):  # keep v: the grid samplers use the learned variance
+            return core.LearnedVarianceScore(lambda x, t: f.score_and_v(x, t, y))
         return lambda x, t: f(x, t, y)
     return _nets().make_score_fn(model.apply, params, _network_marginal(config, sde), train=train, rng=rng,
                                  **_score_kwargs(config))
@@ -194,12 +265,26 @@ def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, r
 def build_sampling_score_fn(config, model, sde, params, *, y=None):
     """The score the samplers use: :func:`build_score_fn`, with classifier-free guidance of scale
     ``sampling.guidance_scale`` (null label ``num_classes``) and the x0 range control of ``sampling.clip_denoised``
-    / ``sampling.dynamic_threshold``. Not for likelihoods, which need the model's own score."""
+    / ``sampling.dynamic_threshold``. Not for likelihoods, which need the model's own score.
+
+    A learned-variance model (``model.overrides.learn_sigma``) gives a :class:`~diffjax.LearnedVarianceScore`
+    through all of these (the x0 transforms keep ``v``; with guidance ``v`` is the conditional model's, as in
+    GLIDE), so the grid samplers sample with its learned variance by default."""
     s = config.sampling
     if num_classes(config) and s.guidance_scale > 0:
-        guided = core.classifier_free_guidance(_conditional_score_fn(config, model, sde, params),
-                                               guidance_scale=s.guidance_scale, null_label=num_classes(config))
+        cond = _conditional_score_fn(config, model, sde, params)
+        guided = core.classifier_free_guidance(cond, guidance_scale=s.guidance_scale, null_label=num_classes(config))
         score_fn = core.with_label(guided, y)
+        if core.has_learned_variance(cond):
+            w, null = float(s.guidance_scale), num_classes(config)
+
+            def guided_and_v(x, t):
+                s_c, v = cond.score_and_v(x, t, y)
+                label = jax.numpy.asarray(y)
+                s_u = cond(x, t, jax.numpy.full(label.shape, null, label.dtype))
+                return (1.0 + w) * s_c - w * s_u, v  # classifier_free_guidance's rule, v from the same call
+
+            score_fn = core.LearnedVarianceScore(guided_and_v)
     else:
         score_fn = build_score_fn(config, model, sde, params, y=y)
     if s.clip_denoised:
@@ -237,7 +322,7 @@ def build_loss_fn(config, model, sde) -> Callable:
             ti = config.model.time_input or "index"
 
             def model_fn(x_t, tt):
-                labels = nets.noise_labels_for(tt, sde, time_input=ti)
+                labels = nets.noise_labels_for(tt, grid, time_input=ti)  # the grid's step index for tt = grid.time(i)
                 args = (x_t, labels) if y is None else (x_t, labels, y)
                 out = model.apply({"params": params}, *args, train=True, rngs={"dropout": k_drop})
                 return nets.split_learned_sigma(out)
@@ -256,23 +341,146 @@ def build_loss_fn(config, model, sde) -> Callable:
     return loss_fn
 
 
-def build_sampler(config) -> Callable:
-    """``sample(key, x_T, score_fn, sde) -> x_0`` with ``sampling.method``, ``sampling.num_steps`` (0: the sampler's
-    default), ``sampling.t_eps`` (0: default) and ``sampling.options`` (extra keyword options)."""
+# ------------------------------------------------------------------------------------------------ sampler settings
+# ``sampling.options`` holds the samplers' keyword options. Which ones exist, and their types, comes from the
+# samplers' signatures (inspect), so a new option of a sampler is settable from the command line without edits here.
+
+_STEP_ARGS = ("num_steps", "t_eps")                 # sampling.num_steps / sampling.t_eps
+_NOT_CONFIG_OPTIONS = ("return_nfe",)               # changes what the sampler returns: Python only
+_OPTION_TYPES = {t.__name__: t for t in (bool, int, float, str)}
+
+
+def _keyword_options(method: str) -> dict:
+    """``{name: inspect.Parameter}`` of the keyword options of sampler ``method`` a config may set."""
+    params = inspect.signature(SAMPLERS[method]).parameters
+    return {n: p for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in _STEP_ARGS + _NOT_CONFIG_OPTIONS}
+
+
+def _option_type(param: inspect.Parameter) -> Optional[type]:
+    """bool / int / float / str from the annotation (e.g. ``"float"``, ``"int | None"``) or else the default's type;
+    ``object`` (any Python literal, parsed by ``ast.literal_eval``, else a string) for a ``None`` default without
+    such an annotation; None for anything else (callables such as pc's ``predictor``: Python configs only)."""
+    ann = param.annotation
+    if isinstance(ann, type) and ann.__name__ in _OPTION_TYPES:
+        return ann
+    if isinstance(ann, str):
+        names = [n for n in re.findall(r"[A-Za-z_][A-Za-z_0-9.]*", ann) if n not in ("None", "Optional", "typing")]
+        if len(names) == 1 and names[0] in _OPTION_TYPES:
+            return _OPTION_TYPES[names[0]]
+    if param.default is None:
+        return object
+    return type(param.default) if type(param.default) in _OPTION_TYPES.values() else None
+
+
+def sampler_options(method: str) -> dict:
+    """``{option: type}``: the keyword options of sampler ``method`` that ``sampling.options`` can set from the
+    command line (``--config.sampling.options.NAME=VALUE``), from the sampler's signature. Options of other types
+    (pc's ``predictor``, a callable) can be set in a Python config only; ``return_nfe`` not at all. Type ``object``:
+    an option with a ``None`` default and no bool / int / float / str annotation; its command-line value is read as
+    a Python literal (``1.5``, ``None``, ``True``), or else as a string."""
+    _choice("sampling.method", method, SAMPLERS)
+    return {n: t for n, t in ((n, _option_type(p)) for n, p in _keyword_options(method).items()) if t is not None}
+
+
+def _options_listing() -> str:
+    return "; ".join(f"{m}: {', '.join(sampler_options(m)) or '(none)'}" for m in sorted(SAMPLERS))
+
+
+class SamplerOptions(ml_collections.ConfigDict):
+    """``sampling.options``: one typed field per option of every sampler (:func:`sampler_options_config`), None
+    (the sampler's default) until set. Asking for a name that is no option raises ``KeyError`` listing them all,
+    so ``--config.sampling.options.etaa=1`` fails while the flags are parsed, naming the options."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and "." not in key and key not in self:
+            raise KeyError(f"sampling.options.{key} is not an option of any sampler; the options of each "
+                           f"sampling.method are: {_options_listing()}")
+        return super().__getitem__(key)
+
+
+def sampler_options_config() -> SamplerOptions:
+    """The ``sampling.options`` of ``configs/default.py``: a ``None`` placeholder typed from the signatures for every
+    option of every sampler, so the locked config of ``python -m diffjax.main`` takes
+    ``--config.sampling.options.eta=1.0`` (parsed as the option's type). :func:`build_sampler` passes on only the
+    options that are set, and rejects one the chosen sampler does not have."""
+    types: dict = {}
+    for method in sorted(SAMPLERS):
+        for name, typ in sampler_options(method).items():
+            if types.setdefault(name, typ) is not typ:
+                types[name] = object  # samplers disagree on the type: read any Python literal
+    options = SamplerOptions()
+    for name, typ in sorted(types.items()):
+        options[name] = ml_collections.config_dict.placeholder(typ)
+    return options
+
+
+def _sampler_kwargs(config) -> dict:
+    """The keyword arguments of ``sampling.method`` from ``sampling.num_steps``, ``t_eps`` and ``options``."""
     s = config.sampling
     _choice("sampling.method", s.method, SAMPLERS)
-    fn = SAMPLERS[s.method]
-    params = inspect.signature(fn).parameters
-    kw = dict(s.options)
-    if s.num_steps and "num_steps" in params:
+    allowed = _keyword_options(s.method)
+    kw = {k: v for k, v in dict(s.options).items() if v is not None}
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise ValueError(f"sampling.options {unknown} are not options of sampler {s.method!r}; allowed: "
+                         f"{sorted(allowed)}")
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}  # hashable: jit's static arguments
+    if isinstance(s.num_steps, bool) or not isinstance(s.num_steps, numbers.Integral) or s.num_steps < 0:
+        raise ValueError(f"sampling.num_steps must be an integer >= 0 (0: the sampler's default), got {s.num_steps!r}")
+    if isinstance(s.t_eps, bool) or not isinstance(s.t_eps, numbers.Real) or not (math.isfinite(s.t_eps)
+                                                                                and s.t_eps >= 0):
+        raise ValueError(f"sampling.t_eps must be 0 (the sampler's default) or a time in (0, T), got {s.t_eps!r}")
+    if s.num_steps and "num_steps" in inspect.signature(SAMPLERS[s.method]).parameters:
         kw["num_steps"] = int(s.num_steps)
     if s.t_eps:
         kw["t_eps"] = float(s.t_eps)
-    unknown = set(kw) - set(params)
-    if unknown:
-        raise ValueError(f"sampling.options {sorted(unknown)} are not options of sampler {s.method!r}; allowed: "
-                         f"{sorted(p for p in params if p not in ('key', 'x_T', 'score_fn', 'sde'))}")
-    return functools.partial(fn, **kw)
+    return kw
+
+
+class _StandInScore:
+    """A zero score standing in for the network's while the sampler settings are checked (one object each: one jit
+    cache entry per setting); named in the samplers' messages."""
+
+    def __init__(self, with_v: bool):
+        self.with_v = with_v
+
+    def __call__(self, x, t):
+        del t
+        return (jnp.zeros_like(x), jnp.zeros_like(x)) if self.with_v else jnp.zeros_like(x)
+
+    def __repr__(self):
+        return f"the network's score_fn (model.overrides.learn_sigma={self.with_v})"
+
+
+_STAND_IN_SCORE = _StandInScore(False)
+# A learned-variance model's sampling score offers score_and_v (build_sampling_score_fn); so does its stand-in.
+_STAND_IN_LEARNED_VARIANCE_SCORE = core.LearnedVarianceScore(_StandInScore(True))
+
+
+def _check_sampler(config, sde) -> None:
+    """Run the sampler's own argument checks (method vs process, num_steps, t_eps, options; they run in Python
+    before tracing) on an abstract input with ``jax.eval_shape``: traced, never compiled or run, so these checks
+    cannot drift from the samplers'."""
+    s = config.sampling
+    kw = _sampler_kwargs(config)
+    fn = SAMPLERS[s.method]
+    learned = bool(config.model.overrides.get("learn_sigma", False))
+    score_fn = _STAND_IN_LEARNED_VARIANCE_SCORE if learned else _STAND_IN_SCORE
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    x_T = jax.ShapeDtypeStruct(input_shape(config, 2), jnp.float32)
+    try:
+        jax.eval_shape(lambda k, x: fn(k, x, score_fn, sde, **kw), key, x_T)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"sampling.method={s.method!r} rejects these settings (training.sde={config.training.sde!r}, "
+                         f"sampling.num_steps={s.num_steps!r}, sampling.t_eps={s.t_eps!r}, sampling.options="
+                         f"{ {k: v for k, v in dict(s.options).items() if v is not None} }): {e}") from e
+
+
+def build_sampler(config) -> Callable:
+    """``sample(key, x_T, score_fn, sde) -> x_0`` with ``sampling.method``, ``sampling.num_steps`` (0: the sampler's
+    default), ``sampling.t_eps`` (0: default) and ``sampling.options`` (the sampler's keyword options that are set;
+    see :func:`sampler_options`). :func:`validate` checks all of them against the sampler beforehand."""
+    return functools.partial(SAMPLERS[config.sampling.method], **_sampler_kwargs(config))
 
 
 def build_dataset(config, *, split: str = "train", global_batch: Optional[int] = None,

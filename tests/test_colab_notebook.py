@@ -81,8 +81,8 @@ def test_notebook_is_valid_and_has_the_sections():
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "pip install" in code and "git+https://github.com/diffjax/diffjax" in code
-    for needle in ("jax.devices()", "jax.device_count()", "dmain.train(config, WORKDIR)",
-                   "dmain.sample(config, WORKDIR)", "plt.imshow", "config_lib.validate(config)"):
+    for needle in ("jax.devices()", "jax.device_count()", "drun.train(config, WORKDIR)",
+                   "drun.sample(config, WORKDIR)", "plt.imshow", "config_lib.validate(config)"):
         assert needle in code, needle
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     for heading in ("Install", "Devices", "Settings", "Config", "Data", "Training", "Sampling", "Samples"):

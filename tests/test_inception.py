@@ -273,3 +273,34 @@ def test_forward_shapes_with_random_weights():
     assert feats.shape == (2, inc.FEATURE_DIM) and logits.shape == (2, inc.NUM_LOGITS)
     assert np.all(np.isfinite(feats)) and np.all(np.isfinite(logits)) and np.all(feats >= 0)
     assert not np.allclose(feats[0], feats[1])
+
+
+# ----------------------------------------------------------------------------- parity with pytorch-fid (optional)
+
+
+def test_features_and_fid_equal_pytorch_fid_on_one_weights_file(tmp_path):
+    """experiments/parity/fid_vs_pytorch_fid.py on a few images: pytorch-fid's FID Inception and diffjax's, loaded
+    from one random weights file in pytorch-fid's format, give the same features and Frechet distance. Runs only
+    where torch, torchvision and pytorch-fid import (CI installs none of them); the full 1000-image run and its
+    figures are in experiments/results/README.md."""
+    pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    pytest.importorskip("pytorch_fid")
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "parity",
+                        "fid_vs_pytorch_fid.py")
+    spec = importlib.util.spec_from_file_location("fid_vs_pytorch_fid", path)
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    rng = np.random.default_rng(0)
+    blobs = rng.normal(size=(14, 6, 6, 3))  # smooth random colour images (upsampled noise), uint8
+    images = np.clip(128 + 60 * jax.image.resize(blobs, (14, 32, 32, 3), "bilinear"), 0, 255).astype(np.uint8)
+    res = parity.run_parity(images[:4], images[4:8], images[8:], batch_size=4, weights_path=str(tmp_path / "w.pth"),
+                            log=lambda *_: None)
+    assert 0.1 < res["feature_abs_max"] < 100 and res["feature_fraction_zero"] < 0.5  # non-degenerate activations
+    assert res["feature_max_abs_diff_over_max_abs"] < 1e-4 and res["feature_max_row_relative_l2"] < 2e-4, res
+    assert res["logit_max_abs_diff_over_max_abs"] < 1e-4, res
+    assert np.isfinite(res["fid_diffjax"]) and res["fid_diffjax"] > 0
+    assert res["fid_relative_difference"] < 1e-3, res

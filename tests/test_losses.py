@@ -340,7 +340,7 @@ def test_bad_inputs_raise_value_error():
     sde, key = SDES["vp"], jax.random.PRNGKey(0)
     x0 = jnp.zeros((4, 2))
     score = lambda x, t: -x  # noqa: E731
-    grid = ddpm_grid(dj.vp_sde(N=10))
+    grid = ddpm_grid(dj.vp_sde(N=50))  # N > beta_max: N = 10 would make betas > 1 (a ValueError now)
     cases = [
         (lambda: dj.dsm_loss(key, x0, score, sde, weighting="likelihood"), "weighting"),
         (lambda: dj.dsm_loss(key, x0, score, sde, t_eps=0.0), "t_eps"),

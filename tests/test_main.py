@@ -17,7 +17,7 @@ sys.path.insert(0, REPO)
 
 from configs import tiny  # noqa: E402
 from diffjax import config_lib  # noqa: E402
-from diffjax import main as dmain  # noqa: E402
+from diffjax import run as drun  # noqa: E402
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
@@ -54,7 +54,7 @@ def test_tiny_trains_checkpoints_and_samples(tmp_path):
 
 def test_describe(capsys):
     cfg = tiny.get_config()
-    dmain.describe(cfg)
+    drun.describe(cfg)
     out = capsys.readouterr().out
     model = config_lib.build_model(cfg)
     from diffjax.nets import abstract_init, count_params
@@ -127,10 +127,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     cfg.training.n_iters, cfg.training.snapshot_sampling, cfg.training.checkpoint_freq = 40, False, 20
     cfg.sampling.final_num_samples = 0
     straight = str(tmp_path / "straight")
-    state = dmain.train(cfg, straight, progress=False)
+    state = drun.train(cfg, straight, progress=False)
     assert _losses(killed) == _losses(straight)
     assert [s for s, _ in _losses(killed)] == list(range(2, 41, 2))
-    run = dmain.Run(cfg, killed)
+    run = drun.Run(cfg, killed)
     resumed, step = run.restore()
     run.checkpoints.close()
     assert step == 40
@@ -156,7 +156,7 @@ def test_discrete_ddpm_model_uses_the_grid_marginal():
 
 @pytest.mark.parametrize("changes, match", [
     (dict(guidance_scale=2.0), "needs a class-conditional model"),
-    (dict(guidance_scale=-1.0), "guidance_scale must be >= 0"),
+    (dict(guidance_scale=-1.0), "guidance_scale must be a finite number >= 0"),
     (dict(clip_denoised=True), "not an image dataset"),
     (dict(dynamic_threshold=1.5), "dynamic_threshold must be 0"),
 ])

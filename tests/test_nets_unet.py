@@ -207,12 +207,12 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride)))
 
-    ref, got = nets.conv_xla, nets.conv_matmul_grad
+    ref, got = nets._layers.conv_xla, nets._layers.conv_matmul_grad
     direct = jax.lax.conv_general_dilated(x, w, (stride,) * 2, ((k // 2, k // 2),) * 2,
                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
     chex.assert_trees_all_equal(ref(x, w, stride), direct)
     chex.assert_trees_all_equal(got(x, w, stride), direct)
-    chex.assert_trees_all_close(nets.conv_shifted_matmuls(x, w, stride), direct, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(nets._layers.conv_shifted_matmuls(x, w, stride), direct, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(jax.value_and_grad(loss(got), (0, 1))(x, w),
                                 jax.value_and_grad(loss(ref), (0, 1))(x, w), rtol=1e-5, atol=1e-5)
     tangents = (0.3 * x, 0.2 * w)
@@ -232,7 +232,7 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
 
 
 def _upsample_then_conv(x, w):
-    return nets.conv_xla(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w)
+    return nets._layers.conv_xla(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
@@ -242,12 +242,12 @@ def test_conv_upsampled_equals_conv_of_upsampled(k):
     w = jax.random.normal(jax.random.key(1), (k, k, 4, 3)) / np.sqrt(k * k * 4)
     direct = _upsample_then_conv(x, w)
     assert direct.shape == (2, 10, 6, 3)
-    chex.assert_trees_all_close(nets.conv_upsampled(x, w), direct, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(nets._layers.conv_upsampled(x, w), direct, rtol=1e-5, atol=1e-5)
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
-    chex.assert_trees_all_close(jax.value_and_grad(loss(nets.conv_upsampled), (0, 1))(x, w),
+    chex.assert_trees_all_close(jax.value_and_grad(loss(nets._layers.conv_upsampled), (0, 1))(x, w),
                                 jax.value_and_grad(loss(_upsample_then_conv), (0, 1))(x, w), rtol=1e-5, atol=1e-5)
     tangents = (0.3 * x, 0.2 * w)
-    chex.assert_trees_all_close(jax.jvp(nets.conv_upsampled, (x, w), tangents),
+    chex.assert_trees_all_close(jax.jvp(nets._layers.conv_upsampled, (x, w), tangents),
                                 jax.jvp(_upsample_then_conv, (x, w), tangents), rtol=1e-5, atol=1e-5)
 
 
@@ -257,9 +257,9 @@ def test_conv_polyphase_equals_strided_conv(stride, size, k):
     gradients, forward-mode derivatives and second derivatives."""
     x = jax.random.normal(jax.random.key(0), (2, size, size - 1, 3))
     w = jax.random.normal(jax.random.key(1), (k, k, 3, 4)) / np.sqrt(k * k * 3)
-    ref = lambda x, w: nets.conv_xla(x, w, stride)  # noqa: E731
-    got = lambda x, w: nets.conv_polyphase_grad(x, w, stride)  # noqa: E731
-    chex.assert_trees_all_close(nets.conv_polyphase(x, w, stride), ref(x, w), rtol=1e-5, atol=1e-5)
+    ref = lambda x, w: nets._layers.conv_xla(x, w, stride)  # noqa: E731
+    got = lambda x, w: nets._layers.conv_polyphase_grad(x, w, stride)  # noqa: E731
+    chex.assert_trees_all_close(nets._layers.conv_polyphase(x, w, stride), ref(x, w), rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_equal(got(x, w), ref(x, w))
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
     chex.assert_trees_all_close(jax.value_and_grad(loss(got), (0, 1))(x, w),
@@ -404,13 +404,14 @@ def test_chunked_attention_equals_reference(heads_per_step):
     q, k, v = (jax.random.normal(key, (2, 10, 4, 3)) for key in (kq, kk, kv))
     k = 2.0 * k  # peaked softmax rows
     cot = jax.random.normal(kc, q.shape)
-    ref = nets.reference_attention(q, k, v)
-    got = jax.jit(nets.dot_product_attention, static_argnums=3)(q, k, v, heads_per_step)
+    ref = nets._layers.reference_attention(q, k, v)
+    got = jax.jit(nets._layers.dot_product_attention, static_argnums=3)(q, k, v, heads_per_step)
     chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-5)
     loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)) * cot)  # noqa: E731
-    chunked = functools.partial(nets.dot_product_attention, heads_per_step=heads_per_step)
+    chunked = functools.partial(nets._layers.dot_product_attention, heads_per_step=heads_per_step)
     chex.assert_trees_all_close(jax.jit(jax.grad(loss(chunked), (0, 1, 2)))(q, k, v),
-                                jax.grad(loss(nets.reference_attention), (0, 1, 2))(q, k, v), rtol=1e-5, atol=1e-5)
+                                jax.grad(loss(nets._layers.reference_attention), (0, 1, 2))(q, k, v),
+                                rtol=1e-5, atol=1e-5)
     b16 = [a.astype(jnp.bfloat16) for a in (q, k, v)]
     out16 = chunked(*b16)
     assert out16.dtype == jnp.bfloat16
@@ -456,6 +457,6 @@ def test_group_norm_and_fused_equal_flax():
         {"params": {"scale": scale, "bias": bias}}, x)
     ref = flax_gn(x, scale, bias)
     g = lambda f: jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), (0, 1, 2))(x, scale, bias)  # noqa: E731
-    for norm in (nets.group_norm, nets.group_norm_fused):
+    for norm in (nets.group_norm, nets._layers.group_norm_fused):
         chex.assert_trees_all_close(norm(x, scale, bias, 4), ref, rtol=1e-5, atol=1e-5)
         chex.assert_trees_all_close(g(lambda x, s, b: norm(x, s, b, 4)), g(flax_gn), rtol=1e-4, atol=1e-4)

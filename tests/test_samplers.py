@@ -14,7 +14,7 @@ import diffjax as dj
 from diffjax.eval.sample_distances import energy_distance, mmd_rbf
 
 S = dj.samplers
-SDES = {"vp": dj.vp_sde(), "subvp": dj.subvp_sde(), "ve": dj.ve_sde()}
+SDES = {"vp": dj.vp_sde(), "subvp": dj.subvp_sde(), "ve": dj.ve_sde(), "cosine_vp": dj.cosine_vp_sde()}
 RING = dj.ring_mixture()
 N_POINTS = 2000
 
@@ -24,14 +24,14 @@ FEWER = dict(num_steps=200)
 SAMPLERS = {
     "euler_maruyama": (S.euler_maruyama, ("vp", "subvp", "ve"), FEWER),
     "reverse_diffusion": (S.reverse_diffusion, ("vp", "subvp", "ve"), FEWER),
-    "ancestral": (S.ancestral, ("vp", "ve"), FEWER),
-    "pc": (S.pc, ("vp", "subvp", "ve"), dict(num_steps=100)),
+    "ancestral": (S.ancestral, ("vp", "ve", "cosine_vp"), FEWER),
+    "pc": (S.pc, ("vp", "subvp", "ve", "cosine_vp"), dict(num_steps=100)),
     "pc_em": (S.pc, ("vp",), dict(num_steps=100, predictor=S.euler_maruyama_step)),
     "annealed_langevin": (S.annealed_langevin, ("ve",), dict(n_steps_each=20)),
     "ode_euler": (S.ode_euler, ("vp", "subvp", "ve"), FEWER),
-    "ode_heun": (S.ode_heun, ("vp", "subvp", "ve"), {}),
+    "ode_heun": (S.ode_heun, ("vp", "subvp", "ve", "cosine_vp"), {}),
     "ode_adaptive": (S.ode_adaptive, ("vp", "subvp", "ve"), {}),
-    "ddim": (S.ddim, ("vp",), {}),
+    "ddim": (S.ddim, ("vp", "cosine_vp"), {}),
     "ddim_eta1": (S.ddim, ("vp",), dict(eta=1.0)),
 }
 CASES = [(name, sde) for name, (_, sdes, _) in SAMPLERS.items() for sde in sdes]
@@ -200,7 +200,10 @@ def test_traces_once_per_shape_and_vmaps(name, call, sde_name):
     chex.clear_trace_counter()
     batched = jax.jit(chex.assert_max_traces(lambda k, x: jax.vmap(lambda k, x: call(k, x, score_fn))(k, x), n=1))
     batched(keys, xs + 1.0)
-    chex.assert_trees_all_close(batched(keys, xs), jnp.stack(looped), atol=1e-4, rtol=1e-4)
+    out = batched(keys, xs)
+    # assert_trees_all_close treats NaN as equal to NaN: the outputs must also be finite.
+    assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(jnp.isfinite(jnp.stack(looped)))), name
+    chex.assert_trees_all_close(out, jnp.stack(looped), atol=1e-4, rtol=1e-4)
 
 
 def _mesh_sharding(axis_type):
@@ -222,7 +225,9 @@ def test_output_keeps_input_sharding(case, axis_type):
     x = SDES[sde_name].prior_sample(jax.random.key(6), (2, CONTRACT_BATCH, 2))[0]
     out = call(jax.random.key(0), jax.device_put(x, sharding), COUNTED[sde_name])
     assert out.sharding.is_equivalent_to(sharding, 2), out.sharding
-    chex.assert_trees_all_close(out, call(jax.random.key(0), x, COUNTED[sde_name]), atol=1e-4, rtol=1e-4)
+    ref = call(jax.random.key(0), x, COUNTED[sde_name])
+    assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(jnp.isfinite(ref))), name  # NaN == NaN in chex
+    chex.assert_trees_all_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
 def _no_trace(x, t):
@@ -265,3 +270,69 @@ def test_unbatched_x_T_raises(sampler):
         sampler(jax.random.key(0), jnp.zeros((2,)), _no_trace, SDES["vp"])
     with pytest.raises(ValueError, match="score_fn"):
         sampler(jax.random.key(0), jnp.zeros((4, 2)), "not a function", SDES["vp"])
+
+
+# ------------------------------------------------------------------------------- step rules and defaults
+
+
+def _batch_norm_mean(a):
+    return np.mean(np.sqrt(np.sum(np.asarray(a, np.float64).reshape(a.shape[0], -1) ** 2, axis=-1)))
+
+
+@pytest.mark.parametrize("n", [1000, 3])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "cosine_vp", "ve"])
+def test_langevin_corrector_step_is_score_sde_algorithm_4(sde_name, n):
+    """eps = 2 alpha (snr ||z|| / ||s||)^2, x' = x + eps s + sqrt(2 eps) z with
+    alpha = alpha_bar(t) / alpha_bar(t - T/N) (VE: 1): finite for any N, and at score-SDE's N = 1000 its
+    alpha = 1 - beta_i to 2.5e-4."""
+    import dataclasses
+
+    sde = dataclasses.replace(SDES[sde_name], N=n)
+    score_fn, key, t = SCORES[sde_name], jax.random.key(11), 0.9
+    x = sde.prior_sample(jax.random.key(12), (16, 2))
+    got, got_mean = S.langevin_corrector_step(key, x, t, score_fn, sde, snr=0.16)
+    z = np.asarray(jax.random.normal(jax.random.fold_in(key, 0), x.shape), np.float64)
+    s = np.asarray(score_fn(x, jnp.full((16,), t)), np.float64)
+    (a_t, _), (a_prev, _) = sde.marginal(jnp.float32(t)), sde.marginal(jnp.float32(t - 1.0 / n))
+    alpha = (float(a_t) / float(a_prev)) ** 2
+    eps = 2.0 * alpha * (0.16 * _batch_norm_mean(z) / _batch_norm_mean(s)) ** 2
+    assert bool(jnp.all(jnp.isfinite(got))) and bool(jnp.all(jnp.isfinite(got_mean)))
+    np.testing.assert_allclose(got_mean, np.asarray(x, np.float64) + eps * s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, np.asarray(x, np.float64) + eps * s + np.sqrt(2 * eps) * z, rtol=1e-4, atol=1e-5)
+    if sde_name == "vp" and n == 1000:  # score-SDE: alpha = sde.alphas[timestep] = 1 - discrete_betas[index(t)]
+        score_sde_alpha = 1.0 - float(sde.discrete_betas()[sde.index(t)])
+        assert abs(alpha / score_sde_alpha - 1) < 2.5e-4
+    if sde_name == "ve":
+        assert alpha == 1.0
+
+
+def test_annealed_langevin_defaults_are_ncsn_paper_setting():
+    """Song & Ermon 2019 (Algorithm 1, Sec. 4.2): L = 10 levels, T = 100 steps, eps = 2e-5, no final denoising
+    step (that step is NCSNv2's, available as denoise=True / NCSNV2_CIFAR10_SAMPLING)."""
+    import inspect
+
+    from diffjax.discrete import ncsn
+
+    paper = dict(num_steps=10, n_steps_each=100, step_lr=2e-5, denoise=False)
+    params = inspect.signature(S.annealed_langevin).parameters
+    assert {k: params[k].default for k in paper} == paper == dict(ncsn.NCSN_SAMPLING)
+    # The default run ends on the last Langevin step: no Tweedie step.
+    sde, score_fn = SDES["ve"], SCORES["ve"]
+    x = sde.prior_sample(jax.random.key(6), (8, 2))
+    run = functools.partial(S.annealed_langevin, jax.random.key(0), x, score_fn, sde, num_steps=3, n_steps_each=2)
+    plain, noisy_end, denoised = run(), run(denoise=False), run(denoise=True)
+    assert bool(jnp.all(jnp.isfinite(plain))) and bool(jnp.all(jnp.isfinite(denoised)))
+    np.testing.assert_array_equal(plain, noisy_end)
+    assert not np.allclose(plain, denoised)
+    # NCSNv2 CIFAR-10 (configs/cifar10.yml): 232 levels, T = 5, denoise, and its eps = 6.2e-6 in the update
+    # x + a s + sqrt(2 a) z, a = eps sigma_i^2 / sigma_L^2, which this module's step reproduces with step_lr = 2 eps.
+    v2 = ncsn.NCSNV2_CIFAR10_SAMPLING
+    assert (v2["num_steps"], v2["n_steps_each"], v2["denoise"]) == (232, 5, True)
+    sigma, sigma_last = 3.0, 0.01
+    a = 6.2e-6 * (sigma / sigma_last) ** 2
+    t = jnp.full((8,), 0.5)
+    z = np.asarray(jax.random.normal(jax.random.key(1), x.shape), np.float64)
+    hand = np.asarray(x, np.float64) + a * np.asarray(score_fn(x, t), np.float64) + np.sqrt(2 * a) * z
+    step = dj.discrete.ncsn_step_size(sigma, sigma_last, step_lr=v2["step_lr"])
+    np.testing.assert_allclose(dj.discrete.langevin_step(jax.random.key(1), x, t, score_fn, step_size=step), hand,
+                               rtol=1e-5, atol=1e-5)

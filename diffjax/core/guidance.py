@@ -149,10 +149,7 @@ def _pc_replacement(key, known, mask, score_fn, sde, *, num_steps, snr, n_correc
         x, _ = carry
         t, t_next = times[i], times[i + 1]
         k = jax.random.fold_in(key_loop, i)
-        if isinstance(sde, (VPSDE, SubVPSDE)):
-            alpha = 1.0 - sde.schedule.beta(t) * dt  # DDPM's alpha_i on this grid, as in score-SDE
-        else:
-            alpha = jnp.float32(1.0)
+        alpha = sde.langevin_alpha(t, dt)  # DDPM's alpha_i = 1 - beta_i on this grid (VE: 1), as in score-SDE
         for j in range(n_corrector_steps):  # static, small
             kc, kr = jax.random.split(jax.random.fold_in(k, j))
             x, _ = _langevin(kc, x, t, score_fn, sde, snr, alpha)

@@ -21,8 +21,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffjax.core._checks import check_batched, check_choice, check_int, check_t_eps
-from diffjax.core.schedules import CosineBeta, LinearBeta
+from diffjax.core._checks import check_batched, check_choice, check_floating, check_int, check_t_eps
+from diffjax.core.parameterizations import _marginal_derivative
 from diffjax.core.sde import VESDE, VPSDE, bcast
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "sigma2_weighting",
     "likelihood_weighting",
     "importance_sample_time",
+    "flow_matching_loss",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
 ]
@@ -58,19 +59,6 @@ def _is_density_ratio(sde, t):
     return sde.diffusion(t) ** 2 / sde.marginal(t)[1] ** 2
 
 
-def _inverse_integral(schedule, integral):
-    """``t`` such that ``schedule.integral(t) = integral``, closed form for the two VP schedules."""
-    if isinstance(schedule, LinearBeta):
-        # 0.5 (b1 - b0) t^2 + b0 t - I = 0, the cancellation-free root
-        b0, db = schedule.beta_min, schedule.beta_max - schedule.beta_min
-        return 2.0 * integral / (b0 + jnp.sqrt(b0**2 + 2.0 * db * integral))
-    if isinstance(schedule, CosineBeta):
-        # I = -2 log(cos theta / cos theta0), theta linear in t
-        theta = jnp.arccos(math.cos(schedule._theta0) * jnp.exp(-0.5 * integral))
-        return (theta - schedule._theta0) / (schedule._theta1 - schedule._theta0)
-    raise TypeError(f"no closed-form inverse for {type(schedule).__name__}")
-
-
 def importance_sample_time(key, batch: int, sde, *, t_eps: float = 1e-5):
     """Sample ``t`` on ``[t_eps, T]`` with density ``p(t) = h(t)/Z``, ``h = g^2/sigma_t^2``; returns ``(t, p(t))``.
 
@@ -94,14 +82,14 @@ def importance_sample_time(key, batch: int, sde, *, t_eps: float = 1e-5):
     if isinstance(sde, VESDE):
         t = t_eps + u * (T - t_eps)
         return t, jnp.full((batch,), 1.0 / (T - t_eps), jnp.float32)
-    if isinstance(sde, VPSDE) and isinstance(sde.schedule, (LinearBeta, CosineBeta)):
+    if isinstance(sde, VPSDE) and hasattr(sde.schedule, "inverse_integral"):  # closed-form inverse of I(t)
         integral = sde.schedule.integral
 
         def F(t):
             return jnp.log(jnp.expm1(integral(jnp.asarray(t, jnp.float32))))
 
         f0, f1 = F(t_eps), F(T)
-        t = _inverse_integral(sde.schedule, jax.nn.softplus(f0 + u * (f1 - f0)))
+        t = sde.schedule.inverse_integral(jax.nn.softplus(f0 + u * (f1 - f0)))
         t = jnp.clip(t, t_eps, T)
         return t, _is_density_ratio(sde, t) / (f1 - f0)
     log_t = jnp.linspace(math.log(t_eps), math.log(T), _TABLE_SIZE, dtype=jnp.float32)
@@ -131,7 +119,9 @@ def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, 
         weighting and importance sampling also need ``diffusion(t)``.
       weighting: ``lambda(sde, t) -> (batch,)``, e.g. :func:`sigma2_weighting`, :func:`likelihood_weighting`.
       t_eps: smallest time of the uniform (or importance) sampler, in ``(0, T)``.
-      time_sampler: ``time_sampler(key, batch) -> t`` replacing the uniform sampler (e.g. ``grid.sample_time``).
+      time_sampler: ``time_sampler(key, batch) -> t`` replacing the uniform sampler (e.g. ``grid.sample_time``, or
+        ``functools.partial(logit_normal_time, process=sde)`` from :mod:`diffjax.core.weighting`). The loss is then
+        ``E_{t ~ time_sampler}``: a different objective from the uniform one, by design (no reweighting).
       importance_sampling: sample ``t`` with density ``\\propto g^2/sigma^2`` and reweight by
         ``1/((T - t_eps) p(t))`` so the estimate is unbiased for the same uniform-``t`` objective (useful with
         :func:`likelihood_weighting`, where it cancels the weight's singularity).
@@ -157,6 +147,7 @@ def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, 
     t_eps = check_t_eps(t_eps, T)
     check_choice("reduce", reduce, ("mean", "sum"))
     check_batched("x0", x0)
+    check_floating("x0", x0)
 
     batch = x0.shape[0]
     key_t, key_z = jax.random.split(key)
@@ -172,9 +163,66 @@ def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, 
     z = jax.random.normal(key_z, x0.shape, x0.dtype)
     mean, std = sde.marginal(t)
     x_t = bcast(mean, x0) * x0 + bcast(std, x0) * z
-    err = _reduce((bcast(std, x0) * score_fn(x_t, t) + z) ** 2, reduce)
+    score = score_fn(x_t, t)
+    if jnp.shape(score) != x0.shape:  # static shapes: checked while tracing, before anything runs
+        raise ValueError(f"score_fn(x, t) must return an array shaped like x0 {tuple(x0.shape)}, got shape "
+                         f"{tuple(jnp.shape(score))}")
+    err = _reduce((bcast(std, x0) * score + z) ** 2, reduce)
     lam = weighting(sde, t) / std**2
     return jnp.mean(lam * correction * err)
+
+
+def flow_matching_loss(key, x0, velocity_fn, sde, *, t_eps: float = 1e-5, time_sampler: Callable | None = None,
+                       reduce: str = "mean"):
+    """Conditional flow-matching loss (Lipman et al. 2023, eq. 9; rectified flow, Liu et al. 2023, eq. 1), any process.
+
+    .. math:: \\mathcal L = \\mathbb E_{t,z}\\, \\| u_\\theta(x_t, t) - (a_t' x_0 + \\sigma_t' z) \\|^2
+
+    For rectified flow (``a = 1 - t, s = t``) the target is ``z - x_0``. It equals :func:`dsm_loss` with
+    :func:`~diffjax.flow_matching_weighting` for ``score_fn = score_from_velocity(velocity_fn(x, t), x, t, sde)``
+    on the same key (same draws, see the module docstring), up to float rounding.
+
+    Args:
+      key: PRNG key, split once into ``(key_t, key_z)`` as in :func:`dsm_loss`.
+      x0: data, ``(batch, *dims)``.
+      velocity_fn: ``velocity_fn(x, t) -> array like x``, ``t`` of shape ``(batch,)``.
+      sde: anything with ``marginal(t)``, ``T`` (and ``marginal_derivative(t)``; else ``marginal`` is differentiated).
+      t_eps: smallest time of the uniform sampler, in ``(0, T)``.
+      time_sampler: ``time_sampler(key, batch) -> t`` replacing the uniform sampler (e.g. SD3's logit-normal,
+        ``functools.partial(logit_normal_time, process=sde)``).
+      reduce: ``"mean"`` or ``"sum"`` of the squared error over the non-batch dims.
+
+    Returns:
+      Scalar loss.
+    """
+    if not callable(velocity_fn):
+        raise ValueError(f"velocity_fn must be a callable velocity_fn(x, t), got {velocity_fn!r}")
+    if time_sampler is not None and not callable(time_sampler):
+        raise ValueError(f"time_sampler must be None or a callable (key, batch) -> t, got {time_sampler!r}")
+    if not hasattr(sde, "marginal"):
+        raise ValueError(f"sde must provide marginal(t), got {type(sde).__name__}")
+    T = float(sde.T)
+    t_eps = check_t_eps(t_eps, T)
+    check_choice("reduce", reduce, ("mean", "sum"))
+    check_batched("x0", x0)
+    check_floating("x0", x0)
+
+    batch = x0.shape[0]
+    key_t, key_z = jax.random.split(key)
+    if time_sampler is not None:
+        t = jnp.asarray(time_sampler(key_t, batch))
+    else:
+        t = jax.random.uniform(key_t, (batch,), jnp.float32, minval=t_eps, maxval=T)
+    z = jax.random.normal(key_z, x0.shape, x0.dtype)
+    a, s = sde.marginal(t)
+    da, ds = _marginal_derivative(t, sde)
+    x_t = bcast(a, x0) * x0 + bcast(s, x0) * z
+    target = bcast(da, x0) * x0 + bcast(ds, x0) * z
+    u = velocity_fn(x_t, t)
+    if jnp.shape(u) != x0.shape:
+        raise ValueError(f"velocity_fn(x, t) must return an array shaped like x0 {tuple(x0.shape)}, got shape "
+                         f"{tuple(jnp.shape(u))}")
+    return jnp.mean(_reduce((u - target) ** 2, reduce))
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):

@@ -3,6 +3,18 @@
 With ``x_t = a x_0 + s eps`` (``(a, s) = sde.marginal(t)``) the score of the perturbation kernel is
 ``-eps / s``; ``v = a eps - s x_0`` (Salimans & Ho 2022), generalised to ``a^2 + s^2 != 1`` by solving the
 2x2 system. All functions take ``(pred, x, t, sde)`` with ``pred, x`` of shape ``(batch, *dims)``.
+
+The velocity ``u = a' x_0 + s' eps`` (flow matching, Lipman et al. 2023; rectified flow, Liu et al. 2023; primes are
+``d/dt``, ``(a', s') = sde.marginal_derivative(t)``) is affine in the score given ``x_t``:
+
+.. math:: u = \\frac{a'}{a} x_t + \\frac{s^2 \\lambda'}{2} \\nabla \\log p_t(x_t),\\quad \\lambda = \\log(a^2/s^2)
+
+i.e. the probability-flow ODE's vector field ``f - g^2/2 * score`` (``g^2 = -s^2 lambda'``). Every conversion is
+exact (no approximation) for any Gaussian path with ``a > 0, s > 0``; from the velocity (``score_from_velocity``,
+``eps_from_velocity``, ``x0_from_velocity``) also at ``a = 0`` (rectified flow's ``t = 1``), by solving the 2x2
+system ``(x_t, u) = (a x_0 + s eps, a' x_0 + s' eps)``, whose determinant ``a s' - s a' = -a s lambda' / 2`` (for
+``a > 0``; ``-s a'`` at ``a = 0``) is positive where the log-SNR decreases.
+The velocity from the score needs ``a > 0`` (at ``a = 0`` the score does not determine ``E[x_0 | x_t]``).
 """
 from __future__ import annotations
 
@@ -10,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_positive
+from diffjax.core.learned_variance import LearnedVarianceScore, has_learned_variance
 from diffjax.core.sde import bcast
 
 __all__ = [
@@ -21,9 +34,16 @@ __all__ = [
     "v_from_score",
     "x0_from_eps",
     "eps_from_x0",
+    "velocity_from_score",
+    "score_from_velocity",
+    "eps_from_velocity",
+    "x0_from_velocity",
+    "velocity_from_eps",
+    "velocity_from_x0",
     "edm_preconditioning",
     "edm_sigma",
     "score_from_edm",
+    "edm_from_score",
     "edm_loss_weight",
     "clip_denoised",
     "dynamic_threshold",
@@ -80,6 +100,66 @@ def eps_from_x0(x0, x, t, sde):
     return (x - a * x0) / s
 
 
+def _marginal_derivative(t, sde):
+    """``(da/dt, ds/dt)`` of ``sde.marginal``: the process's ``marginal_derivative`` where it has one, else forward-mode
+    differentiation of ``marginal`` (elementwise in ``t``, so one JVP with unit tangents gives every derivative)."""
+    if hasattr(sde, "marginal_derivative"):
+        return sde.marginal_derivative(t)
+    t = jnp.asarray(t, jnp.result_type(float))
+    return jax.jvp(sde.marginal, (t,), (jnp.ones_like(t),))[1]
+
+
+def _velocity_coeffs(x, t, sde):
+    a, s = _coeffs(x, t, sde)
+    da, ds = _marginal_derivative(t, sde)
+    da, ds = bcast(da, x), bcast(ds, x)
+    return a, s, da, ds, a * ds - s * da  # the determinant of (x, u) in terms of (x0, eps)
+
+
+def velocity_from_score(score, x, t, sde):
+    """Velocity (flow-matching target's conditional mean) from the score; needs ``a_t > 0``.
+
+    .. math:: u = a' \\hat x_0 + s' \\hat\\epsilon,\\quad \\hat\\epsilon = -s\\,\\mathrm{score},\\quad
+        \\hat x_0 = (x - s \\hat\\epsilon) / a
+    """
+    a, s, da, ds, _ = _velocity_coeffs(x, t, sde)
+    eps = -s * score
+    return da * (x - s * eps) / a + ds * eps
+
+
+def score_from_velocity(u, x, t, sde):
+    """Score from the velocity ``u = a' x_0 + s' eps`` (exact for every Gaussian path, also at ``a = 0``).
+
+    .. math:: \\nabla \\log p_t = -\\frac{a u - a' x}{s\\,(a s' - s a')}
+    """
+    a, s, da, ds, det = _velocity_coeffs(x, t, sde)
+    return -(a * u - da * x) / (s * det)
+
+
+def eps_from_velocity(u, x, t, sde):
+    """.. math:: \\epsilon = (a u - a' x) / (a s' - s a')"""
+    a, _, da, _, det = _velocity_coeffs(x, t, sde)
+    return (a * u - da * x) / det
+
+
+def x0_from_velocity(u, x, t, sde):
+    """.. math:: x_0 = (s' x - s u) / (a s' - s a')"""
+    _, s, _, ds, det = _velocity_coeffs(x, t, sde)
+    return (ds * x - s * u) / det
+
+
+def velocity_from_eps(eps, x, t, sde):
+    """.. math:: u = a' (x - s \\epsilon) / a + s' \\epsilon"""
+    a, s, da, ds, _ = _velocity_coeffs(x, t, sde)
+    return da * (x - s * eps) / a + ds * eps
+
+
+def velocity_from_x0(x0, x, t, sde):
+    """.. math:: u = a' x_0 + s' (x - a x_0) / s"""
+    a, s, da, ds, _ = _velocity_coeffs(x, t, sde)
+    return da * x0 + ds * (x - a * x0) / s
+
+
 def edm_sigma(t, sde):
     """EDM's noise level of ``x_t / a_t``: ``sigma = s_t / a_t`` (Karras et al. 2022, Table 1)."""
     a, s = sde.marginal(t)
@@ -113,6 +193,18 @@ def score_from_edm(raw_fn, x, t, sde, *, sigma_data: float = 0.5):
     return score_from_x0(denoised, x, t, sde)
 
 
+def edm_from_score(score, x, t, sde, *, sigma_data: float = 0.5):
+    """The raw EDM network output ``F`` whose preconditioned denoiser implies ``score`` (inverse of
+    :func:`score_from_edm`): ``F = (x0 - c_skip x / a) / c_out`` with ``x0`` from the score.
+
+    .. math:: F = (\\hat x_0 - c_{skip} x / a) / c_{out}
+    """
+    a, _ = sde.marginal(t)
+    c_skip, c_out, _, _ = edm_preconditioning(edm_sigma(t, sde), sigma_data=sigma_data)
+    x0 = x0_from_score(score, x, t, sde)
+    return (x0 - bcast(c_skip, x) * x / bcast(a, x)) / bcast(c_out, x)
+
+
 def edm_loss_weight(sigma, *, sigma_data: float = 0.5):
     """.. math:: \\lambda(\\sigma) = (\\sigma^2 + \\sigma_d^2) / (\\sigma \\sigma_d)^2"""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
@@ -122,12 +214,21 @@ def edm_loss_weight(sigma, *, sigma_data: float = 0.5):
 
 
 def _with_x0(score_fn, sde, transform):
-    def score(x, t):
-        s = score_fn(x, t)
+    def correct(s, x, t):
         a, sig = _coeffs(x, t, sde)
         x0 = (x + sig**2 * s) / a
         # s' = (a x0' - x) / sig^2 = s + a (x0' - x0) / sig^2: exact where x0' == x0 (no cancellation)
         return s + a * (transform(x0) - x0) / sig**2
+
+    if has_learned_variance(score_fn):  # the learned variance passes through (improved DDPM's clip_denoised)
+        def score_and_v(x, t):
+            s, v = score_fn.score_and_v(x, t)
+            return correct(s, x, t), v
+
+        return LearnedVarianceScore(score_and_v)
+
+    def score(x, t):
+        return correct(score_fn(x, t), x, t)
 
     return score
 
@@ -140,7 +241,8 @@ def clip_denoised(score_fn, sde, *, x_min: float = -1.0, x_max: float = 1.0):
     (Ho et al. 2020's sampler; the posterior mean of ``q(x_{i-1} | x_i, x0')``), for DDIM diffusers'
     ``clip_sample`` (which recomputes eps from the clipped x0). ``sde`` must be the marginal the network was
     trained on (for a discrete DDPM model, its :class:`~diffjax.discrete.DDPMGrid`). For sampling only: it
-    changes the model, so likelihoods must use the unclipped score.
+    changes the model, so likelihoods must use the unclipped score. A :class:`~diffjax.LearnedVarianceScore`
+    stays one, with its ``v`` unchanged.
     """
     if not x_min < x_max:
         raise ValueError(f"clip_denoised needs x_min < x_max, got x_min={x_min!r}, x_max={x_max!r}")

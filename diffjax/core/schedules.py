@@ -106,18 +106,53 @@ class LinearBeta:
     def integral(self, t):
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
 
+    def inverse_integral(self, integral):
+        """The ``t >= 0`` with ``integral(t) = integral`` (the cancellation-free root of the quadratic).
+
+        .. math:: t = \\frac{2 I}{\\beta_{min} + \\sqrt{\\beta_{min}^2 + 2 (\\beta_{max} - \\beta_{min}) I}}
+        """
+        integral = jnp.asarray(integral)
+        b0, db = self.beta_min, self.beta_max - self.beta_min
+        return 2.0 * integral / (b0 + jnp.sqrt(b0**2 + 2.0 * db * integral))
+
     def discrete_betas(self, num_steps: int) -> jax.Array:
-        """DDPM discretization (score-SDE): ``linspace(beta_min/N, beta_max/N, N)``."""
+        """DDPM discretization (score-SDE): ``linspace(beta_min/N, beta_max/N, N)``.
+
+        Raises ``ValueError`` when a beta would reach 1 (``num_steps <= beta_max``, or ``<= beta_min`` for one
+        step): the chain's ``sqrt(1 - beta)`` and its alpha-bars would be NaN.
+        """
+        num_steps = check_int("num_steps", num_steps, minimum=1)
+        top = self.beta_max if num_steps > 1 else self.beta_min
+        if not top / num_steps < 1.0:
+            raise ValueError(f"num_steps={num_steps} is too few for the DDPM discretization of LinearBeta("
+                             f"beta_min={self.beta_min!r}, beta_max={self.beta_max!r}): its betas beta(t)/num_steps "
+                             f"reach {top / num_steps:.3g} >= 1; allowed: num_steps > {top!r} (the SDE's N)")
         return jnp.linspace(self.beta_min / num_steps, self.beta_max / num_steps, num_steps, dtype=jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class CosineBeta:
-    """Continuous cosine schedule: ``alpha_bar(t) = cos^2(theta(t)) / cos^2(theta(0))``, theta linear in t.
+    """The cosine schedule of improved DDPM (Nichol & Dhariwal 2021): its published discrete grid, and a finite
+    continuous-time curve for the SDE samplers.
 
-    ``theta(0) = s/(1+s) * pi/2`` as in improved DDPM; ``theta(1)`` is chosen so that
-    ``alpha_bar(1) = alpha_bar_end`` (improved DDPM's curve reaches exactly 0 at t=1, where beta is infinite;
-    ending at a small positive alpha-bar keeps the SDE finite, like the 0.999 beta clip does for the discrete one).
+    * Discrete (:meth:`discrete_betas`, used by the DDPM grid, DDPM losses, ancestral sampling and DDIM): exactly
+      the published betas :func:`cosine_betas` ``(N, s)``, ``beta_t = 1 - abar_t / abar_{t-1}`` with
+      ``abar_t = f(t/N)/f(0)``, clipped at 0.999 (at N = 1000 the last beta is the clipped 0.999 and
+      ``abar_T = 2.4e-9``).
+    * Continuous (:meth:`beta`, :meth:`integral`, the VP SDE's marginal): the same curve with ``theta`` linear from
+      ``theta0 = s/(1+s) pi/2`` to a ``theta1`` just below ``pi/2``, chosen so that ``alpha_bar(1) =
+      alpha_bar_end``:
+
+    .. math:: \\bar\\alpha(t) = \\frac{\\cos^2\\theta(t)}{\\cos^2\\theta_0},\\quad
+              \\theta(t) = \\theta_0 + t (\\theta_1 - \\theta_0),\\quad \\bar\\alpha(t) = \\frac{f(c t)}{f(0)},\\quad
+              c = \\frac{\\theta_1 - \\theta_0}{\\pi/2 - \\theta_0}
+
+    i.e. the published ``f(t)/f(0)`` on a time axis shrunk by ``c`` (0.99546 for the default ``alpha_bar_end``).
+    The published curve reaches 0 at t = 1, where ``beta = -d log abar/dt`` is infinite; ending at a positive
+    ``alpha_bar_end`` (the role the 0.999 clip plays for the grid) keeps ``beta`` finite: ``beta(1) = 439`` for
+    the default 5e-5, chosen close to the linear VP SDE's ``alpha_bar(1) = 4.3e-5`` (the same prior mismatch).
+    This curve is within 4.1e-3 of the published one in ``alpha_bar`` over [0, 1]. A smaller ``alpha_bar_end``
+    brings it closer (3e-7: within 3.2e-4) at the price of a stiffer SDE near T (``beta(1) = 5.7e3``).
     """
 
     s: float = 0.008
@@ -145,7 +180,17 @@ class CosineBeta:
     def integral(self, t):
         return -2.0 * (jnp.log(jnp.cos(self._theta(t))) - math.log(math.cos(self._theta0)))
 
+    def inverse_integral(self, integral):
+        """The ``t`` with ``integral(t) = integral``: ``theta = arccos(cos(theta0) exp(-I/2))``, linear in ``t``.
+
+        .. math:: t = \\frac{\\arccos(\\cos\\theta_0\\, e^{-I/2}) - \\theta_0}{\\theta_1 - \\theta_0}
+        """
+        theta = jnp.arccos(math.cos(self._theta0) * jnp.exp(-0.5 * jnp.asarray(integral)))
+        return (theta - self._theta0) / (self._theta1 - self._theta0)
+
     def discrete_betas(self, num_steps: int) -> jax.Array:
-        """Betas of the grid ``t_i = (i+1)/N`` from the exact alpha-bars, clipped at 0.999."""
-        t = jnp.arange(1, num_steps + 1, dtype=jnp.float32) / num_steps
-        return alpha_bars_to_betas(jnp.exp(-self.integral(t)), max_beta=0.999)
+        """Improved DDPM's published grid: :func:`cosine_betas` ``(num_steps, s)``, clipped at 0.999.
+
+        It does not depend on ``alpha_bar_end``, which shapes only the continuous curve.
+        """
+        return cosine_betas(check_int("num_steps", num_steps, minimum=1), s=self.s, max_beta=0.999)

@@ -1,41 +1,94 @@
 """DDPM (Ho et al. 2020) as a special case of the core: the VP SDE on a discrete grid plus the ancestral step.
 
-The grid has steps ``i = 0 .. N-1`` (the paper's ``t = 1 .. N``) at continuous times ``t_i = i/(N-1) * T``,
-the same grid as ``VPSDE.index``. Its marginal uses the discrete ``alpha_bar_i = prod_{j<=i} (1 - beta_j)``,
-so a score function and the core's loss see the grid through the same ``marginal(t)`` interface as an SDE.
+The grid has steps ``i = 0 .. N-1`` (the paper's ``t = 1 .. N``) with the discrete
+``alpha_bar_i = prod_{j<=i} (1 - beta_j)``. Step ``i`` sits at the continuous time ``t_i`` at which the VP SDE's
+marginal equals ``alpha_bar_i`` (``t_i = sde.t_from_log_snr(log_snr(alpha_bar_i))``; uniform ``i/(N-1) T`` for a
+grid made from raw betas), and the grid's ``marginal(t)`` is ``alpha_bar`` of the step nearest ``t``. So a score
+function and the core's loss see the grid through the same ``marginal(t)`` interface as an SDE, and a sampler that
+evaluates a model at ``t_i`` gives a discrete model exactly step ``i`` and a continuous one exactly ``alpha_bar_i``.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice
+from diffjax.core.learned_variance import has_learned_variance
 from diffjax.core.schedules import betas_to_alpha_bars
 from diffjax.core.sde import VPSDE, bcast
 
 __all__ = ["DDPMGrid", "ddpm_grid", "ddpm_grid_from_betas", "ancestral_step"]
 
 
+DDIM_SPACINGS = ("leading", "trailing", "linspace")
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DDPMGrid:
-    """Discrete VP chain: ``betas`` and ``alpha_bars`` of shape ``(N,)``. A pytree (arrays are leaves)."""
+    """Discrete VP chain: ``betas`` and ``alpha_bars`` of shape ``(N,)``. A pytree (arrays are leaves).
+
+    ``times``: the ``(N,)`` increasing continuous times of the steps (see the module docstring), or ``None`` for
+    the uniform ``t_i = i/(N-1) T``.
+    """
 
     betas: jax.Array
     alpha_bars: jax.Array
     T: float = dataclasses.field(default=1.0, metadata=dict(static=True))
+    times: Optional[jax.Array] = None
 
     @property
     def N(self) -> int:
         return self.betas.shape[0]
 
     def time(self, i):
-        return jnp.asarray(i, jnp.float32) * (self.T / max(self.N - 1, 1))
+        """The continuous time of step ``i`` (int, ``()`` or any shape)."""
+        if self.times is None:
+            return jnp.asarray(i, jnp.float32) * (self.T / max(self.N - 1, 1))
+        return self.times[jnp.asarray(i, jnp.int32)]
 
     def index(self, t):
-        return jnp.clip(jnp.round(jnp.asarray(t) * (self.N - 1) / self.T), 0, self.N - 1).astype(jnp.int32)
+        """The step whose time is nearest ``t`` (``index(time(i)) == i``), int32 shaped like ``t``."""
+        if self.times is None:
+            return jnp.clip(jnp.round(jnp.asarray(t) * (self.N - 1) / self.T), 0, self.N - 1).astype(jnp.int32)
+        t = jnp.asarray(t, self.times.dtype)
+        hi = jnp.clip(jnp.searchsorted(self.times, t), 1, max(self.N - 1, 1))
+        lo = hi - 1
+        nearer_lo = jnp.abs(t - self.times[lo]) <= jnp.abs(self.times[hi] - t)
+        return jnp.where(nearer_lo, lo, hi).astype(jnp.int32) if self.N > 1 else jnp.zeros(t.shape, jnp.int32)
+
+    def subsequence(self, num_steps: int, *, spacing: str = "leading"):
+        """``num_steps`` increasing step indices of a strided sampler (DDIM's ``tau``), as a NumPy int array.
+
+        diffusers' ``timestep_spacing`` (``DDIMScheduler``, ``steps_offset=0``), with ``N = self.N``, ``S =
+        num_steps``:
+
+        * "leading": ``j * (N // S)``, ``j < S`` -- the DDIM paper's "linear" selection (its CelebA / LSUN runs and
+          its code's ``skip_type="uniform"``); ends at step 0, skips the top ``N - S (N // S)`` steps.
+        * "trailing": ``round(N - j N / S) - 1``, ``j < S`` -- starts at step ``N-1`` (Lin et al. 2024).
+        * "linspace": ``round(linspace(0, N-1, S))`` -- improved DDPM's respacing (``S`` evenly spaced real steps
+          between the first and the last, rounded).
+
+        .. math:: \\tau^{lead}_j = j \\lfloor N/S \\rfloor,\\quad \\tau^{trail}_j = \\mathrm{round}(N - jN/S) - 1,\\quad
+            \\tau^{lin}_j = \\mathrm{round}(j (N-1)/(S-1))
+        """
+        import numpy as np
+
+        check_choice("spacing", spacing, DDIM_SPACINGS)
+        n = self.N
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= n:
+            raise ValueError(f"num_steps must be an integer in 1 .. N={n}, got {num_steps!r}")
+        j = np.arange(num_steps)
+        if spacing == "leading":
+            seq = j * (n // num_steps)
+        elif spacing == "trailing":
+            seq = np.round(n - j * (n / num_steps)).astype(np.int64)[::-1] - 1
+        else:
+            seq = np.round(np.linspace(0, n - 1, num_steps)).astype(np.int64)
+        return np.sort(seq).astype(np.int32)
 
     def marginal(self, t):
         abar = self.alpha_bars[self.index(t)]
@@ -74,29 +127,49 @@ def ddpm_grid_from_betas(betas: jax.Array, *, T: float = 1.0) -> DDPMGrid:
 
 
 def ddpm_grid(sde: VPSDE) -> DDPMGrid:
-    """The DDPM discretization of a VP SDE: ``sde.N`` steps with ``sde.discrete_betas()``."""
+    """The DDPM discretization of a VP SDE: ``sde.N`` steps with ``sde.discrete_betas()``, step ``i`` at the time
+    where the SDE's marginal equals the grid's ``alpha_bar_i``.
+
+    .. math:: t_i = \\lambda^{-1}\\big(\\log\\bar\\alpha_i - \\log(1 - \\bar\\alpha_i)\\big)
+
+    (``lambda^{-1}`` = ``sde.t_from_log_snr``). The discrete ``alpha_bar`` falls below the SDE's at the top of the
+    grid, so the last times can lie slightly above ``T`` (about ``1.006 T`` for score-SDE's linear VP at N = 1000).
+    """
     if not isinstance(sde, VPSDE):
         raise ValueError(f"sde must be a VPSDE for the DDPM grid, got {type(sde).__name__}")
-    return ddpm_grid_from_betas(sde.discrete_betas(), T=sde.T)
+    grid = ddpm_grid_from_betas(sde.discrete_betas(), T=sde.T)
+    log_abar = jnp.cumsum(jnp.log1p(-grid.betas))  # log alpha_bar without the rounding of 1 - alpha_bar near 1
+    times = sde.t_from_log_snr(log_abar - jnp.log(-jnp.expm1(log_abar)))
+    return dataclasses.replace(grid, times=times.astype(jnp.float32))
 
 
 def ancestral_step(key, x, i, score_fn, grid: DDPMGrid, *, variance: str = "beta"):
-    """One step of DDPM Algorithm 2 from grid step ``i`` to ``i-1``, written with the score.
+    """One step of DDPM Algorithm 2 from grid step ``i`` to ``i-1``, written with the score at ``t_i = grid.time(i)``.
 
     With ``eps = -sqrt(1 - alpha_bar_i) * score``:
 
     .. math:: x_{i-1} = \\frac{x_i + \\beta_i s_\\theta(x_i, t_i)}{\\sqrt{1-\\beta_i}} + \\sigma_i z
 
-    ``variance``: "beta" (``sigma_i^2 = beta_i``) or "posterior" (``beta_tilde_i``); no noise at ``i = 0``.
-    Returns ``(x_{i-1}, mean)``.
+    ``variance``: "beta" (``sigma_i^2 = beta_i``), "posterior" (``beta_tilde_i``) or "learned" (improved DDPM's
+    ``Sigma_theta = exp(f log beta_i + (1-f) log beta_tilde_i)``, ``f = (v+1)/2``, :func:`ddpm_model_mean_logvar`,
+    with ``v`` from ``score_fn.score_and_v``: a :class:`~diffjax.LearnedVarianceScore`, one model evaluation);
+    no noise at ``i = 0``. Returns ``(x_{i-1}, mean)``.
     """
-    check_choice("variance", variance, ("beta", "posterior"))
+    check_choice("variance", variance, ("beta", "posterior", "learned"))
+    if variance == "learned" and not has_learned_variance(score_fn):
+        raise ValueError(f"variance='learned' needs a score_fn with a learned variance (score_fn.score_and_v, e.g. "
+                         f"make_score_fn(..., learned_sigma=True)), got {score_fn!r}")
     i = jnp.asarray(i, jnp.int32)
     t = jnp.full((x.shape[0],), grid.time(i))
     beta = grid.betas[i]
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    if variance == "learned":
+        score, v = score_fn.score_and_v(x, t)
+        eps = -bcast(jnp.sqrt(1.0 - grid.alpha_bars[i]), x) * score
+        mean, logvar = ddpm_model_mean_logvar(x, i, eps, v, grid)
+        return mean + jnp.where(i > 0, jnp.exp(0.5 * logvar), 0.0) * noise, mean
     mean = (x + beta * score_fn(x, t)) / jnp.sqrt(1.0 - beta)
     var = beta if variance == "beta" else grid.posterior_variance(i)
-    noise = jax.random.normal(key, x.shape, x.dtype)
     return mean + jnp.where(i > 0, jnp.sqrt(var), 0.0) * noise, mean
 
 
@@ -162,7 +235,27 @@ def ddpm_model_mean_logvar(x_t, i, eps, v, grid: DDPMGrid):
     return mean, logvar
 
 
-def ddpm_vlb_terms(x0, x_t, i, eps, v, grid: DDPMGrid):
+def _check_clip_denoised(clip_denoised):
+    if not isinstance(clip_denoised, bool):
+        raise ValueError(f"clip_denoised must be True or False, got {clip_denoised!r}")
+    return clip_denoised
+
+
+def _clipped_x0_mean(x_t, i, eps, grid: DDPMGrid):
+    """Posterior mean ``q(x_{i-1} | x_i, x0_pred)`` at ``x0_pred = clip((x_i - sqrt(1-abar_i) eps) / sqrt(abar_i))``.
+
+    .. math:: \\mu = \\tilde\\mu_i\\big(x_i, \\operatorname{clip}((x_i - \\sqrt{1-\\bar\\alpha_i}\\,\\epsilon)
+        / \\sqrt{\\bar\\alpha_i}, -1, 1)\\big)
+
+    improved-diffusion's ``p_mean_variance(clip_denoised=True)`` for an eps model. Without the clip this equals the
+    mean of :func:`ddpm_model_mean_logvar` (same formula rearranged).
+    """
+    abar = grid.alpha_bars[i]
+    x0_pred = (x_t - bcast(jnp.sqrt(1.0 - abar), x_t) * eps) / bcast(jnp.sqrt(abar), x_t)
+    return grid.posterior(jnp.clip(x0_pred, -1.0, 1.0), x_t, i)[0]
+
+
+def ddpm_vlb_terms(x0, x_t, i, eps, v, grid: DDPMGrid, *, clip_denoised: bool = False):
     """The variational-bound term ``L_i`` in bits per dimension, shape ``(batch,)`` (Ho et al. eq. 5).
 
     ``L_i = KL(q(x_{i-1}|x_i, x_0) || p(x_{i-1}|x_i))`` for ``i > 0`` and the decoder's
@@ -172,11 +265,17 @@ def ddpm_vlb_terms(x0, x_t, i, eps, v, grid: DDPMGrid):
     Args:
       x0: data in ``[-1, 1]`` on the 8-bit lattice, ``(batch, *dims)``; x_t: its noised version at step ``i``;
       i: ``()`` or ``(batch,)`` int steps; eps, v: the model's outputs at ``(x_t, i)``, shaped like ``x0``.
+      clip_denoised: take the model mean from the predicted ``x0`` clipped to ``[-1, 1]`` (:func:`_clipped_x0_mean`,
+        as improved-diffusion's evaluation does) instead of :func:`ddpm_model_mean_logvar`'s unclipped mean
+        (what its training loss, and :func:`ddpm_hybrid_loss`, use).
     """
+    _check_clip_denoised(clip_denoised)
     i = jnp.broadcast_to(jnp.asarray(i, jnp.int32), (x0.shape[0],))
     true_mean, _ = grid.posterior(x0, x_t, i)
     true_logvar = bcast(_clipped_log_posterior_variance(grid, i), x0)
     mean, logvar = ddpm_model_mean_logvar(x_t, i, eps, v, grid)
+    if clip_denoised:
+        mean = _clipped_x0_mean(x_t, i, eps, grid)
     kl = _mean_dims(normal_kl(true_mean, true_logvar, mean, logvar)) / math.log(2.0)
     nll = -_mean_dims(discretized_gaussian_log_likelihood(x0, means=mean, log_scales=0.5 * logvar)) / math.log(2.0)
     return jnp.where(i == 0, nll, kl)
@@ -221,7 +320,7 @@ def ddpm_hybrid_loss(key, x0, model_fn, grid: DDPMGrid, *, vlb_weight: float = 1
     return (loss, {"simple": simple, "vlb": vlb}) if return_terms else loss
 
 
-def ddpm_vlb_bpd(key, x0, model_fn, grid: DDPMGrid, *, return_terms: bool = False):
+def ddpm_vlb_bpd(key, x0, model_fn, grid: DDPMGrid, *, clip_denoised: bool = True, return_terms: bool = False):
     """The full variational bound in bits/dim, shape ``(batch,)``: ``sum_{i=0}^{N-1} L_i + L_T``.
 
     ``L_T = KL(q(x_N|x_0) || N(0, I))``; every ``L_i`` uses its own noise ``normal(fold_in(key, i))``; one
@@ -229,9 +328,16 @@ def ddpm_vlb_bpd(key, x0, model_fn, grid: DDPMGrid, *, return_terms: bool = Fals
     A fixed-variance eps model fits the same ``model_fn`` by returning ``v = 1`` (``sigma^2 = beta``) or
     ``v = -1`` (``sigma^2 = beta_tilde``) everywhere.
 
+    ``clip_denoised=True`` (the default) is the published evaluations' bound: Ho et al.'s ``calc_bpd_loop`` and
+    improved-diffusion's ``calc_bpd_loop`` / ``image_nll.py`` both clip the predicted ``x0`` to ``[-1, 1]`` before
+    forming the model mean (see :func:`ddpm_vlb_terms`). ``False`` gives the bound of the unclipped model mean,
+    the one the hybrid loss trains; both are valid bounds of different decoders and differ only where the
+    predicted ``x0`` leaves ``[-1, 1]``.
+
     Returns:
       ``(batch,)`` bits/dim; with ``return_terms=True``, ``(bpd, {"terms": (N, batch), "prior": (batch,)})``.
     """
+    _check_clip_denoised(clip_denoised)
     _check_grid(grid)
     check_batched("x0", x0)
     if not callable(model_fn):
@@ -242,7 +348,7 @@ def ddpm_vlb_bpd(key, x0, model_fn, grid: DDPMGrid, *, return_terms: bool = Fals
         t = jnp.full((batch,), grid.time(i))
         x_t = grid.perturb(x0, t, jax.random.normal(jax.random.fold_in(key, i), x0.shape, x0.dtype))
         eps, v = _check_model_out(model_fn(x_t, t), x0)
-        term = ddpm_vlb_terms(x0, x_t, jnp.full((batch,), i), eps, v, grid)
+        term = ddpm_vlb_terms(x0, x_t, jnp.full((batch,), i), eps, v, grid, clip_denoised=clip_denoised)
         return total + term, term
 
     total, terms = jax.lax.scan(body, jnp.zeros((batch,), jnp.float32), jnp.arange(grid.N))

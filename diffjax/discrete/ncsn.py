@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,8 @@ import jax.numpy as jnp
 from diffjax.core._checks import check_int
 from diffjax.core.sde import VESDE
 
-__all__ = ["NCSNGrid", "ncsn_grid", "langevin_step", "annealed_langevin_level", "ncsn_step_size", "smld_ancestral_step"]
+__all__ = ["NCSNGrid", "ncsn_grid", "langevin_step", "annealed_langevin_level", "ncsn_step_size", "smld_ancestral_step",
+           "NCSN_SAMPLING", "NCSNV2_CIFAR10_SAMPLING"]
 
 
 @jax.tree_util.register_static
@@ -55,6 +57,19 @@ def ncsn_grid(sde: VESDE, num_scales: int = 10) -> NCSNGrid:
     if not isinstance(sde, VESDE):
         raise ValueError(f"sde must be a VESDE for the NCSN grid, got {type(sde).__name__}")
     return NCSNGrid(sde, check_int("num_scales", num_scales, minimum=1))
+
+
+# Published annealed-Langevin settings, as keyword options of ``diffjax.samplers.annealed_langevin`` (whose step is
+# the NCSN paper's ``x + alpha_i/2 s + sqrt(alpha_i) z``, ``alpha_i = step_lr sigma_i^2 / sigma_L^2``).
+NCSN_SAMPLING = types.MappingProxyType(dict(num_steps=10, n_steps_each=100, step_lr=2e-5, denoise=False))
+"""NCSN (Song & Ermon 2019, Algorithm 1 and Sec. 4.2): L = 10 levels, T = 100 steps per level, eps = 2e-5, no
+final denoising; the paper's sigmas are 1 .. 0.01 (``ve_sde(sigma_min=0.01, sigma_max=1.0)``)."""
+
+NCSNV2_CIFAR10_SAMPLING = types.MappingProxyType(dict(num_steps=232, n_steps_each=5, step_lr=2 * 6.2e-6,
+                                                      denoise=True))
+"""NCSNv2 on CIFAR-10 (Song & Ermon 2020, ``configs/cifar10.yml``): L = 232 levels over sigma 50 .. 0.01
+(``ve_sde()``'s defaults), T = 5, the final denoising step, and eps = 6.2e-6 in NCSNv2's update
+``x + alpha_i s + sqrt(2 alpha_i) z``, which is ``step_lr = 2 * 6.2e-6`` in the paper-NCSN form used here."""
 
 
 def ncsn_step_size(sigma, sigma_min, *, step_lr: float = 2e-5):

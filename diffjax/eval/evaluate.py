@@ -5,8 +5,8 @@ A :class:`FeatureNet` maps uint8 images ``(N, H, W, C)`` to ``(features, logits)
 *classifier score*) or the FID Inception-v3 (2048-d pool3 features, 1008 logits; the *Inception Score*).
 :func:`image_metrics` turns the features of generated images and the reference statistics of
 :func:`diffjax.eval.stats.reference_stats` into the Frechet distance, KID and the score.
-``diffjax.main`` resolves the config into these calls (``--mode eval`` / ``--mode stats``,
-:func:`diffjax.main.evaluate_images`).
+``diffjax.run`` resolves the config into these calls (``--mode eval`` / ``--mode stats``,
+:func:`diffjax.run.evaluate_images`).
 """
 from __future__ import annotations
 

@@ -6,16 +6,18 @@ Networks map ``(x, noise_labels[, y])`` to an array shaped like ``x`` and know n
 Named constructors (keyword overrides of the fields): :func:`ddpm_cifar10`, :func:`ncsnpp_cifar10`,
 :func:`ncsnpp_deep_cifar10`, :func:`ddpmpp_cifar10`, :func:`ddpmpp_deep_cifar10`, :func:`small32`,
 :func:`fashion_mnist_small`, :func:`toy_mlp`, :func:`noise_classifier_cifar10`.
+
+The layers (:class:`Conv`, :class:`GroupNorm`, :class:`AttnBlock`, :class:`ResBlock`, ...) and the functional
+:func:`attention` / :func:`group_norm` are public; the kernel variants they choose between (``conv_impl`` /
+``layer_impl``: ``conv_xla``, ``conv_upsampled``, ``conv_polyphase_grad``, ``dot_product_attention``,
+``group_norm_fused``, ..., and ``CONV_IMPLS`` / ``LAYER_IMPLS``) stay in ``diffjax.nets._layers``.
 """
 from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_conditional_score_fn, make_score_fn,
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
-from diffjax.nets._layers import (CONV_IMPLS, LAYER_IMPLS, AttnBlock, Conv, Dense, Downsample,
-                                  GaussianFourierProjection, GroupNorm, ResBlock, Upsample, add_bias, attention,
-                                  conv_matmul_grad, conv_polyphase, conv_polyphase_grad,
-                                  conv_shifted_matmuls, conv_upsampled, conv_xla, default_heads_per_step,
-                                  dot_product_attention, fir_downsample_2d, fir_upsample_2d, group_norm,
-                                  group_norm_fused, reference_attention, sum_spatial, timestep_embedding)
+from diffjax.nets._layers import (AttnBlock, Conv, Dense, Downsample, GaussianFourierProjection, GroupNorm, ResBlock,
+                                  Upsample, attention, fir_downsample_2d, fir_upsample_2d, group_norm,
+                                  timestep_embedding)
 from diffjax.nets._mlp import MLPScore
 from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, fashion_mnist_small,
                                    ncsnpp_cifar10, ncsnpp_deep_cifar10, noise_classifier_cifar10, small32, toy_mlp)
@@ -30,9 +32,5 @@ __all__ = [
     "ddpm_cifar10", "ncsnpp_cifar10", "ncsnpp_deep_cifar10", "ddpmpp_cifar10", "ddpmpp_deep_cifar10", "small32",
     "fashion_mnist_small", "toy_mlp", "noise_classifier_cifar10",
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
-    "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d",
-    "CONV_IMPLS", "conv_xla", "conv_matmul_grad", "conv_shifted_matmuls", "conv_upsampled", "conv_polyphase",
-    "conv_polyphase_grad",
-    "LAYER_IMPLS", "attention", "dot_product_attention", "reference_attention", "default_heads_per_step",
-    "group_norm", "group_norm_fused", "sum_spatial", "add_bias",
+    "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d", "attention", "group_norm",
 ]

@@ -13,15 +13,16 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_positive
+from diffjax.core.learned_variance import LearnedVarianceScore
 from diffjax.core.parameterizations import (edm_preconditioning, edm_sigma, score_from_edm, score_from_eps,
-                                            score_from_v, score_from_x0)
+                                            score_from_v, score_from_velocity, score_from_x0)
 from diffjax.core.sde import bcast
 
 __all__ = ["TIME_INPUTS", "PARAMETERIZATIONS", "noise_labels_for", "make_score_fn", "make_conditional_score_fn",
            "split_learned_sigma"]
 
 TIME_INPUTS = ("continuous", "index", "t", "sigma", "log_sigma", "edm")
-PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm")
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "velocity")
 
 
 def noise_labels_for(t, sde, *, time_input: str = "continuous") -> jax.Array:
@@ -85,26 +86,39 @@ def _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigm
     def net(x, labels, y):
         args = (x, labels, y) if with_y else (x, labels)
         out = apply_fn(variables, *args, train=train, **extra)
-        return split_learned_sigma(out)[0] if learned_sigma else out
+        return split_learned_sigma(out) if learned_sigma else (out, None)
 
-    def score_fn(x, t, y=None):
+    def score_and_v(x, t, y=None):
+        """``(score, v)`` from one network evaluation (``v = None`` without a learned-variance head)."""
         t = jnp.broadcast_to(jnp.asarray(t, jnp.result_type(x.dtype, jnp.float32)), (x.shape[0],))
         if parameterization == "edm":
+            v_out = []
+
             def raw_fn(x_in, c_noise):
                 labels = c_noise if time_input == "edm" else noise_labels_for(t, sde, time_input=time_input)
-                return net(x_in, labels, y)
+                out, v = net(x_in, labels, y)
+                v_out.append(v)
+                return out
 
-            return score_from_edm(raw_fn, x, t, sde, sigma_data=sigma_data)
-        out = net(x, noise_labels_for(t, sde, time_input=time_input), y)
+            return score_from_edm(raw_fn, x, t, sde, sigma_data=sigma_data), v_out[0]
+        out, v = net(x, noise_labels_for(t, sde, time_input=time_input), y)
         if parameterization == "eps":
-            return score_from_eps(out, x, t, sde)
+            return score_from_eps(out, x, t, sde), v
         if parameterization == "x0":
-            return score_from_x0(out, x, t, sde)
+            return score_from_x0(out, x, t, sde), v
         if parameterization == "v":
-            return score_from_v(out, x, t, sde)
+            return score_from_v(out, x, t, sde), v
+        if parameterization == "velocity":  # flow matching's u = a' x0 + s' eps
+            return score_from_velocity(out, x, t, sde), v
         if scale_by_sigma:  # score-SDE's NCSN++ / NCSNv2: the network predicts sigma * score
-            return out / bcast(sde.marginal(t)[1], x)
-        return out
+            return out / bcast(sde.marginal(t)[1], x), v
+        return out, v
+
+    if learned_sigma:
+        return LearnedVarianceScore(score_and_v)
+
+    def score_fn(x, t, y=None):
+        return score_and_v(x, t, y)[0]
 
     return score_fn
 
@@ -120,8 +134,9 @@ def make_score_fn(apply_fn: Callable, params: Any, sde, *, parameterization: str
       apply_fn: ``apply_fn(variables, x, noise_labels, train=...)`` (e.g. ``model.apply``).
       params: the ``"params"`` collection (or a whole variables dict containing it).
       sde: the forward SDE the network was trained with.
-      parameterization: what the network predicts: ``"eps"``, ``"x0"``, ``"v"``, ``"score"`` or ``"edm"``
-        (EDM's raw ``F``; preconditioning with ``sigma = std / mean_coeff``).
+      parameterization: what the network predicts: ``"eps"``, ``"x0"``, ``"v"``, ``"score"``, ``"edm"``
+        (EDM's raw ``F``; preconditioning with ``sigma = std / mean_coeff``) or ``"velocity"`` (flow matching's
+        ``u = a' x0 + s' eps``, :func:`~diffjax.score_from_velocity`; exact also where ``a = 0``).
       time_input: noise label fed to the network, see :func:`noise_labels_for`; default ``"edm"`` for
         ``parameterization="edm"`` else ``"continuous"``.
       train: run the network in training mode (dropout on; needs ``rng``).
@@ -129,14 +144,20 @@ def make_score_fn(apply_fn: Callable, params: Any, sde, *, parameterization: str
       sigma_data: EDM's data std.
       scale_by_sigma: with ``parameterization="score"``, divide the output by the marginal std (score-SDE's
         ``scale_by_sigma`` of NCSN++ / NCSNv2 VE models).
-      learned_sigma: the network has a learned-variance head: use only the first half (eps) of its channels.
+      learned_sigma: the network has a learned-variance head (improved DDPM): the first half of its channels
+        gives the score, the second half is ``v``, offered by the returned
+        :class:`~diffjax.LearnedVarianceScore`'s ``score_and_v(x, t)`` (the grid samplers then sample with the
+        learned variance).
 
     Returns:
-      ``score_fn(x, t)`` with ``x`` ``(batch, *dims)`` and ``t`` ``()`` or ``(batch,)``.
+      ``score_fn(x, t)`` with ``x`` ``(batch, *dims)`` and ``t`` ``()`` or ``(batch,)``; with ``learned_sigma``
+      a :class:`~diffjax.LearnedVarianceScore` (a ``score_fn`` that also has ``score_and_v(x, t) -> (score, v)``).
     """
     time_input = _check_options(parameterization, time_input, sigma_data, train, rng)
     f = _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
                learned_sigma, with_y=False)
+    if learned_sigma:
+        return LearnedVarianceScore(lambda x, t: f.score_and_v(x, t))
     return lambda x, t: f(x, t)
 
 
@@ -145,7 +166,8 @@ def make_conditional_score_fn(apply_fn: Callable, params: Any, sde, *, parameter
                               sigma_data: float = 0.5, scale_by_sigma: bool = False, learned_sigma: bool = False):
     """As :func:`make_score_fn` for a class-conditional network: returns ``score_fn(x, t, y)`` where ``y`` is
     ``(batch,)`` int labels, or ``None`` for the null (unconditional) label of classifier-free guidance.
-    ``apply_fn`` is called as ``apply_fn(variables, x, noise_labels, y, train=...)``."""
+    ``apply_fn`` is called as ``apply_fn(variables, x, noise_labels, y, train=...)``. With ``learned_sigma``, a
+    :class:`~diffjax.LearnedVarianceScore` whose ``score_and_v(x, t, y)`` also returns ``v``."""
     time_input = _check_options(parameterization, time_input, sigma_data, train, rng)
     return _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
                   learned_sigma, with_y=True)

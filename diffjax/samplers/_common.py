@@ -6,7 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from diffjax.core._checks import check_batched, check_int, check_t_eps
+from diffjax.core._checks import check_batched, check_floating, check_int, check_t_eps
 from diffjax.core.sde import SubVPSDE, VESDE, VPSDE
 
 SDE_TYPES = (VPSDE, SubVPSDE, VESDE)
@@ -24,9 +24,14 @@ def check_sde(sde, allowed=SDE_TYPES, *, sampler: str = "this sampler"):
 
 
 def check_common(x_T, score_fn, sde, num_steps, t_eps, *, default_steps, allowed=SDE_TYPES, sampler: str):
-    """Validate the shared arguments; returns ``(num_steps, t_eps)`` with defaults resolved."""
+    """Validate the shared arguments; returns ``(num_steps, t_eps)`` with defaults resolved.
+
+    ``x_T`` must be a floating-point ``(batch, *dims)`` array; ``num_steps`` / ``t_eps`` may be Python or NumPy
+    numbers or concrete 0-d arrays (a traced value raises: they fix the loop length and the grid).
+    """
     check_sde(sde, allowed, sampler=sampler)
     check_batched("x_T", x_T, min_ndim=2)
+    check_floating("x_T", x_T)
     if not callable(score_fn):
         raise ValueError(f"score_fn must be a callable score_fn(x, t), got {score_fn!r}")
     num_steps = check_int("num_steps", default_steps if num_steps is None else num_steps, minimum=1)

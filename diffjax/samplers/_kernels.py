@@ -11,7 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffjax.core.sde import SubVPSDE, VESDE, VPSDE, bcast, forward_chain_step, probability_flow_ode
+from diffjax.core._checks import check_choice
+from diffjax.core.learned_variance import has_learned_variance
+from diffjax.core.sde import bcast, forward_chain_step, probability_flow_ode
 from diffjax.discrete.ddpm import DDPMGrid
 from diffjax.samplers._common import batch_time
 
@@ -63,14 +65,12 @@ def langevin_corrector_step(key, x, t, score_fn, sde, *, snr: float = 0.16, n_st
     .. math:: \\epsilon = 2\\alpha \\left(r \\frac{\\|z\\|}{\\|s_\\theta(x,t)\\|}\\right)^2,\\quad
               x' = x + \\epsilon s_\\theta(x,t) + \\sqrt{2\\epsilon}\\, z
 
-    with ``r = snr``, norms averaged over the batch as in score-SDE, and ``alpha = 1 - beta_i`` (the DDPM
-    ``alpha`` at ``t``, ``beta_i = beta(t) T / N``) for VP and sub-VP, 1 for VE.
+    with ``r = snr``, norms averaged over the batch as in score-SDE, and ``alpha = sde.langevin_alpha(t, T / N)``:
+    the forward chain's ``alpha`` over one step of the ``sde.N``-step grid (DDPM's ``1 - beta_i`` for VP and sub-VP,
+    which score-SDE writes as ``1 - beta(t) T / N``; 1 for VE), in ``(0, 1]`` for any ``N``.
     """
     tb = batch_time(t, x)
-    if isinstance(sde, (VPSDE, SubVPSDE)):
-        alpha = 1.0 - sde.schedule.beta(jnp.asarray(t, jnp.float32)) * (sde.T / sde.N)
-    else:
-        alpha = jnp.float32(1.0)
+    alpha = sde.langevin_alpha(t, sde.T / sde.N)
 
     def body(j, carry):
         x, _ = carry
@@ -102,25 +102,56 @@ def ode_heun_step(x, t, t_next, score_fn, sde):
     return x + 0.5 * h * (d1 + d2)
 
 
-def ddim_step(key, x, i, i_prev, score_fn, grid: DDPMGrid, *, eta: float = 0.0):
+DDIM_VARIANCES = ("posterior", "beta", "learned")
+
+
+def ddim_step(key, x, i, i_prev, score_fn, grid: DDPMGrid, *, eta: float = 0.0, variance: str = "posterior"):
     """DDIM update (Song, Meng & Ermon 2021, eq. 12) from grid step ``i`` to ``i_prev < i`` (``-1``: the data).
 
-    With ``eps = -sqrt(1 - abar_i) s_theta(x, t_i)`` and ``x0 = (x - sqrt(1 - abar_i) eps) / sqrt(abar_i)``:
+    The model is evaluated at step ``i``'s own time ``grid.time(i)``. With ``eps = -sqrt(1 - abar_i) s_theta`` and
+    ``x0 = (x - sqrt(1 - abar_i) eps) / sqrt(abar_i)``:
 
-    .. math:: x' = \\sqrt{\\bar\\alpha'}\\, x_0 + \\sqrt{1 - \\bar\\alpha' - \\sigma^2}\\, \\epsilon + \\sigma z,\\quad
-              \\sigma = \\eta \\sqrt{\\tfrac{1-\\bar\\alpha'}{1-\\bar\\alpha}\\left(1 - \\tfrac{\\bar\\alpha}{\\bar\\alpha'}\\right)}
+    .. math:: x' = \\sqrt{\\bar\\alpha'}\\, x_0 + \\sqrt{1 - \\bar\\alpha' - \\sigma_\\eta^2}\\, \\epsilon
+              + \\eta\\, s z,\\quad \\sigma_\\eta^2 = \\eta^2 \\tilde\\beta,\\quad
+              \\beta = 1 - \\bar\\alpha / \\bar\\alpha',\\quad
+              \\tilde\\beta = \\tfrac{1-\\bar\\alpha'}{1-\\bar\\alpha} \\beta
 
-    ``eta = 0`` is deterministic, ``eta = 1`` is DDPM's ancestral sampler on the sub-sequence.
+    The noise scale ``s^2`` is, by ``variance``: "posterior" ``tilde beta`` (DDIM's own ``sigma_eta``), "beta"
+    ``beta``, or "learned" improved DDPM's ``Sigma_theta = exp(f log beta + (1-f) log tilde beta)``,
+    ``f = (v+1)/2``, on the strided step (``v`` from ``score_fn.score_and_v``). ``eta = 0`` is deterministic;
+    ``eta = 1`` is the ancestral step of the strided chain with that variance (DDPM for "posterior", improved
+    DDPM's respaced sampler for "learned"). No noise on the last step (``i_prev = -1``).
     Returns ``(x', x0)``.
     """
+    check_choice("variance", variance, DDIM_VARIANCES)
+    if variance == "learned" and not has_learned_variance(score_fn):
+        raise ValueError(f"variance='learned' needs a score_fn with a learned variance (score_fn.score_and_v, e.g. "
+                         f"make_score_fn(..., learned_sigma=True)), got {score_fn!r}")
     i = jnp.asarray(i, jnp.int32)
     i_prev = jnp.asarray(i_prev, jnp.int32)
     abar = grid.alpha_bars[i]
     abar_prev = jnp.where(i_prev >= 0, grid.alpha_bars[jnp.maximum(i_prev, 0)], 1.0)
     std = jnp.sqrt(1.0 - abar)
-    eps = -std * score_fn(x, batch_time(grid.time(i), x))
+    t = batch_time(grid.time(i), x)
+    if variance == "learned":
+        score, v = score_fn.score_and_v(x, t)
+    else:
+        score = score_fn(x, t)
+    eps = -std * score
     x0 = (x - std * eps) / jnp.sqrt(abar)
-    sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
+    beta = 1.0 - abar / abar_prev
+    beta_tilde = (1.0 - abar_prev) / (1.0 - abar) * beta
+    sigma = eta * jnp.sqrt(beta_tilde)
     direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0))
+    if variance == "posterior":
+        scale = sigma
+    elif variance == "beta":
+        scale = eta * jnp.sqrt(beta)
+    else:
+        # beta_tilde = 0 on the last step (no noise there): log beta in its place keeps the log finite
+        log_bt = jnp.log(jnp.where(beta_tilde > 0, beta_tilde, beta))
+        frac = (v + 1.0) / 2.0
+        scale = eta * jnp.exp(0.5 * (frac * jnp.log(beta) + (1.0 - frac) * log_bt))
+    scale = jnp.where(i_prev >= 0, scale, 0.0)
     noise = jax.random.normal(key, x.shape, x.dtype)
-    return jnp.sqrt(abar_prev) * x0 + direction * eps + sigma * noise, x0
+    return jnp.sqrt(abar_prev) * x0 + direction * eps + scale * noise, x0

@@ -10,8 +10,9 @@ Conventions shared by all samplers:
 * ``num_steps=None`` takes the published default (score-SDE: ``sde.N`` = 1000 steps; DDIM: 50; NCSN: 10
   noise levels x 100 Langevin steps).
 * ``t_eps=None`` takes score-SDE's: 1e-3 for VP / sub-VP, 1e-5 for VE. Continuous-time samplers integrate from
-  ``T`` to ``t_eps`` on a uniform grid; discrete ones (ancestral, annealed Langevin, DDIM) run their grid down to
-  step 0 but never evaluate the score below ``t_eps``.
+  ``T`` to ``t_eps`` on a uniform grid; annealed Langevin runs its sigma grid but never evaluates the score below
+  ``t_eps``. The grid samplers ancestral and DDIM evaluate the model at each grid step's own time (the time whose
+  marginal is that step's alpha-bar / sigma, step 0 included) and take no ``t_eps`` (it must be None).
 * ``denoise=True`` (score-SDE's ``noise_removal``): stochastic samplers return the noise-free mean of their last
   step; the ODE samplers then add one Tweedie step ``x + std^2 s(x, t_eps)`` (divided by the mean coefficient),
   which costs one extra score evaluation, so it defaults to False there.
@@ -26,11 +27,13 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffjax.core._checks import check_choice, check_int, check_nonnegative, check_positive
+from diffjax.core.learned_variance import has_learned_variance
 from diffjax.core.sde import VESDE, VPSDE, bcast, probability_flow_ode
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
 from diffjax.samplers._common import batch_time, check_common, floor_time, time_grid, with_steps
 from diffjax.samplers._kernels import (
+    DDIM_VARIANCES,
     ddim_step,
     euler_maruyama_step,
     langevin_corrector_step,
@@ -151,14 +154,15 @@ def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, de
 # ------------------------------------------------------------------------------------------ discrete grids
 
 
-@_jit("score_fn", "sde", "num_steps", "t_eps", "variance")
-def _ancestral(key, x_T, *, score_fn, sde, num_steps, t_eps, variance):
-    score = floor_time(score_fn, t_eps)
+@_jit("score_fn", "sde", "num_steps", "variance")
+def _ancestral(key, x_T, *, score_fn, sde, num_steps, variance):
+    # Every step evaluates the model at its own grid time (no t_eps floor): grid.time(i) for DDPM, sigma_i's time
+    # for SMLD.
     if isinstance(sde, VPSDE):
         grid = _ddpm.ddpm_grid(sde)
-        step = lambda k, x, i: _ddpm.ancestral_step(k, x, i, score, grid, variance=variance)  # noqa: E731
+        step = lambda k, x, i: _ddpm.ancestral_step(k, x, i, score_fn, grid, variance=variance)  # noqa: E731
     else:
-        step = lambda k, x, i: _ncsn.smld_ancestral_step(k, x, i, score, sde)  # noqa: E731
+        step = lambda k, x, i: _ncsn.smld_ancestral_step(k, x, i, score_fn, sde)  # noqa: E731
 
     def body(carry, i):
         x, _ = carry
@@ -168,25 +172,53 @@ def _ancestral(key, x_T, *, score_fn, sde, num_steps, t_eps, variance):
     return x_mean
 
 
-def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance: str = "beta"):
+def _grid_t_eps(t_eps, sampler):
+    if t_eps is not None:
+        raise ValueError(f"t_eps must be None for {sampler}, got {t_eps!r}: a grid sampler evaluates the model at "
+                         f"each grid step's own time (the time whose marginal is that step's alpha_bar / sigma), "
+                         f"so there is no last time to choose; set num_steps instead")
+
+
+def _resolve_variance(variance, score_fn, allowed, fixed_default):
+    if variance is None:
+        return "learned" if has_learned_variance(score_fn) else fixed_default
+    check_choice("variance", variance, allowed)
+    if variance == "learned" and not has_learned_variance(score_fn):
+        raise ValueError(f"variance='learned' needs a score_fn with a learned variance (a LearnedVarianceScore with "
+                         f"score_and_v, e.g. make_score_fn(..., learned_sigma=True)), got {score_fn!r}; allowed "
+                         f"for this score_fn: {[a for a in allowed if a != 'learned']}")
+    return variance
+
+
+def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=None):
     """Ancestral sampling on the model's own discrete chain: DDPM Algorithm 2 for VP, SMLD's (score-SDE eq. 47
     with the posterior variance) for VE, over ``num_steps`` grid steps (default ``sde.N`` = 1000).
+
+    Step ``i`` evaluates the model at its own grid time: for VP ``grid.time(i)``, the time at which the SDE's
+    marginal equals the grid's ``alpha_bar_i`` (:func:`diffjax.discrete.ddpm_grid`), so a discrete DDPM model
+    (scored through its :class:`~diffjax.discrete.DDPMGrid`) sees exactly step ``i`` and a continuous-time model
+    exactly ``alpha_bar_i``; for VE ``i/(N-1) T``, where ``sigma(t)`` is the grid's ``sigma_i``.
 
     Args:
         key, x_T, score_fn: as in :func:`pc`.
         sde: a :class:`~diffjax.VPSDE` (discretized as :func:`diffjax.discrete.ddpm_grid` with ``N = num_steps``)
             or a :class:`~diffjax.VESDE` (``num_steps`` geometric sigmas). sub-VP has no such chain: ValueError.
         num_steps: grid steps, each one score evaluation.
-        t_eps: lowest time at which the score is evaluated (the grid's step 0 sits at t = 0).
-        variance: DDPM only: "beta" (``sigma_i^2 = beta_i``, DDPM's default) or "posterior" (``beta_tilde_i``).
+        t_eps: must be None: the grid fixes every evaluation time (step 0 is the lowest; ValueError otherwise).
+        variance: DDPM only: "beta" (``sigma_i^2 = beta_i``, DDPM's), "posterior" (``beta_tilde_i``) or "learned"
+            (improved DDPM's ``Sigma_theta`` from the model's ``v``; needs a
+            :class:`~diffjax.LearnedVarianceScore`, e.g. ``make_score_fn(..., learned_sigma=True)``).
+            Default None: "learned" when ``score_fn`` has a learned variance (improved DDPM samples with it),
+            else "beta".
 
     Returns:
         (batch, *dims): the last step's mean (step 0 adds no noise).
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N,
-                                    allowed=(VPSDE, VESDE), sampler="ancestral (DDPM for VP, SMLD for VE)")
-    check_choice("variance", variance, ("beta", "posterior"))
+    _grid_t_eps(t_eps, "ancestral")
+    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=sde.N,
+                                allowed=(VPSDE, VESDE), sampler="ancestral (DDPM for VP, SMLD for VE)")
     if isinstance(sde, VPSDE):
+        variance = _resolve_variance(variance, score_fn, ("beta", "posterior", "learned"), "beta")
         import numpy as np
         with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit
             max_beta = float(np.max(np.asarray(with_steps(sde, num_steps).discrete_betas())))
@@ -194,8 +226,11 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance: 
             raise ValueError(f"num_steps={num_steps} is too few for ancestral sampling of this VP SDE: its DDPM betas "
                              f"beta(t)/num_steps reach {max_beta:.3g} >= 1; allowed: num_steps > beta_max "
                              f"(use ddim for strided sampling with fewer steps)")
+    elif variance is not None:
+        raise ValueError(f"variance is a DDPM (VP) option; SMLD's ancestral step on a VESDE has the posterior "
+                         f"variance only: pass variance=None, got {variance!r}")
     return _ancestral(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps,
-                      t_eps=t_eps, variance=variance)
+                      variance=variance)
 
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "n_steps_each", "step_lr", "denoise")
@@ -217,18 +252,26 @@ def _annealed_langevin(key, x_T, *, score_fn, sde, num_steps, t_eps, n_steps_eac
 
 
 def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=None, n_steps_each: int = 100,
-                      step_lr: float = 2e-5, denoise: bool = True):
+                      step_lr: float = 2e-5, denoise: bool = False):
     """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) on a VE SDE.
 
-    ``num_steps`` geometric noise levels from ``sde.sigma_max`` to ``sde.sigma_min`` (NCSN: L = 10), at each
-    ``n_steps_each`` Langevin steps (NCSN: T = 100) of size ``step_lr * sigma_i^2 / sigma_L^2`` (NCSN:
-    eps = 2e-5), via :func:`diffjax.discrete.ncsn.annealed_langevin_level`.
+    ``num_steps`` geometric noise levels from ``sde.sigma_max`` to ``sde.sigma_min``, at each ``n_steps_each``
+    Langevin steps ``x + alpha_i/2 s + sqrt(alpha_i) z`` of size ``alpha_i = step_lr * sigma_i^2 / sigma_L^2``, via
+    :func:`diffjax.discrete.ncsn.annealed_langevin_level`. The defaults are the NCSN paper's published setting,
+    :data:`diffjax.discrete.ncsn.NCSN_SAMPLING`: L = 10, T = 100, eps = 2e-5, no final denoising (its sigmas run
+    1 .. 0.01: ``ve_sde(sigma_min=0.01, sigma_max=1.0)``). NCSNv2's CIFAR-10 setting (Song & Ermon 2020; 232
+    levels over ``ve_sde()``'s 50 .. 0.01, T = 5, its eps = 6.2e-6 in the ``eps s + sqrt(2 eps) z`` form, and the
+    final denoising step) is ``**diffjax.discrete.ncsn.NCSNV2_CIFAR10_SAMPLING``.
 
     Args:
         key, x_T, score_fn: as in :func:`pc` (``x_T`` ~ N(0, sigma_max^2), e.g. ``sde.prior_sample``).
         sde: a :class:`~diffjax.VESDE`.
+        num_steps: noise levels L (NCSN: 10).
         t_eps: lowest time at which the score is evaluated.
-        denoise: finish with the Tweedie step ``x + sigma_L^2 s(x, sigma_L)`` (NCSNv2, Song & Ermon 2020).
+        n_steps_each: Langevin steps per level T (NCSN: 100).
+        step_lr: eps of the step-size rule (NCSN: 2e-5). The released NCSN code steps ``eps_i s + sqrt(2 eps_i) z``
+            with the same eps, twice the paper's step: ``step_lr=4e-5`` reproduces it.
+        denoise: finish with NCSNv2's Tweedie step ``x + sigma_L^2 s(x, sigma_L)`` (NCSN: no).
 
     Returns:
         (batch, *dims); ``num_steps * n_steps_each (+1 if denoise)`` score evaluations.
@@ -241,46 +284,64 @@ def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=Non
                               n_steps_each=n_steps_each, step_lr=step_lr, denoise=_check_bool("denoise", denoise))
 
 
-@_jit("score_fn", "sde", "num_steps", "t_eps", "eta")
-def _ddim(key, x_T, *, score_fn, sde, num_steps, t_eps, eta):
+@_jit("score_fn", "sde", "num_steps", "eta", "spacing", "variance")
+def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance):
     grid = _ddpm.ddpm_grid(sde)
-    score = floor_time(score_fn, t_eps)
-    # DDIM's "uniform" sub-sequence tau = (0, s, 2s, ..), s = N // num_steps, walked from the top down.
-    seq = jnp.arange(num_steps, dtype=jnp.int32) * (grid.N // num_steps)
-    prev = jnp.concatenate([jnp.array([-1], jnp.int32), seq[:-1]])
+    seq = grid.subsequence(num_steps, spacing=spacing)  # static NumPy indices, increasing
+    prev = [-1] + list(seq[:-1])  # tau_{j-1}; -1: the data (alpha_bar = 1)
 
     def body(carry, inputs):
         x, _ = carry
         k, i, i_prev = inputs
-        return ddim_step(jax.random.fold_in(key, k), x, i, i_prev, score, grid, eta=eta), None
+        return ddim_step(jax.random.fold_in(key, k), x, i, i_prev, score_fn, grid, eta=eta, variance=variance), None
 
-    (x, x0), _ = jax.lax.scan(body, (x_T, x_T), (jnp.arange(num_steps), seq[::-1], prev[::-1]))
+    inputs = (jnp.arange(num_steps), jnp.asarray(seq[::-1], jnp.int32), jnp.asarray(prev[::-1], jnp.int32))
+    (x, x0), _ = jax.lax.scan(body, (x_T, x_T), inputs)
     return x
 
 
-def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float = 0.0):
-    """DDIM (Song, Meng & Ermon 2021) on a strided sub-sequence of the DDPM grid of a VP SDE.
+def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float = 0.0, spacing: str = "leading",
+         variance=None):
+    """DDIM (Song, Meng & Ermon 2021) on a strided sub-sequence ``tau`` of the DDPM grid of a VP SDE.
 
-    The sub-sequence is DDIM's "uniform" one, ``tau_j = j * (N // num_steps)``, ``j < num_steps``, of the
-    ``sde.N``-step grid :func:`diffjax.discrete.ddpm_grid`; the score drives it through
+    ``tau`` is ``num_steps`` indices of the ``sde.N``-step grid :func:`diffjax.discrete.ddpm_grid`, chosen by
+    ``spacing`` (:meth:`diffjax.discrete.DDPMGrid.subsequence`), walked from the top down; the last step goes from
+    ``tau_0`` to the data (``alpha_bar = 1``, diffusers' ``set_alpha_to_one=True``). Step ``tau_j`` evaluates the
+    model at its own grid time ``grid.time(tau_j)`` (a discrete model sees exactly that step, a continuous one
+    exactly its ``alpha_bar``), and steps to ``tau_{j-1}``, the next element of ``tau`` (diffusers steps to
+    ``tau_j - N // S`` instead, the same for "leading"). The score drives it through
     ``eps = -sqrt(1 - abar) * score``.
 
     Args:
         key, x_T, score_fn: as in :func:`pc`.
         sde: a :class:`~diffjax.VPSDE`.
         num_steps: length of the sub-sequence, 1 .. ``sde.N`` (default 50, DDIM's CIFAR-10 setting).
-        t_eps: lowest time at which the score is evaluated.
+        t_eps: must be None: the grid fixes every evaluation time (ValueError otherwise).
         eta: 0 deterministic (DDIM), 1 ancestral (DDPM on the sub-sequence).
+        spacing: diffusers' ``timestep_spacing``: "leading" (default; ``j * (N // num_steps)``, the DDIM paper's
+            "linear" selection used for its CelebA and LSUN experiments -- its CIFAR-10 runs used a "quadratic" one),
+            "trailing" (starts at step ``N-1``) or "linspace" (improved DDPM's respacing).
+        variance: what ``eta`` scales (the noise variance is ``eta^2`` times it, the mean is DDIM's):
+            "posterior" (``beta_tilde`` of the strided step, DDIM's ``sigma_eta``), "beta" (its ``beta``) or
+            "learned" (improved DDPM's ``Sigma_theta`` from the model's ``v`` on the strided step; needs a
+            :class:`~diffjax.LearnedVarianceScore`). At ``eta = 1`` each is the ancestral step of the strided chain
+            with that variance; "learned" with ``spacing="linspace"`` is improved DDPM's respaced sampler.
+            Default None: "learned" when ``score_fn`` has a learned variance, else "posterior". (guided-diffusion's
+            ``ddim_sample`` ignores a learned variance and uses ``sigma_eta``: pass ``variance="posterior"``.)
 
     Returns:
         (batch, *dims); ``num_steps`` score evaluations.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=50, allowed=(VPSDE,),
-                                    sampler="ddim (a DDPM grid)")
+    _grid_t_eps(t_eps, "ddim")
+    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=50, allowed=(VPSDE,),
+                                sampler="ddim (a DDPM grid)")
     if num_steps > sde.N:
         raise ValueError(f"num_steps must be <= sde.N={sde.N} for ddim, got {num_steps!r}")
     eta = check_nonnegative("eta", eta)
-    return _ddim(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, eta=eta)
+    check_choice("spacing", spacing, _ddpm.DDIM_SPACINGS)
+    variance = _resolve_variance(variance, score_fn, DDIM_VARIANCES, "posterior")
+    return _ddim(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, eta=eta, spacing=spacing,
+                 variance=variance)
 
 
 # ------------------------------------------------------------------------------------ probability-flow ODE

@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -82,6 +82,7 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
                num_steps: int, steps_per_call: int = 1, log_freq: int = 50, checkpoint_freq: int = 5000,
                preemption_freq: int = 500, checkpoints: Optional[Checkpoints] = None,
                snapshot_freq: int = 0, snapshot_fn: Optional[Callable[[Any, int], None]] = None,
+               callbacks: Sequence[tuple[int, Callable[[Any, int], None]]] = (),
                progress: bool = True, is_main: Optional[bool] = None) -> Any:
     """Run ``train_steps`` from ``state.step`` to ``num_steps``.
 
@@ -96,6 +97,8 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
         every ``preemption_freq``.
       snapshot_fn: called as ``snapshot_fn(state, step)`` every ``snapshot_freq`` steps on all processes (it
         writes on process 0 only).
+      callbacks: more ``(freq, fn)`` pairs, ``fn(state, step)`` called every ``freq`` steps on all processes like
+        ``snapshot_fn`` (e.g. the post-hoc EMA snapshots), after that step's checkpoint.
 
     Raises:
       NonFiniteLossError: a NaN/inf loss. Losses are checked at every log step and before every checkpoint, so a
@@ -105,7 +108,7 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
     n = steps_per_call
     for name, freq in (("log_freq", log_freq), ("checkpoint_freq", checkpoint_freq),
                        ("preemption_freq", preemption_freq), ("snapshot_freq", snapshot_freq),
-                       ("num_steps", num_steps)):
+                       ("num_steps", num_steps)) + tuple(("callback frequency", f) for f, _ in callbacks):
         if freq % n:
             raise ValueError(f"{name}={freq} must be a multiple of the steps per dispatch {n}")
     start = int(jax.device_get(state.step))
@@ -174,6 +177,9 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
                 last_good = step
             if snapshot_fn is not None and snapshot_freq and step % snapshot_freq == 0:
                 snapshot_fn(state, step)
+            for freq, fn in callbacks:
+                if freq and step % freq == 0:
+                    fn(state, step)
         check_finite()
     finally:
         prefetch.close()

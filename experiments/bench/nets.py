@@ -158,7 +158,7 @@ def main(argv=None):
     p.add_argument("--net", required=True, choices=sorted(NETS))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--conv-impl", default="auto", choices=list(nets.CONV_IMPLS))
+    p.add_argument("--conv-impl", default="auto", choices=list(nets._layers.CONV_IMPLS))
     p.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up (median reported)")
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",

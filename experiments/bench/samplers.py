@@ -68,7 +68,7 @@ def configs(quick):
         ("pc (RD + Langevin)", "ve", lambda k, x, s, e, n: S.pc(k, x, s, e, num_steps=n), lambda n: 2 * n,
          sde_steps),
         ("annealed_langevin L=10", "ve",
-         lambda k, x, s, e, n: S.annealed_langevin(k, x, s, e, n_steps_each=n), lambda n: 10 * n + 1,
+         lambda k, x, s, e, n: S.annealed_langevin(k, x, s, e, n_steps_each=n, denoise=True), lambda n: 10 * n + 1,
          (3, 10, 100) if quick else (1, 3, 10, 30, 100)),
         ("ddim eta=0", "vp", lambda k, x, s, e, n: S.ddim(k, x, s, e, num_steps=n), lambda n: n,
          (10, 50) if quick else (5, 10, 20, 50, 100)),

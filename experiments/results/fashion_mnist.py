@@ -51,7 +51,7 @@ def main():
 
     import jax
     import ml_collections
-    from diffjax import main as dm
+    from diffjax import run as dr
     from diffjax.train.images import save_image_grid
 
     spec = importlib.util.spec_from_file_location("cfg", args.config)
@@ -62,14 +62,14 @@ def main():
     config.eval.feature_net = "classifier"
     out_dir = os.path.join(args.workdir, "results")
     os.makedirs(out_dir, exist_ok=True)
-    fnet = dm.build_feature_net(config)
-    ref = dm.reference_statistics(config, args.workdir, feature_net=fnet)
+    fnet = dr.build_feature_net(config)
+    ref = dr.reference_statistics(config, args.workdir, feature_net=fnet)
 
     def metrics(images):
         config.eval.kid_subset_size = min(1000, len(images))
         config.eval.kid_subsets = 20
         config.eval.score_splits = 1
-        m = dm.evaluate_images(config, args.workdir, images, feature_net=fnet, reference=ref)
+        m = dr.evaluate_images(config, args.workdir, images, feature_net=fnet, reference=ref)
         return {k: m[k] for k in ("frechet_distance", "kid", "classifier_score")}
 
     rows = []
@@ -101,7 +101,7 @@ def main():
         sizes = [16]
     rng = np.random.default_rng(0)
     train_images, _ = cl.build_dataset(config).get(np.arange(60000))
-    run = dm.Run(config, args.workdir)
+    run = dr.Run(config, args.workdir)
     state, step = run.restore()
     if state is None:
         raise SystemExit(f"no checkpoint in {args.workdir}")

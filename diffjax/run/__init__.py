@@ -1,0 +1,20 @@
+"""What ``python -m diffjax.main`` runs for each mode, callable from Python (a notebook, a script, a test).
+
+Part of the entry layer (with :mod:`diffjax.main` and :mod:`diffjax.config_lib`): every function here reads an
+``ml_collections.ConfigDict`` and resolves it through :mod:`diffjax.config_lib`; :mod:`diffjax.main` keeps only the
+flags and the mode dispatch (:func:`diffjax.main.run_mode`).
+
+- :class:`Run`, :func:`train`, :func:`sample`, :func:`describe` (``diffjax/run/_run.py``);
+- :func:`evaluate`, :func:`stats_mode`, :func:`likelihood`, :func:`evaluate_images`, :func:`build_feature_net`,
+  :func:`reference_statistics`, ... (``diffjax/run/_eval.py``);
+- :func:`train_classifier` and :data:`CLASSIFIER_FILE`, the Fashion-MNIST feature classifier task
+  (``diffjax/run/_classifier.py``).
+"""
+from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
+from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_samples, evaluate, evaluate_images,
+                               feature_net_name, likelihood, reference_statistics, stats_mode, validate_eval)
+from diffjax.run._run import Run, describe, sample, train
+
+__all__ = ["Run", "train", "sample", "describe", "train_classifier", "CLASSIFIER_FILE", "FEATURE_NETS",
+           "validate_eval", "feature_net_name", "build_feature_net", "reference_statistics", "stats_mode",
+           "evaluate_images", "eval_samples", "evaluate", "likelihood"]

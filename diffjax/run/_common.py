@@ -1,0 +1,47 @@
+"""Helpers the run modes share: choice checks, the ``metrics.jsonl`` log, host copies, image rows.
+
+Part of the entry layer (it reads a ``ConfigDict``).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def _choice(field, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r} is not known; allowed values: {sorted(allowed)}")
+
+
+def _append_metrics(workdir, record):
+    import jax
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _host_tree(tree):
+    import jax
+    from jax.experimental import multihost_utils
+    return jax.tree.map(lambda a: np.asarray(a if a.is_fully_addressable
+                                             else multihost_utils.process_allgather(a, tiled=True)), tree)
+
+
+def _image_source(config, split):
+    """The image dataset of ``split`` (random access to its uint8 rows, no flips or dequantization)."""
+    from diffjax import config_lib as cl
+    _choice("split", split, ("train", "test"))
+    return cl.build_dataset(config, split=split, global_batch=1, process_index=0, process_count=1)
+
+
+def _rows(source, start, stop):
+    images, labels = source.get(np.arange(start, stop))  # uint8 rows, fitted to size
+    return np.asarray(images, np.uint8), np.asarray(labels)
+
+
+def _split_rows(config, split, n=0):
+    """The first ``n`` (0: all) uint8 images ``(n, H, W, C)`` and labels of ``split``."""
+    source = _image_source(config, split)
+    return _rows(source, 0, min(n, source.size) if n else source.size)

@@ -1,0 +1,340 @@
+"""Evaluation modes: ``eval`` (FID-type metrics of EMA samples, resumable), ``stats`` (cached reference statistics)
+and ``likelihood`` (bits/dim through the probability-flow ODE, the DDPM variational bound; NLL on toy data).
+
+Part of the entry layer (it reads a ``ConfigDict``).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from diffjax.run._classifier import CLASSIFIER_FILE, _check_classifier_data
+from diffjax.run._common import _append_metrics, _choice, _host_tree, _image_source, _rows
+from diffjax.run._run import Run
+
+FEATURE_NETS = ("auto", "inception", "classifier")
+
+
+def validate_eval(config):
+    """Check the ``eval`` section (names and counts) before anything is built or compiled."""
+    e = config.eval
+    _choice("eval.feature_net", e.feature_net, FEATURE_NETS)
+    _choice("eval.likelihood_trace", e.likelihood_trace, ("hutchinson", "exact"))
+    _choice("eval.vlb_variance", e.vlb_variance, ("beta", "posterior"))
+    if not isinstance(e.get("vlb_clip_denoised", True), bool):
+        raise ValueError(f"eval.vlb_clip_denoised must be True or False, got {e.vlb_clip_denoised!r}")
+    _choice("eval.reference_split", e.reference_split, ("train", "test"))
+    for name in ("num_samples", "batch_size", "feature_batch_size", "bpd_num_repeats", "bpd_num_examples",
+                 "bpd_batch_size", "kid_subsets", "kid_subset_size", "score_splits"):
+        if int(e[name]) < 1:
+            raise ValueError(f"eval.{name} must be >= 1, got {e[name]!r}")
+    if int(e.num_samples) < 2:
+        raise ValueError(f"eval.num_samples must be >= 2 (a covariance needs two samples), got {e.num_samples!r}")
+    if int(e.reference_num_examples) < 0:
+        raise ValueError(f"eval.reference_num_examples must be >= 0 (0: the whole split), got "
+                         f"{e.reference_num_examples!r}")
+
+
+def feature_net_name(config) -> str:
+    """``eval.feature_net`` with ``"auto"`` resolved: the classifier for 28x28x1 data, Inception otherwise."""
+    e = config.eval
+    _choice("eval.feature_net", e.feature_net, FEATURE_NETS)
+    if e.feature_net != "auto":
+        return e.feature_net
+    d = config.data
+    return "classifier" if (d.image_size, d.num_channels) == (28, 1) else "inception"
+
+
+def build_feature_net(config):
+    """The :class:`~diffjax.eval.evaluate.FeatureNet` of ``eval.feature_net`` with its weights."""
+    import jax
+    from diffjax.eval import evaluate as ev
+    e = config.eval
+    name = feature_net_name(config)
+    if name == "classifier":
+        from diffjax.eval import feature_classifier as fc
+        _check_classifier_data(config, "eval.feature_net='classifier'")
+        if not e.classifier_workdir:
+            raise ValueError("eval.feature_net='classifier' needs eval.classifier_workdir: the --workdir of a "
+                             "`python -m diffjax.main --config configs/fashion_mnist_classifier.py --mode train` run")
+        path = os.path.join(e.classifier_workdir, CLASSIFIER_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"eval.classifier_workdir={e.classifier_workdir!r} holds no {CLASSIFIER_FILE}; train "
+                             f"the classifier there first (--config configs/fashion_mnist_classifier.py --mode train)")
+        return ev.classifier_feature_net(fc.load_classifier_params(path), batch_size=int(e.feature_batch_size))
+    from diffjax.eval import inception as inc
+    if e.inception_weights:
+        params = inc.load_fid_inception_params(e.inception_weights)
+    elif e.allow_random_inception:
+        print("WARNING: random-weight Inception (eval.allow_random_inception=True): the numbers are meaningless",
+              flush=True)
+        params = inc.init_fid_inception(jax.random.key(0))
+    else:
+        raise ValueError("eval.feature_net='inception' needs eval.inception_weights: the path of pytorch-fid's "
+                         "pt_inception-2015-12-05-6726825d.pth (or an .npz of it); set "
+                         "eval.allow_random_inception=True only for smoke tests with random weights, or use "
+                         "eval.feature_net='classifier' for 28x28 grayscale data")
+    return ev.inception_feature_net(params, batch_size=int(e.feature_batch_size))
+
+
+def reference_statistics(config, workdir, *, feature_net=None) -> dict:
+    """Reference statistics (``mu``, ``sigma``, ``features``) of ``eval.reference_split`` under the feature net,
+    computed once (resumably) and cached in ``eval.stats_dir`` (``""``: ``WORKDIR/stats``)."""
+    from diffjax import config_lib as cl
+    from diffjax.eval import stats
+    validate_eval(config)
+    if cl.is_toy(config):
+        raise ValueError(f"data.dataset={config.data.dataset!r} is a toy dataset: it has no reference statistics "
+                         f"(--mode eval compares samples with fresh draws of the distribution)")
+    e, d = config.eval, config.data
+    fnet = build_feature_net(config) if feature_net is None else feature_net
+    source = _image_source(config, e.reference_split)
+    n = min(int(e.reference_num_examples), source.size) if e.reference_num_examples else source.size
+    key = f"{d.dataset}-{d.image_size}x{d.num_channels}" + (f"-first{n}" if n < source.size else "")
+    fb = int(e.feature_batch_size)
+
+    def batches():
+        for a in range(0, n, fb):
+            yield _rows(source, a, min(a + fb, n))[0]
+
+    cache = e.stats_dir or os.path.join(workdir, "stats")
+    t0 = time.perf_counter()
+    path = stats.reference_stats_path(cache, dataset=key, split=e.reference_split, feature_net=fnet.cache_id)
+    cached = os.path.exists(path)
+    ref = stats.reference_stats(cache, dataset=key, split=e.reference_split, feature_net=fnet.cache_id,
+                                feature_fn=lambda b: fnet.fn(b)[0], batches=batches, keep_features=True)
+    print(f"reference statistics of {int(ref['count'])} {d.dataset} {e.reference_split} images under "
+          f"{fnet.cache_id}: {'loaded from' if cached else 'computed into'} {path} "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    return ref
+
+
+def stats_mode(config, workdir):
+    """``--mode stats``: compute and cache the reference statistics only."""
+    ref = reference_statistics(config, workdir)
+    return ref
+
+
+def evaluate_images(config, workdir, images_uint8, *, feature_net=None, reference=None) -> dict:
+    """Frechet distance, KID and the classifier / Inception score of any uint8 images ``(N, H, W, C)`` (e.g. a
+    noise baseline or another sampler's output) against the cached reference statistics of ``config``'s data.
+
+    Returns:
+        ``{"frechet_distance", "kid", "kid_std", "classifier_score" | "inception_score", ..._std, "num_samples",
+        "feature_net"}``.
+    """
+    from diffjax import config_lib as cl
+    from diffjax.eval import evaluate as ev
+    validate_eval(config)
+    images = np.asarray(images_uint8)
+    want = cl.input_shape(config, images.shape[0] if images.ndim else 0)[1:]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != tuple(want):
+        raise ValueError(f"images_uint8 must be a uint8 array shaped (N, {', '.join(map(str, want))}), got "
+                         f"{images.dtype} {images.shape}")
+    if images.shape[0] < 2:
+        raise ValueError(f"images_uint8 needs >= 2 images, got {images.shape[0]}")
+    fnet = build_feature_net(config) if feature_net is None else feature_net
+    ref = reference_statistics(config, workdir, feature_net=fnet) if reference is None else reference
+    e = config.eval
+    feats, logits = fnet.fn(images)
+    out = ev.image_metrics(feats, logits, ref, score_name=fnet.score_name, kid_subsets=int(e.kid_subsets),
+                           kid_subset_size=int(e.kid_subset_size), score_splits=int(e.score_splits), seed=config.seed)
+    out["feature_net"] = fnet.cache_id
+    return out
+
+
+def _restore_for_eval(config, workdir, mode):
+    run = Run(config, workdir)
+    state, step = run.restore()
+    if state is None:
+        run.checkpoints.close()
+        raise ValueError(f"--mode {mode} needs a checkpoint in {workdir}/checkpoints or checkpoints-meta; none found")
+    return run, state, step
+
+
+def eval_samples(run, params, step, *, num_samples, batch_size, seed, workdir):
+    """``num_samples`` EMA samples for evaluation, written batch by batch to ``eval/samples_STEP_IIIII.npz``
+    (uint8 images or float points); batches already on disk are read back, not regenerated, so an interrupted
+    evaluation resumes where it stopped. Batch ``i`` uses ``fold_in(key, i)``: resuming gives the same samples.
+
+    Returns:
+        ``(samples, num_reused)``.
+    """
+    import jax
+    from diffjax import config_lib as cl
+    from diffjax.data import from_unit
+    from diffjax.eval.stats import save_npz_atomic
+    out = os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    toy = cl.is_toy(run.config)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 6), step)
+    xs, done, reused, i = [], 0, 0, 0
+    t0 = time.perf_counter()
+    while done < num_samples:
+        path = os.path.join(out, f"samples_{step:08d}_{i:05d}.npz")
+        if os.path.exists(path):
+            with np.load(path) as z:
+                x = z["x"]
+            reused += len(x)
+        else:
+            n = min(batch_size, num_samples - done)
+            x = run.sample(params, jax.random.fold_in(key, i), n)
+            x = x.astype(np.float32) if toy else from_unit(x)
+            if jax.process_index() == 0:
+                save_npz_atomic(path, x=x)
+        xs.append(x)
+        done, i = done + len(x), i + 1
+        print(f"eval samples {done}/{num_samples} ({reused} reused; {time.perf_counter() - t0:.1f} s)", flush=True)
+    return np.concatenate(xs)[:num_samples], reused
+
+
+def evaluate(config, workdir):
+    """``--mode eval``: metrics of ``eval.num_samples`` EMA samples of the latest checkpoint; writes
+    ``eval/metrics_STEP.json`` and a ``metrics.jsonl`` line. Images: Frechet distance, KID and the classifier /
+    Inception score; toy 2-D data: energy distance and MMD to as many fresh draws of the distribution."""
+    import jax
+    from diffjax import config_lib as cl
+    from diffjax.eval.evaluate import write_json_atomic
+    validate_eval(config)
+    cl.validate(config)
+    e = config.eval
+    toy = cl.is_toy(config)
+    fnet = None if toy else build_feature_net(config)  # fails fast (missing weights) before any sampling
+    run, state, step = _restore_for_eval(config, workdir, "eval")
+    t0 = time.perf_counter()
+    x, reused = eval_samples(run, run.sampling_params(state, step), step, num_samples=int(e.num_samples),
+                             batch_size=int(e.batch_size), seed=config.seed, workdir=workdir)
+    run.checkpoints.close()
+    if toy:
+        from diffjax.eval.sample_distances import energy_distance, mmd_rbf
+        data = cl.build_dataset(config)
+        truth = data.sample(jax.random.fold_in(jax.random.key(config.seed), 7), len(x))
+        metrics = {"energy_distance": float(energy_distance(x, truth)), "mmd": float(mmd_rbf(x, truth)),
+                   "num_samples": len(x)}
+    else:
+        metrics = evaluate_images(config, workdir, x, feature_net=fnet)
+    record = {"step": int(step), "mode": "eval", **metrics, "sampler": config.sampling.method,
+              "num_reused": reused, "wall_s": round(time.perf_counter() - t0, 1)}
+    if jax.process_index() == 0:
+        write_json_atomic(os.path.join(workdir, "eval", f"metrics_{step:08d}.json"), record)
+    _append_metrics(workdir, record)
+    print("eval " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
+          flush=True)
+    return record
+
+
+def _vlb_model_fn(config, run, params, y):
+    """``model_fn(x_t, t) -> (eps, v)`` for :func:`~diffjax.discrete.ddpm.ddpm_vlb_bpd`: the learned-variance head
+    (as the hybrid loss reads it), or eps from the score with the fixed variance ``eval.vlb_variance``."""
+    import jax.numpy as jnp
+    from diffjax import config_lib as cl
+    from diffjax.core.sde import bcast
+    from diffjax.discrete.ddpm import ddpm_grid
+    import diffjax.nets as nets
+    if config.model.overrides.get("learn_sigma", False):
+        ti = config.model.time_input or "index"
+
+        def model_fn(x_t, t):
+            labels = nets.noise_labels_for(t, ddpm_grid(run.sde), time_input=ti)  # as the hybrid loss
+            args = (x_t, labels) if y is None else (x_t, labels, y)
+            return nets.split_learned_sigma(run.model.apply({"params": params}, *args, train=False))
+
+        return model_fn
+    grid = ddpm_grid(run.sde)
+    score_fn = cl.build_score_fn(config, run.model, run.sde, params, y=y)  # a discrete model's score uses the grid
+    v = 1.0 if config.eval.vlb_variance == "beta" else -1.0
+
+    def model_fn(x_t, t):
+        eps = -score_fn(x_t, t) * bcast(grid.marginal(t)[1], x_t)
+        return eps, jnp.full_like(x_t, v)
+
+    return model_fn
+
+
+def likelihood(config, workdir):
+    """``--mode likelihood``: bits/dim of the first ``eval.bpd_num_examples`` test images through the probability-
+    flow ODE (uniform dequantization, ``eval.bpd_num_repeats`` passes), plus the variational bound in bits/dim for
+    discrete DDPM models (``training.loss`` "ddpm" / "hybrid"; with ``eval.vlb_clip_denoised=True``, the default, the
+    predicted x0 is clipped to [-1, 1] in the bound as in Ho et al.'s and improved-diffusion's evaluations, recorded
+    as ``vlb_clip_denoised``); on toy 2-D data the mean negative log-likelihood in nats of fresh draws. Writes
+    ``eval/bpd_STEP.json`` and a ``metrics.jsonl`` line."""
+    import jax
+    from diffjax import config_lib as cl
+    from diffjax.core.likelihood import bits_per_dim, log_likelihood
+    from diffjax.data import to_unit
+    from diffjax.discrete.ddpm import ddpm_grid, ddpm_vlb_bpd
+    from diffjax.eval.evaluate import write_json_atomic
+    validate_eval(config)
+    cl.validate(config)
+    e = config.eval
+    run, state, step = _restore_for_eval(config, workdir, "likelihood")
+    run.checkpoints.close()
+    params = _host_tree(state.ema_params)
+    lk = dict(trace=e.likelihood_trace, rtol=float(e.likelihood_rtol), atol=float(e.likelihood_atol),
+              t_eps=float(e.likelihood_t_eps))
+    key = jax.random.fold_in(jax.random.key(config.seed), 8)
+    n, bb, repeats = int(e.bpd_num_examples), int(e.bpd_batch_size), int(e.bpd_num_repeats)
+    conditional = bool(cl.num_classes(config))
+    t0 = time.perf_counter()
+    record = {"step": int(step), "mode": "likelihood", "trace": e.likelihood_trace}
+
+    def score_fn(p, y):
+        return cl.build_score_fn(config, run.model, run.sde, p, y=y if conditional else None)
+
+    if cl.is_toy(config):
+        x_all = np.asarray(cl.build_dataset(config).sample(jax.random.fold_in(key, 1), n), np.float32)
+        fn = jax.jit(lambda p, k, x: log_likelihood(k, x, score_fn(p, None), run.sde, **lk))
+        nll, nfes = [], []
+        for r in range(repeats):
+            for a in range(0, n, bb):
+                logp, nfe = fn(params, jax.random.fold_in(jax.random.fold_in(key, 2 + r), a), x_all[a:a + bb])
+                nll.append(-np.asarray(logp, np.float64))
+                nfes.append(int(nfe))
+            print(f"pass {r + 1}/{repeats}: NLL {np.concatenate(nll).mean():.4f} nats "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        nll = np.concatenate(nll)
+        record.update(nll_nats=float(nll.mean()), nll_nats_stderr=float(nll.std() / np.sqrt(len(nll))),
+                      num_examples=n, num_repeats=repeats, nfe_mean=float(np.mean(nfes)))
+    else:
+        source = _image_source(config, "test")
+        n = min(n, source.size)
+        fn = jax.jit(lambda p, k, x, y: bits_per_dim(k, x, score_fn(p, y), run.sde, data_range=(-1.0, 1.0),
+                                                     dequantize=True, **lk))
+        bpd, nfes = [], []
+        for r in range(repeats):
+            for a in range(0, n, bb):
+                images, labels = _rows(source, a, min(a + bb, n))
+                b, nfe = fn(params, jax.random.fold_in(jax.random.fold_in(key, 2 + r), a), images,
+                            labels.astype(np.int32))
+                bpd.append(np.asarray(b, np.float64))
+                nfes.append(int(nfe))
+            print(f"pass {r + 1}/{repeats}: {np.concatenate(bpd).mean():.4f} bits/dim (probability-flow ODE) "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        bpd = np.concatenate(bpd)
+        record.update(bpd=float(bpd.mean()), bpd_stderr=float(bpd.std() / np.sqrt(len(bpd))), num_examples=n,
+                      num_repeats=repeats, nfe_mean=float(np.mean(nfes)))
+        if config.training.loss in ("ddpm", "hybrid"):
+            grid = ddpm_grid(run.sde)
+            clip = bool(e.get("vlb_clip_denoised", True))  # True: the published evaluations' bound (x0 clipped)
+            vfn = jax.jit(lambda p, k, x0, y: ddpm_vlb_bpd(k, x0, _vlb_model_fn(config, run, p, y if conditional
+                                                                                 else None), grid, clip_denoised=clip))
+            vlb = []
+            for r in range(repeats):
+                for a in range(0, n, bb):
+                    images, labels = _rows(source, a, min(a + bb, n))
+                    vlb.append(np.asarray(vfn(params, jax.random.fold_in(jax.random.fold_in(key, 100 + r), a),
+                                              to_unit(images), labels.astype(np.int32)), np.float64))
+                print(f"pass {r + 1}/{repeats}: {np.concatenate(vlb).mean():.4f} bits/dim (variational bound, "
+                      f"{grid.N} steps) ({time.perf_counter() - t0:.1f} s)", flush=True)
+            vlb = np.concatenate(vlb)
+            record.update(vlb_bpd=float(vlb.mean()), vlb_bpd_stderr=float(vlb.std() / np.sqrt(len(vlb))),
+                          vlb_clip_denoised=clip)
+    record["wall_s"] = round(time.perf_counter() - t0, 1)
+    if jax.process_index() == 0:
+        write_json_atomic(os.path.join(workdir, "eval", f"bpd_{step:08d}.json"), record)
+    _append_metrics(workdir, record)
+    print("likelihood " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in record.items()), flush=True)
+    return record
