@@ -28,10 +28,19 @@ def get_config():
     training.snapshot_sampling = True
     training.posthoc_ema_freq = 0            # > 0: write the power EMAs to WORKDIR/posthoc_ema every this many steps
                                              # (EDM2 post-hoc EMA; sampling.ema_sigma_rel picks a length afterwards)
-    training.sde = "vpsde"                   # vpsde | subvpsde | vesde | cosine
+    training.sde = "vpsde"                   # vpsde | subvpsde | vesde | cosine | rectified_flow | edm
     training.continuous = True
     training.loss = "dsm"                    # dsm | ddpm | ncsn | hybrid
-    training.weighting = "simple"            # simple (sigma^2) | likelihood (g^2)
+    training.weighting = "simple"            # simple (sigma^2) | likelihood (g^2) | min_snr | edm | sigmoid
+                                             # | flow_matching (training.loss="dsm"; see diffjax.core.weighting)
+    training.min_snr_gamma = 5.0             # min_snr: gamma (Hang et al. 2023)
+    training.sigmoid_bias = 2.0              # sigmoid: b of sigmoid(b - log-SNR) (Kingma & Gao 2023)
+    training.time_sampling = "uniform"       # uniform | logit_normal (SD3) | edm_lognormal (EDM's ln sigma ~ N)
+                                             # | importance (as training.importance_sampling=True)
+    training.logit_normal_mean = 0.0         # logit_normal: t = T sigmoid(mean + std n)
+    training.logit_normal_std = 1.0
+    training.edm_p_mean = -1.2               # edm_lognormal: ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
+    training.edm_p_std = 1.2
     training.importance_sampling = False
     training.reduce_mean = False
     training.t_eps = 1e-5
@@ -69,7 +78,8 @@ def get_config():
     config.model = model = ml_collections.ConfigDict()
     model.name = "ddpmpp_cifar10"            # see diffjax.config_lib.MODELS
     model.overrides = ml_collections.ConfigDict()  # keyword overrides of the preset's fields
-    model.parameterization = "eps"
+    model.parameterization = "eps"           # eps | x0 | v | score | edm | velocity (u = a' x0 + s' eps)
+    model.sigma_data = 0.5                   # EDM's data std (parameterization "edm", training.weighting "edm")
     model.time_input = ""                    # "": make_score_fn's default
     model.scale_by_sigma = False
     model.ema_rate = 0.9999

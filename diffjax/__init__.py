@@ -15,10 +15,10 @@ from diffjax._host_memory import reuse_freed_host_memory  # noqa: E402
 from diffjax.core import *  # noqa: F401,F403,E402
 
 __version__ = "0.1.0"
-__all__ = ["core", "discrete", "samplers", "nets", "train", "data", "eval",
+__all__ = ["core", "discrete", "samplers", "nets", "train", "data", "eval", "run",
            "reuse_freed_host_memory"] + core.__all__
 
-_LAZY = ("nets", "train", "data", "eval")
+_LAZY = ("nets", "train", "data", "eval", "run")
 
 
 def __getattr__(name):

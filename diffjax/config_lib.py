@@ -1,4 +1,5 @@
-"""The one name -> constructor table, and the only place (with ``main.py``) that reads a ``ConfigDict``.
+"""The one name -> constructor table; with ``main.py`` and :mod:`diffjax.run` (the entry layer) the only code that
+reads a ``ConfigDict``.
 
 Every string in a config is resolved here with an explicit dict, after :func:`validate` has checked the whole
 config (unknown names raise ``ValueError`` listing the allowed values, before anything is compiled).
@@ -22,7 +23,8 @@ from diffjax import samplers as _samplers
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
 
-__all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "SAMPLERS", "TOY_DATASETS", "IMAGE_DATASETS", "validate",
+__all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "TOY_DATASETS", "IMAGE_DATASETS",
+           "validate",
            "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampling_score_fn",
            "build_sampler", "sampler_options", "sampler_options_config", "SamplerOptions",
            "build_dataset", "input_shape", "is_toy", "num_classes"]
@@ -32,6 +34,8 @@ SDES = {
     "subvpsde": lambda m: core.subvp_sde(m.beta_min, m.beta_max, N=m.num_scales),
     "vesde": lambda m: core.ve_sde(m.sigma_min, m.sigma_max, N=m.num_scales),
     "cosine": lambda m: core.cosine_vp_sde(N=m.num_scales),
+    "rectified_flow": lambda m: core.rectified_flow(N=m.num_scales),           # a = 1 - t, s = t
+    "edm": lambda m: core.edm_sde(m.sigma_min, m.sigma_max, N=m.num_scales),  # a = 1, s = sigma (EDM: 0.002, 80)
 }
 
 
@@ -45,7 +49,14 @@ _MODEL_NAMES = ("toy_mlp", "small32", "fashion_mnist_small", "ddpm_cifar10", "nc
 MODELS = {name: (lambda n: lambda **kw: getattr(_nets(), n)(**kw))(name) for name in _MODEL_NAMES}
 
 LOSSES = ("dsm", "ddpm", "ncsn", "hybrid")
-WEIGHTINGS = {"simple": core.sigma2_weighting, "likelihood": core.likelihood_weighting}
+# training.weighting -> lambda(process, t) of core.dsm_loss; hyperparameters from config fields (_weighting)
+WEIGHTINGS = {"simple": core.sigma2_weighting, "likelihood": core.likelihood_weighting,
+              "min_snr": core.min_snr_weighting, "edm": core.edm_weighting, "sigmoid": core.sigmoid_weighting,
+              "flow_matching": core.flow_matching_weighting}
+# training.time_sampling -> sampler(key, batch, process, *, t_eps, ...); "importance": dsm_loss's importance sampling
+# (core.importance_sample_time, reweighted so the uniform-t objective stays unbiased)
+TIME_SAMPLINGS = {"uniform": core.uniform_time, "logit_normal": core.logit_normal_time,
+                  "edm_lognormal": core.edm_lognormal_time, "importance": core.importance_sample_time}
 
 SAMPLERS = {
     "euler_maruyama": _samplers.euler_maruyama,
@@ -69,7 +80,7 @@ IMAGE_DATASETS = {
     "celeb_a": ("tfds", "celeb_a", None),
     "svhn": ("tfds", "svhn_cropped", 10),
 }
-_PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm")
+_PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "velocity")
 _TIME_INPUTS = ("", "continuous", "index", "t", "sigma", "log_sigma", "edm")
 
 
@@ -94,6 +105,7 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     _choice("training.sde", t.sde, SDES)
     _choice("training.loss", t.loss, LOSSES)
     _choice("training.weighting", t.weighting, WEIGHTINGS)
+    _choice("training.time_sampling", t.time_sampling, TIME_SAMPLINGS)
     _choice("model.name", m.name, MODELS)
     _choice("model.parameterization", m.parameterization, _PARAMETERIZATIONS)
     _choice("model.time_input", m.time_input, _TIME_INPUTS)
@@ -146,7 +158,43 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     except ValueError as e:
         raise ValueError(f"training.sde={t.sde!r} cannot be built from the model.* fields (model.beta_min, "
                          f"beta_max, sigma_min, sigma_max, num_scales): {e}") from e
+    _validate_objective(config, sde)
     _check_sampler(config, sde)
+
+
+def _validate_objective(config, sde) -> None:
+    """``training.weighting`` / ``training.time_sampling`` and their hyperparameters, on the built process."""
+    t = config.training
+    if t.loss != "dsm" and t.time_sampling != "uniform":
+        raise ValueError(f"training.time_sampling={t.time_sampling!r} applies to training.loss='dsm' only "
+                         f"(got training.loss={t.loss!r}); allowed values there: ['uniform']")
+    if t.importance_sampling and t.time_sampling not in ("uniform", "importance"):
+        raise ValueError(f"training.importance_sampling=True is training.time_sampling='importance'; it cannot be "
+                         f"combined with training.time_sampling={t.time_sampling!r}")
+    try:  # the functions' own checks, on abstract values: nothing is compiled
+        jax.eval_shape(lambda k: _weighting(config)(sde, _time_sampler(config, sde)(k, 1)), jax.random.PRNGKey(0))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"training.weighting={t.weighting!r} / training.time_sampling={t.time_sampling!r} "
+                         f"(training.min_snr_gamma, sigmoid_bias, logit_normal_mean/std, edm_p_mean/std, "
+                         f"model.sigma_data) cannot be used with training.sde={t.sde!r}: {e}") from e
+
+
+def _weighting(config) -> Callable:
+    """``lambda(process, t)`` of ``training.weighting`` with its hyperparameters bound."""
+    t = config.training
+    options = {"min_snr": dict(gamma=t.min_snr_gamma), "edm": dict(sigma_data=config.model.sigma_data),
+               "sigmoid": dict(bias=t.sigmoid_bias)}.get(t.weighting, {})
+    return functools.partial(WEIGHTINGS[t.weighting], **options)
+
+
+def _time_sampler(config, sde) -> Callable:
+    """``time_sampler(key, batch) -> t`` of ``training.time_sampling`` (``"importance"``: ``t`` only, for checks)."""
+    t = config.training
+    options = {"logit_normal": dict(mean=t.logit_normal_mean, std=t.logit_normal_std),
+               "edm_lognormal": dict(p_mean=t.edm_p_mean, p_std=t.edm_p_std)}.get(t.time_sampling, {})
+    if t.time_sampling == "importance":
+        return lambda key, batch: core.importance_sample_time(key, batch, sde, t_eps=t.t_eps)[0]
+    return functools.partial(TIME_SAMPLINGS[t.time_sampling], process=sde, t_eps=t.t_eps, **options)
 
 
 def build_sde(config):
@@ -218,7 +266,7 @@ def input_shape(config, batch: int):
 
 def _score_kwargs(config):
     m = config.model
-    kw = dict(parameterization=m.parameterization, scale_by_sigma=m.scale_by_sigma,
+    kw = dict(parameterization=m.parameterization, scale_by_sigma=m.scale_by_sigma, sigma_data=m.sigma_data,
               learned_sigma=bool(m.overrides.get("learn_sigma", False)))
     if m.time_input:
         kw["time_input"] = m.time_input
@@ -298,8 +346,10 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
 def build_loss_fn(config, model, sde) -> Callable:
     """``loss_fn(params, key, batch) -> (loss, aux)`` for ``training.loss``:
 
-    * ``"dsm"``: continuous DSM (:func:`diffjax.core.dsm_loss`), weighting ``"simple"`` (sigma^2) or
-      ``"likelihood"`` (g^2), optional importance sampling of t.
+    * ``"dsm"``: continuous DSM (:func:`diffjax.core.dsm_loss`) with ``training.weighting`` (:data:`WEIGHTINGS`:
+      ``"simple"`` sigma^2, ``"likelihood"`` g^2, ``"min_snr"``, ``"edm"``, ``"sigmoid"``, ``"flow_matching"``, the
+      conditional flow-matching loss as a DSM weighting) and ``training.time_sampling`` (:data:`TIME_SAMPLINGS`;
+      ``"importance"`` or ``training.importance_sampling``: importance sampling of t).
     * ``"ddpm"``: DDPM's L_simple on the VP SDE's DDPM grid. ``"ncsn"``: NCSN's loss on ``model.num_scales``
       geometric sigmas of the VE SDE. ``"hybrid"``: improved DDPM's L_simple + lambda L_vlb (learned variance).
     """
@@ -311,7 +361,9 @@ def build_loss_fn(config, model, sde) -> Callable:
         grid = _ddpm.ddpm_grid(sde)
     elif kind == "ncsn":
         grid = _ncsn.ncsn_grid(sde, config.model.num_scales)
-    weighting = WEIGHTINGS[t.weighting]
+    weighting = _weighting(config)
+    importance = bool(t.importance_sampling) or t.time_sampling == "importance"
+    time_sampler = None if importance or t.time_sampling == "uniform" else _time_sampler(config, sde)
 
     def loss_fn(params, key, batch):
         k_loss, k_drop = jax.random.split(key)
@@ -331,7 +383,7 @@ def build_loss_fn(config, model, sde) -> Callable:
         score_fn = build_score_fn(config, model, sde, params, y=y, train=True, rng=k_drop)
         if kind == "dsm":
             loss = core.dsm_loss(k_loss, x, score_fn, sde, weighting=weighting, t_eps=t.t_eps,
-                                 importance_sampling=t.importance_sampling, reduce=reduce)
+                                 time_sampler=time_sampler, importance_sampling=importance, reduce=reduce)
         elif kind == "ddpm":
             loss = _ddpm.ddpm_simple_loss(k_loss, x, score_fn, grid, reduce=reduce)
         else:
@@ -348,6 +400,19 @@ def build_loss_fn(config, model, sde) -> Callable:
 _STEP_ARGS = ("num_steps", "t_eps")                 # sampling.num_steps / sampling.t_eps
 _NOT_CONFIG_OPTIONS = ("return_nfe",)               # changes what the sampler returns: Python only
 _OPTION_TYPES = {t.__name__: t for t in (bool, int, float, str)}
+# Options a sampler takes as an object and a config names with a string, resolved here once (diffrax on first use):
+# sampling.options.solver="tsit5" -> ode_adaptive(..., solver=diffrax.Tsit5()).
+SOLVERS = {"dopri5": "Dopri5", "tsit5": "Tsit5"}
+_NAMED_OPTIONS = {"solver": SOLVERS}
+
+
+def _resolve_named_option(name: str, value):
+    if name not in _NAMED_OPTIONS or not isinstance(value, str):
+        return value
+    if value not in _NAMED_OPTIONS[name]:
+        raise ValueError(f"sampling.options.{name} must be one of {tuple(_NAMED_OPTIONS[name])}, got {value!r}")
+    import diffrax  # slow to import: only when a config names a solver
+    return getattr(diffrax, _NAMED_OPTIONS[name][value])()
 
 
 def _keyword_options(method: str) -> dict:
@@ -377,9 +442,11 @@ def sampler_options(method: str) -> dict:
     command line (``--config.sampling.options.NAME=VALUE``), from the sampler's signature. Options of other types
     (pc's ``predictor``, a callable) can be set in a Python config only; ``return_nfe`` not at all. Type ``object``:
     an option with a ``None`` default and no bool / int / float / str annotation; its command-line value is read as
-    a Python literal (``1.5``, ``None``, ``True``), or else as a string."""
+    a Python literal (``1.5``, ``None``, ``True``), or else as a string. Type ``str`` also for an option the sampler
+    takes as an object that the config names (``solver``: a name of ``SOLVERS``, resolved to the diffrax solver)."""
     _choice("sampling.method", method, SAMPLERS)
-    return {n: t for n, t in ((n, _option_type(p)) for n, p in _keyword_options(method).items()) if t is not None}
+    return {n: t for n, t in ((n, str if n in _NAMED_OPTIONS else _option_type(p))
+                              for n, p in _keyword_options(method).items()) if t is not None}
 
 
 def _options_listing() -> str:
@@ -425,6 +492,7 @@ def _sampler_kwargs(config) -> dict:
         raise ValueError(f"sampling.options {unknown} are not options of sampler {s.method!r}; allowed: "
                          f"{sorted(allowed)}")
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}  # hashable: jit's static arguments
+    kw = {k: _resolve_named_option(k, v) for k, v in kw.items()}  # e.g. solver "tsit5" -> diffrax.Tsit5()
     if isinstance(s.num_steps, bool) or not isinstance(s.num_steps, numbers.Integral) or s.num_steps < 0:
         raise ValueError(f"sampling.num_steps must be an integer >= 0 (0: the sampler's default), got {s.num_steps!r}")
     if isinstance(s.t_eps, bool) or not isinstance(s.t_eps, numbers.Real) or not (math.isfinite(s.t_eps)

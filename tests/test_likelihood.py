@@ -58,6 +58,25 @@ def test_nfe_counts_vector_field_evaluations(solver):
     assert int(nfe) == calls[0] > 0
 
 
+def test_solver_objects_compare_by_value_no_retrace():
+    """A fresh ``diffrax.Tsit5()`` is the same static argument as the last one: the second call traces nothing."""
+    sde = SDES["vp"]
+    score_fn = dj.mixture_score_fn(MIX, sde)
+    traces = []
+
+    def traced_score(x, t):
+        traces.append(1)  # Python side effect: runs only while tracing
+        return score_fn(x, t)
+
+    run = lambda solver: dj.log_likelihood(jax.random.PRNGKey(0), X, traced_score, sde, solver=solver,  # noqa
+                                           rtol=1e-3, atol=1e-3)
+    first, _ = run(diffrax.Tsit5())
+    n = len(traces)
+    assert n > 0 and bool(jnp.all(jnp.isfinite(first)))
+    chex.assert_trees_all_equal(run(diffrax.Tsit5())[0], first)
+    assert len(traces) == n
+
+
 def test_failed_solve_gives_nan():
     sde = SDES["vp"]
     logp, nfe = dj.log_likelihood(None, X, dj.mixture_score_fn(MIX, sde), sde, trace="exact", max_steps=3)
@@ -130,6 +149,7 @@ def test_bad_inputs_raise_before_tracing():
         (dict(atol=-1e-5), "atol"),
         (dict(max_steps=0), "max_steps"),
         (dict(solver=diffrax.Euler()), "solver"),
+        (dict(solver="dopri5"), "solver must be an explicit Runge-Kutta solver of diffrax.*dopri5"),  # objects only
     ]
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=name):

@@ -3,6 +3,7 @@ pure-function contract (one trace per shape, vmap, sharding, validation before t
 import functools
 
 import chex
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,12 +139,35 @@ def test_ode_adaptive_accuracy_and_nfe():
         jax.debug.callback(lambda: calls.append(1))
         return score_fn(x, t)
 
-    for solver in ("tsit5",):
+    for solver in (None, diffrax.Tsit5(), diffrax.Bosh3()):  # None: diffrax.Dopri5()
         calls.clear()
         x, nfe = S.ode_adaptive(jax.random.key(0), x_T, counting, sde, t_eps=t_eps, solver=solver, return_nfe=True)
         jax.effects_barrier()
         assert int(nfe) == len(calls) > 0
+        assert bool(jnp.all(jnp.isfinite(x)))
         assert float(jnp.max(jnp.abs(x - exact))) < 1e-3
+
+
+def test_ode_adaptive_solver_objects_compare_by_value_no_retrace():
+    """The solver is a diffrax object and a jit static argument: a fresh ``diffrax.Tsit5()`` equals (and hashes
+    like) the last one, so a second call compiles nothing; another solver traces once more."""
+    sde, score_fn, x_T, _, t_eps = _gaussian_case()
+    traces = []
+
+    def traced_score(x, t):
+        traces.append(1)  # Python side effect: runs only while tracing
+        return score_fn(x, t)
+
+    run = lambda solver: S.ode_adaptive(jax.random.key(0), x_T, traced_score, sde, t_eps=t_eps, rtol=1e-3,  # noqa
+                                        atol=1e-3, solver=solver)
+    first = run(diffrax.Tsit5())
+    n = len(traces)
+    assert n > 0
+    chex.assert_trees_all_equal(run(diffrax.Tsit5()), first)
+    assert len(traces) == n
+    run(diffrax.Dopri5())
+    assert len(traces) > n
+    assert bool(jnp.all(jnp.isfinite(first)))
 
 
 # ----------------------------------------------------------------------------------------- the contract
@@ -240,7 +264,8 @@ BAD = [
     (S.pc, "ve", dict(t_eps=0.0), "t_eps.*0.0"),
     (S.ode_euler, "vp", dict(t_eps=1.5), "t_eps.*1.5"),
     (S.ode_heun, "vp", dict(t_eps=-1e-3), "t_eps.*-0.001"),
-    (S.ode_adaptive, "vp", dict(solver="rk4"), "solver.*rk4"),
+    (S.ode_adaptive, "vp", dict(solver="dopri5"), "solver must be an explicit Runge-Kutta solver of diffrax.*dopri5"),
+    (S.ode_adaptive, "vp", dict(solver=diffrax.Euler()), "solver.*Euler"),
     (S.ode_adaptive, "vp", dict(rtol=0.0), "rtol.*0.0"),
     (S.ancestral, "vp", dict(variance="learned"), "variance.*learned"),
     (S.ancestral, "subvp", {}, "sde.*SubVPSDE"),

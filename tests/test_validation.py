@@ -154,6 +154,12 @@ def test_every_sampler_option_is_settable_from_the_command_line():
                     assert kw.get(name) == value and set(kw) <= {name}, (method, name, kw)
                 seen += 1
                 continue
+            if name == "solver":  # a name on the command line; config_lib resolves it to the diffrax solver object
+                import diffrax
+                kw = config_lib.build_sampler(_parse(*args, "--config.sampling.options.solver=tsit5")).keywords
+                assert kw == {"solver": diffrax.Tsit5()}, kw
+                seen += 1
+                continue
             text, value = _cli_value(typ, params[name].default)
             cfg = _parse(*args, f"--config.sampling.options.{name}={text}")
             config_lib.validate(cfg, device_count=1)

@@ -1,5 +1,6 @@
 """The continuous-time core: pure math on jax arrays (never imports flax, optax, orbax or tensorflow)."""
 from diffjax.core.schedules import *  # noqa: F401,F403
+from diffjax.core.process import *  # noqa: F401,F403
 from diffjax.core.sde import *  # noqa: F401,F403
 from diffjax.core.parameterizations import *  # noqa: F401,F403
 from diffjax.core.mixture import *  # noqa: F401,F403
@@ -8,8 +9,8 @@ from diffjax.core.weighting import *  # noqa: F401,F403
 from diffjax.core.likelihood import *  # noqa: F401,F403
 from diffjax.core.guidance import *  # noqa: F401,F403
 from diffjax.core.learned_variance import *  # noqa: F401,F403
-from diffjax.core import schedules, sde, parameterizations, mixture, losses, likelihood, guidance, \
+from diffjax.core import schedules, process, sde, parameterizations, mixture, losses, likelihood, guidance, \
     learned_variance, weighting
 
-__all__ = (schedules.__all__ + sde.__all__ + parameterizations.__all__ + mixture.__all__ + losses.__all__
-           + weighting.__all__ + likelihood.__all__ + guidance.__all__ + learned_variance.__all__)
+__all__ = (schedules.__all__ + process.__all__ + sde.__all__ + parameterizations.__all__ + mixture.__all__
+           + losses.__all__ + weighting.__all__ + likelihood.__all__ + guidance.__all__ + learned_variance.__all__)

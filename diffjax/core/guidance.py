@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_int, check_nonnegative, check_positive, check_t_eps
-from diffjax.core.sde import SubVPSDE, VESDE, VPSDE, forward_chain_step
+from diffjax.core.process import check_process
 
 __all__ = ["classifier_guidance", "classifier_free_guidance", "with_label", "inpaint", "colorize"]
 
@@ -108,7 +108,7 @@ def with_label(score_fn, y):
 def _reverse_diffusion(key, x, t, t_next, score_fn, sde):
     """Reverse-diffusion predictor (score-SDE eq. 47): ``x' = x - F + G^2 s(x, t) + G z``. Returns ``(x', mean)``."""
     tb = jnp.broadcast_to(t, (x.shape[0],))
-    F, G2 = forward_chain_step(sde, x, t, t_next)
+    F, G2 = sde.forward_chain_step(x, t, t_next)
     G2 = jnp.asarray(G2, x.dtype)
     mean = x - F + G2 * score_fn(x, tb)
     return mean + jnp.sqrt(G2) * jax.random.normal(key, x.shape, x.dtype), mean
@@ -167,12 +167,11 @@ def _pc_replacement(key, known, mask, score_fn, sde, *, num_steps, snr, n_correc
 def _check_pc(key, x, score_fn, sde, num_steps, snr, n_corrector_steps, t_eps, denoise, name):
     check_batched(name, x, min_ndim=2)
     _check_callable("score_fn", score_fn, "score_fn(x, t)")
-    if not isinstance(sde, (VPSDE, SubVPSDE, VESDE)):
-        raise ValueError(f"sde must be one of ('VPSDE', 'SubVPSDE', 'VESDE'), got {sde!r}")
+    check_process(sde, where="inpaint / colorize")
     num_steps = check_int("num_steps", sde.N if num_steps is None else num_steps, minimum=1)
     check_positive("snr", snr)
     n_corrector_steps = check_int("n_corrector_steps", n_corrector_steps, minimum=0)
-    t_eps = check_t_eps((1e-5 if isinstance(sde, VESDE) else 1e-3) if t_eps is None else t_eps, sde.T)
+    t_eps = check_t_eps(sde.t_eps if t_eps is None else t_eps, sde.T)
     if not isinstance(denoise, bool):
         raise ValueError(f"denoise must be True or False, got {denoise!r}")
     if key is None:

@@ -23,36 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_choice, check_int, check_positive, check_t_eps
+from diffjax.core._solvers import check_solver
 from diffjax.core.sde import probability_flow_ode
 
 __all__ = ["log_likelihood", "bits_per_dim"]
 
 _TRACES = ("hutchinson", "exact")
 _NOISES = ("rademacher", "gaussian")
-
-
-def _default_solver():
-    import diffrax  # optional dependency of core: imported only when a likelihood is asked for
-
-    return diffrax.Dopri5()
-
-
-def _solver_nfe_counts(solver):
-    """``(fixed, per_step)`` vector-field evaluations of an explicit Runge-Kutta solver in diffrax.
-
-    With an explicit first step ``dt0`` (no initial step-size search), diffrax evaluates every stage of the first
-    step and afterwards reuses the last stage of an FSAL tableau (Dopri5, Tsit5, Bosh3) as the next first stage,
-    so a solve with ``num_steps`` attempted (accepted + rejected) steps costs ``fsal + (stages - fsal) num_steps``
-    evaluations (checked against a counting vector field in the tests).
-    """
-    import diffrax
-
-    if not isinstance(solver, diffrax.AbstractERK):
-        raise ValueError(f"solver must be an explicit Runge-Kutta solver of diffrax (e.g. diffrax.Dopri5(), "
-                         f"diffrax.Tsit5()), got {solver!r}")
-    tableau = solver.tableau
-    fsal = int(bool(tableau.fsal))
-    return fsal, int(tableau.num_stages) - fsal
 
 
 def _divergence_fn(vector_field, trace: str):
@@ -86,15 +63,15 @@ def _check_common(x, score_fn, sde, *, trace, rtol, atol, t_eps, noise, max_step
         raise ValueError(f"score_fn must be a callable score_fn(x, t), got {score_fn!r}")
     for attr in ("coefficients", "prior_logp", "T"):
         if not hasattr(sde, attr):
-            raise ValueError(f"sde must be a forward SDE (vp_sde, subvp_sde, ve_sde) with .{attr}, got {sde!r}")
+            raise ValueError(f"sde must be a forward process (vp_sde, subvp_sde, ve_sde, rectified_flow, edm_sde, "
+                             f"gaussian_path(...)) with .{attr}, got {sde!r}")
     check_choice("trace", trace, _TRACES)
     check_choice("noise", noise, _NOISES)
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     check_t_eps(t_eps, sde.T)
     check_int("max_steps", max_steps, minimum=1)
-    solver = _default_solver() if solver is None else solver
-    return solver, _solver_nfe_counts(solver)
+    return check_solver(solver)
 
 
 def log_likelihood(key, x, score_fn, sde, *, trace: str = "hutchinson", rtol: float = 1e-5, atol: float = 1e-5,
@@ -112,12 +89,14 @@ def log_likelihood(key, x, score_fn, sde, *, trace: str = "hutchinson", rtol: fl
       key: PRNG key for Hutchinson's noise (ignored, may be ``None``, with ``trace="exact"``).
       x: data, ``(batch, *dims)``, in the model's data space (e.g. scaled to [-1, 1]).
       score_fn: ``score_fn(x, t) -> (batch, *dims)``.
-      sde: forward SDE (``vp_sde``, ``subvp_sde``, ``ve_sde``) that defines the ODE and the prior.
+      sde: forward process (``vp_sde``, ``subvp_sde``, ``ve_sde``, ``rectified_flow``, ``edm_sde``, ...) that defines
+        the ODE and the prior.
       trace: ``"hutchinson"`` (unbiased, one JVP per step) or ``"exact"`` (``D`` JVPs per step; small ``D``).
       rtol, atol: tolerances of the adaptive step-size controller.
       t_eps: start time in ``(0, T)``; the result is the log-density of the perturbed data ``p_{t_eps}``.
       noise: Hutchinson's probe, ``"rademacher"`` (score-SDE's default, lower variance) or ``"gaussian"``.
-      solver: a diffrax explicit Runge-Kutta solver; ``None`` means ``diffrax.Dopri5()``.
+      solver: a diffrax explicit Runge-Kutta solver object with an error estimate (``diffrax.Tsit5()``, ...);
+        ``None`` means ``diffrax.Dopri5()``. The same convention as :func:`diffjax.samplers.ode_adaptive`.
       max_steps: most steps diffrax may take.
 
     Returns:

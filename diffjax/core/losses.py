@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_choice, check_floating, check_int, check_t_eps
 from diffjax.core.parameterizations import _marginal_derivative
-from diffjax.core.sde import VESDE, VPSDE, bcast
+from diffjax.core.sde import bcast
 
 __all__ = [
     "dsm_loss",
@@ -65,12 +65,10 @@ def importance_sample_time(key, batch: int, sde, *, t_eps: float = 1e-5):
     With likelihood weighting, ``lambda(t) / p(t) \\propto sigma_t^2``, which removes the ``1/t`` blow-up of the
     weighted loss near ``t = 0`` (Song et al. 2021, likelihood training, Sec. 5). Inverse-CDF sampling:
 
-    * VP: ``h = beta/(1 - e^{-I})`` with ``I = int_0^t beta``, antiderivative ``F(t) = log(e^{I(t)} - 1)``, so
-      ``I = softplus(F(t_eps) + u (F(T) - F(t_eps)))`` and ``t = I^{-1}`` (closed form for the linear and cosine
-      schedules).
-    * VE: ``h = 2 log(sigma_max/sigma_min)`` is constant, so ``t`` is uniform.
-    * Otherwise (sub-VP, ...): the CDF is tabulated on a grid uniform in ``log t`` and inverted by linear
-      interpolation; ``p(t)`` is the exact density of that piecewise sampler, so the reweighting stays unbiased.
+    * A process with a closed-form inverse CDF provides it as ``sde.importance_time_icdf(u, t_eps) -> (t, p(t))``:
+      VP (``h = beta/(1 - e^{-I})``, antiderivative ``log(e^{I(t)} - 1)``), VE (``h`` constant: ``t`` uniform).
+    * Otherwise (sub-VP, rectified flow, ...): the CDF is tabulated on a grid uniform in ``log t`` and inverted by
+      linear interpolation; ``p(t)`` is the exact density of that piecewise sampler, so the reweighting stays unbiased.
     """
     check_int("batch", batch, minimum=1)
     if not (hasattr(sde, "diffusion") and hasattr(sde, "marginal")):
@@ -79,19 +77,8 @@ def importance_sample_time(key, batch: int, sde, *, t_eps: float = 1e-5):
     T = float(sde.T)
     check_t_eps(t_eps, T)
     u = jax.random.uniform(key, (batch,), jnp.float32)
-    if isinstance(sde, VESDE):
-        t = t_eps + u * (T - t_eps)
-        return t, jnp.full((batch,), 1.0 / (T - t_eps), jnp.float32)
-    if isinstance(sde, VPSDE) and hasattr(sde.schedule, "inverse_integral"):  # closed-form inverse of I(t)
-        integral = sde.schedule.integral
-
-        def F(t):
-            return jnp.log(jnp.expm1(integral(jnp.asarray(t, jnp.float32))))
-
-        f0, f1 = F(t_eps), F(T)
-        t = sde.schedule.inverse_integral(jax.nn.softplus(f0 + u * (f1 - f0)))
-        t = jnp.clip(t, t_eps, T)
-        return t, _is_density_ratio(sde, t) / (f1 - f0)
+    if hasattr(sde, "importance_time_icdf"):  # the process's closed form (VP, VE)
+        return sde.importance_time_icdf(u, t_eps)
     log_t = jnp.linspace(math.log(t_eps), math.log(T), _TABLE_SIZE, dtype=jnp.float32)
     dens = _is_density_ratio(sde, jnp.exp(log_t)) * jnp.exp(log_t)  # density in log t
     cdf = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(0.5 * (dens[1:] + dens[:-1]) * jnp.diff(log_t))])

@@ -77,7 +77,8 @@ def mixture_log_prob(mix: GaussianMixture, x, mean_coeff=1.0, std=0.0):
 
 
 def mixture_score_fn(mix: GaussianMixture, sde):
-    """Exact score ``grad_x log p_t(x)`` of the mixture perturbed by ``sde``: a ``score_fn(x, t)``."""
+    """Exact score ``grad_x log p_t(x)`` of the mixture perturbed by any forward process ``sde`` (only its
+    ``marginal(t) -> (a, s)`` is used; finite also where ``a = 0``): a ``score_fn(x, t)``."""
 
     def score_fn(x, t):
         mean_coeff, std = sde.marginal(t)

@@ -50,9 +50,16 @@ __all__ = [
 ]
 
 
+def _promote(c, x):
+    """``c`` broadcast against ``x`` in their common dtype: a float32-only process's coefficients are combined in
+    ``x``'s precision, so that each conversion and its inverse are exact inverses in that precision."""
+    c = bcast(c, x)
+    return c.astype(jnp.result_type(c, x))
+
+
 def _coeffs(x, t, sde):
     a, s = sde.marginal(t)
-    return bcast(a, x), bcast(s, x)
+    return _promote(a, x), _promote(s, x)
 
 
 def score_from_eps(eps, x, t, sde):
@@ -112,7 +119,7 @@ def _marginal_derivative(t, sde):
 def _velocity_coeffs(x, t, sde):
     a, s = _coeffs(x, t, sde)
     da, ds = _marginal_derivative(t, sde)
-    da, ds = bcast(da, x), bcast(ds, x)
+    da, ds = _promote(da, x), _promote(ds, x)
     return a, s, da, ds, a * ds - s * da  # the determinant of (x, u) in terms of (x0, eps)
 
 

@@ -1,17 +1,14 @@
 """Forward SDEs of score-SDE (Song et al. 2021): VP, sub-VP, VE; and the reverse-time SDE and probability-flow ODE.
 
-Every SDE here has the same methods (time ``t`` is a scalar or an array of shape ``(batch,)``; ``x`` is
-``(batch, *dims)``):
+The three SDEs are :class:`~diffjax.core.process.GaussianPath` subclasses: they have every method of the process
+protocol (see :mod:`diffjax.core.process`: ``marginal``, ``marginal_derivative``, ``log_snr`` /
+``t_from_log_snr``, ``coefficients`` / ``drift`` / ``diffusion``, ``forward_chain_step``, ``langevin_alpha``,
+``prior_sample`` / ``prior_logp``, ``T``, ``N``, ``t_eps``), with closed forms where they have them. Beyond it:
 
-* ``coefficients(x, t) -> (drift, diffusion)`` of ``dx = f(x, t) dt + g(t) dw``; ``drift(x, t)``; ``diffusion(t)``.
-* ``marginal(t) -> (mean_coeff, std)``: ``x_t = mean_coeff * x_0 + std * noise``; ``perturb(x0, t, noise)``.
-* ``log_snr(t)`` and its inverse ``t_from_log_snr(lam)``, ``prior_sample(key, shape)``, ``prior_logp(z)``
-  (summed over non-batch dims, nats).
 * ``discretize(x, t) -> (f, G)``: one step ``x_{i+1} = x_i + f + G z`` of the forward chain on the grid
   ``t_i = i / (N - 1) * T`` (DDPM's chain for VP, SMLD's for VE, Euler-Maruyama otherwise).
 * ``index(t)``: the grid index nearest to ``t``; ``grid()``: the ``N`` grid times.
-* ``langevin_alpha(t, dt)``: the Langevin corrector's step-size factor (the forward chain's ``alpha`` over one
-  step ``dt`` ending at ``t``; 1 for VE), in ``(0, 1]`` for every ``dt``.
+* VP: ``discrete_betas()`` (``discrete_chain = "ddpm"``); VE: ``discrete_sigmas()`` (``discrete_chain = "smld"``).
 
 The SDEs are frozen dataclasses registered as static pytrees, so they are hashable, compare by value and pass
 through ``jax.jit`` as arguments without retracing.
@@ -26,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_finite, check_int, check_positive
+from diffjax.core.process import GaussianPath, bcast, standard_normal_logp
 from diffjax.core.schedules import CosineBeta, LinearBeta
 
 __all__ = [
@@ -48,76 +46,9 @@ __all__ = [
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def bcast(c: jax.Array, x: jax.Array) -> jax.Array:
-    """Broadcast a per-example coefficient (shape ``()`` or ``(batch,)``) against ``x`` of shape ``(batch, *dims)``."""
-    c = jnp.asarray(c)
-    return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
-
-
-def standard_normal_logp(z: jax.Array, std: float | jax.Array = 1.0) -> jax.Array:
-    """Log-density of ``N(0, std^2 I)`` summed over all but the first axis."""
-    d = math.prod(z.shape[1:])
-    return -0.5 * d * jnp.log(2 * math.pi * std**2) - 0.5 * jnp.sum(z**2, axis=tuple(range(1, z.ndim))) / std**2
-
-
-class _Base:
-    T: float = 1.0
-    N: int = 1000
-
-    def drift(self, x, t):
-        return self.coefficients(x, t)[0]
-
-    def diffusion(self, t):
-        return self.coefficients(jnp.zeros(()), t)[1]
-
-    def perturb(self, x0, t, noise):
-        mean, std = self.marginal(t)
-        return bcast(mean, x0) * x0 + bcast(std, x0) * noise
-
-    def log_snr(self, t):
-        mean, std = self.marginal(t)
-        return 2.0 * (jnp.log(mean) - jnp.log(std))
-
-    def grid(self) -> jax.Array:
-        return jnp.linspace(0.0, self.T, self.N, dtype=jnp.float32)
-
-    def index(self, t):
-        return jnp.clip(jnp.round(jnp.asarray(t) * (self.N - 1) / self.T), 0, self.N - 1).astype(jnp.int32)
-
-    def discretize(self, x, t):
-        dt = self.T / self.N
-        f, g = self.coefficients(x, t)
-        return f * dt, g * math.sqrt(dt)
-
-    def langevin_alpha(self, t, dt):
-        """The Langevin step-size rule's ``alpha`` at time ``t`` on a grid of spacing ``dt``: the signal fraction kept
-        by one step of the forward chain from ``t - dt`` to ``t`` (``t - dt`` floored at 0), always in ``(0, 1]``.
-
-        .. math:: \\alpha(t) = \\frac{m(t)^2}{m(t - \\Delta t)^2} = \\frac{\\bar\\alpha(t)}{\\bar\\alpha(t - \\Delta t)}
-
-        with ``m`` the marginal's mean coefficient. For VP and sub-VP this is DDPM's ``alpha_i = 1 - beta_i``, which
-        score-SDE's corrector linearizes as ``1 - beta(t) dt``; the two agree to ``O((beta dt)^2)`` (within 2e-4 at
-        its default ``dt = 1/1000``), but the linearization turns negative, and the corrector's noise ``sqrt(2 eps)``
-        NaN, once ``beta(t) dt > 1`` (few steps, or the cosine schedule's large ``beta`` near ``T``). VE (``m = 1``): 1.
-
-        Args:
-            t: time, ``()`` or ``(batch,)``.
-            dt: grid spacing (a float), e.g. ``sde.T / sde.N``.
-
-        Returns:
-            ``alpha`` shaped like ``t``.
-        """
-        t = jnp.asarray(t, jnp.float32)
-        log_ratio = self._log_mean_coeff(t) - self._log_mean_coeff(jnp.maximum(t - dt, 0.0))
-        return jnp.minimum(jnp.exp(2.0 * log_ratio), 1.0)
-
-    def _log_mean_coeff(self, t):
-        return jnp.log(self.marginal(t)[0])
-
-
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class VPSDE(_Base):
+class VPSDE(GaussianPath):
     """Variance-preserving SDE: ``dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw``; DDPM in continuous time."""
 
     schedule: Union[LinearBeta, CosineBeta] = LinearBeta()
@@ -145,11 +76,7 @@ class VPSDE(_Base):
         """
         return self.schedule.inverse_integral(jax.nn.softplus(-jnp.asarray(log_snr)))
 
-    def prior_sample(self, key, shape, dtype=jnp.float32):
-        return jax.random.normal(key, shape, dtype)
-
-    def prior_logp(self, z):
-        return standard_normal_logp(z)
+    discrete_chain = "ddpm"  # a DDPM beta chain: discrete_betas() (ancestral, DDIM)
 
     def discrete_betas(self) -> jax.Array:
         return self.schedule.discrete_betas(self.N)
@@ -158,10 +85,33 @@ class VPSDE(_Base):
         beta = self.discrete_betas()[self.index(t)]
         return bcast(jnp.sqrt(1.0 - beta) - 1.0, x) * x, jnp.sqrt(beta)
 
+    def forward_chain_step(self, x, t, t_next):
+        """DDPM's step ``x_t = sqrt(1 - beta) x_n + sqrt(beta) z``, ``beta = 1 - alpha_bar(t) / alpha_bar(t_next)``
+        (the exact transition, with ``beta`` computed without cancellation).
+
+        .. math:: F = (\\sqrt{1 - \\beta} - 1) x,\\quad G^2 = \\beta
+        """
+        beta = -jnp.expm1(2.0 * (self._log_mean_coeff(t) - self._log_mean_coeff(t_next)))
+        return bcast(jnp.sqrt(1.0 - beta) - 1.0, x) * x, beta
+
+    def importance_time_icdf(self, u, t_eps):
+        """Inverse CDF of the likelihood importance density ``h = g^2 / s^2 = beta / (1 - e^{-I})`` on
+        ``[t_eps, T]`` at ``u`` in ``[0, 1)``, and the density: ``(t, p(t))`` (see
+        :func:`~diffjax.importance_sample_time`). Antiderivative ``F(t) = log(e^{I(t)} - 1)``.
+
+        .. math:: t = I^{-1}(\\operatorname{softplus}(F(t_\\epsilon) + u (F(T) - F(t_\\epsilon))))
+        """
+        def F(t):
+            return jnp.log(jnp.expm1(self.schedule.integral(jnp.asarray(t, jnp.float32))))
+
+        f0, f1 = F(t_eps), F(self.T)
+        t = jnp.clip(self.schedule.inverse_integral(jax.nn.softplus(f0 + u * (f1 - f0))), t_eps, self.T)
+        return t, self.diffusion(t) ** 2 / self.marginal(t)[1] ** 2 / (f1 - f0)
+
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class SubVPSDE(_Base):
+class SubVPSDE(GaussianPath):
     """Sub-VP SDE: ``dx = -1/2 beta x dt + sqrt(beta (1 - exp(-2 int_0^t beta))) dw`` (score-SDE eq. 34)."""
 
     schedule: Union[LinearBeta, CosineBeta] = LinearBeta()
@@ -195,16 +145,10 @@ class SubVPSDE(_Base):
         large = -lam - math.log(2.0) + jnp.log(2.0 * snr + 1.0 + jnp.sqrt(4.0 * snr + 1.0))
         return self.schedule.inverse_integral(jnp.where(lam >= 0, small, large))
 
-    def prior_sample(self, key, shape, dtype=jnp.float32):
-        return jax.random.normal(key, shape, dtype)
-
-    def prior_logp(self, z):
-        return standard_normal_logp(z)
-
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class VESDE(_Base):
+class VESDE(GaussianPath):
     """Variance-exploding SDE: ``dx = sqrt(d sigma^2/dt) dw``, ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``.
 
     As in score-SDE, the marginal std is ``sigma(t)`` itself (data at t=0 carry ``sigma_min`` noise), so the
@@ -234,11 +178,23 @@ class VESDE(_Base):
         """
         return (-0.5 * jnp.asarray(log_snr) - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
 
-    def prior_sample(self, key, shape, dtype=jnp.float32):
-        return self.sigma_max * jax.random.normal(key, shape, dtype)
+    t_eps = 1e-5  # score-SDE's sampling eps for VE
+    discrete_chain = "smld"  # SMLD's sigma chain: discrete_sigmas() (ancestral, annealed Langevin)
 
-    def prior_logp(self, z):
-        return standard_normal_logp(z, self.sigma_max)
+    @property
+    def prior_std(self):
+        return self.sigma_max
+
+    def forward_chain_step(self, x, t, t_next):
+        """SMLD's step ``x_t = x_n + sqrt(sigma(t)^2 - sigma(t_next)^2) z`` (score-SDE eq. 45-46, on any grid).
+
+        .. math:: F = 0,\\quad G^2 = \\sigma(t)^2 - \\sigma(t_{next})^2
+        """
+        return jnp.zeros_like(x), self.sigma(t) ** 2 - self.sigma(t_next) ** 2
+
+    def importance_time_icdf(self, u, t_eps):
+        """``h = g^2 / s^2 = 2 log(sigma_max / sigma_min)`` is constant: ``t`` uniform on ``[t_eps, T]``."""
+        return t_eps + u * (self.T - t_eps), jnp.full(jnp.shape(u), 1.0 / (self.T - t_eps), jnp.float32)
 
     def discrete_sigmas(self) -> jax.Array:
         """Ascending: ``sigma(t_i)`` on the grid (NCSN's list reversed)."""
@@ -251,7 +207,7 @@ class VESDE(_Base):
         return jnp.zeros_like(x), jnp.sqrt(sigmas[i] ** 2 - prev**2)
 
 
-SDE = Union[VPSDE, SubVPSDE, VESDE]
+SDE = GaussianPath  # any forward process (the protocol of diffjax.core.process)
 
 
 def vp_sde(beta_min: float = 0.1, beta_max: float = 20.0, *, N: int = 1000) -> VPSDE:
@@ -333,21 +289,10 @@ def probability_flow_ode(sde: SDE, score_fn: ScoreFn) -> Callable[[jax.Array, ja
 
 
 def forward_chain_step(sde, x, t, t_next):
-    """``(F, G^2)`` of one forward step ``x_t = x_{t_next} + F + G z`` of the discretized chain between grid times
-    ``t_next < t`` (scalars): the step that reverse diffusion inverts.
+    """``(F, G^2)`` of one forward step ``x_t = x_{t_next} + F + G z`` between times ``t_next < t``: the step that
+    reverse diffusion inverts. Same as ``sde.forward_chain_step(x, t, t_next)`` (the exact Gaussian transition:
+    DDPM's step for VP, SMLD's for VE).
 
-    VP: DDPM's step with ``beta = 1 - alpha_bar(t) / alpha_bar(t_next)``; VE: SMLD's step with
-    ``G^2 = sigma(t)^2 - sigma(t_next)^2`` (score-SDE eq. 45-46, on any grid); otherwise Euler-Maruyama.
+    .. math:: F = \\Big(\\frac{a_t}{a_n} - 1\\Big) x,\\quad G^2 = s_t^2 - \\Big(\\frac{a_t}{a_n}\\Big)^2 s_n^2
     """
-    if isinstance(sde, VPSDE):
-        m_t, _ = sde.marginal(t)
-        m_n, _ = sde.marginal(t_next)
-        beta = -jnp.expm1(2.0 * (jnp.log(m_t) - jnp.log(m_n)))
-        return (jnp.sqrt(1.0 - beta) - 1.0) * x, beta
-    if isinstance(sde, VESDE):
-        _, s_t = sde.marginal(t)
-        _, s_n = sde.marginal(t_next)
-        return jnp.zeros_like(x), s_t**2 - s_n**2
-    dt = t - t_next
-    f, g = sde.coefficients(x, jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],)))
-    return f * dt, bcast(g**2 * dt, x)
+    return sde.forward_chain_step(x, t, t_next)

@@ -7,29 +7,39 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_floating, check_int, check_t_eps
-from diffjax.core.sde import SubVPSDE, VESDE, VPSDE
+from diffjax.core.process import check_process
 
-SDE_TYPES = (VPSDE, SubVPSDE, VESDE)
+# The discrete chains a process may carry (its ``discrete_chain``), and the processes that have them, for messages.
+CHAIN_PROCESSES = {"ddpm": "VPSDE", "smld": "VESDE"}
+ANY_PROCESS_SAMPLERS = "euler_maruyama, reverse_diffusion, pc, ode_euler, ode_heun, ode_adaptive"
 
 
 def default_t_eps(sde) -> float:
-    """score-SDE's sampling ``eps``: 1e-5 for VE, 1e-3 for VP and sub-VP."""
-    return 1e-5 if isinstance(sde, VESDE) else 1e-3
+    """The process's own default smallest time ``sde.t_eps`` (score-SDE's: 1e-5 for VE, 1e-3 for VP and sub-VP)."""
+    return sde.t_eps
 
 
-def check_sde(sde, allowed=SDE_TYPES, *, sampler: str = "this sampler"):
-    if not isinstance(sde, allowed):
-        names = tuple(c.__name__ for c in allowed)
-        raise ValueError(f"sde must be one of {names} for {sampler}, got {type(sde).__name__} ({sde!r})")
+def check_sde(sde, chains=None, *, sampler: str = "this sampler"):
+    """``sde`` is a forward process; with ``chains``, one whose ``discrete_chain`` is among them (a DDPM chain
+    "ddpm" for ancestral / DDIM, SMLD's "smld" for ancestral / annealed Langevin)."""
+    check_process(sde, where=sampler)
+    if chains is not None and getattr(sde, "discrete_chain", None) not in chains:
+        names = tuple(CHAIN_PROCESSES[c] for c in chains)
+        raise ValueError(f"sde must be one of {names} for {sampler}: it needs a discrete chain {chains} "
+                         f"(discrete_chain), got {type(sde).__name__} ({sde!r}) with discrete_chain="
+                         f"{getattr(sde, 'discrete_chain', None)!r}; the samplers for every process are "
+                         f"{ANY_PROCESS_SAMPLERS}")
 
 
-def check_common(x_T, score_fn, sde, num_steps, t_eps, *, default_steps, allowed=SDE_TYPES, sampler: str):
+def check_common(x_T, score_fn, sde, num_steps, t_eps, *, default_steps, chains=None, sampler: str):
     """Validate the shared arguments; returns ``(num_steps, t_eps)`` with defaults resolved.
 
+    ``chains``: the discrete chains the sampler needs (None: any process); ``default_steps=None``: ``sde.N``.
     ``x_T`` must be a floating-point ``(batch, *dims)`` array; ``num_steps`` / ``t_eps`` may be Python or NumPy
     numbers or concrete 0-d arrays (a traced value raises: they fix the loop length and the grid).
     """
-    check_sde(sde, allowed, sampler=sampler)
+    check_sde(sde, chains, sampler=sampler)
+    default_steps = sde.N if default_steps is None else default_steps
     check_batched("x_T", x_T, min_ndim=2)
     check_floating("x_T", x_T)
     if not callable(score_fn):

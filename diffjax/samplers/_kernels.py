@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice
 from diffjax.core.learned_variance import has_learned_variance
-from diffjax.core.sde import bcast, forward_chain_step, probability_flow_ode
+from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete.ddpm import DDPMGrid
 from diffjax.samplers._common import batch_time
 
@@ -45,11 +45,12 @@ def reverse_diffusion_step(key, x, t, t_next, score_fn, sde):
 
     .. math:: x' = x - F + G^2 s_\\theta(x, t) + G z
 
-    where ``(F, G)`` is the forward step from ``t_next`` to ``t`` (DDPM's for VP, SMLD's for VE, Euler-Maruyama's
-    for sub-VP). On score-SDE's grid this is its ``ReverseDiffusionPredictor``.
+    where ``(F, G)`` is the process's forward chain step from ``t_next`` to ``t``, the exact Gaussian transition
+    (DDPM's for VP, SMLD's for VE). On score-SDE's grid this is its ``ReverseDiffusionPredictor`` (for sub-VP,
+    whose score-SDE predictor uses the Euler-Maruyama step, it is the exact transition instead).
     """
     tb = batch_time(t, x)
-    F, G2 = forward_chain_step(sde, x, jnp.asarray(t, jnp.float32), jnp.asarray(t_next, jnp.float32))
+    F, G2 = sde.forward_chain_step(x, jnp.asarray(t, jnp.float32), jnp.asarray(t_next, jnp.float32))
     G2 = jnp.asarray(G2, x.dtype)
     x_mean = x - F + G2 * score_fn(x, tb)
     return x_mean + jnp.sqrt(G2) * jax.random.normal(key, x.shape, x.dtype), x_mean

@@ -9,10 +9,12 @@ Conventions shared by all samplers:
 
 * ``num_steps=None`` takes the published default (score-SDE: ``sde.N`` = 1000 steps; DDIM: 50; NCSN: 10
   noise levels x 100 Langevin steps).
-* ``t_eps=None`` takes score-SDE's: 1e-3 for VP / sub-VP, 1e-5 for VE. Continuous-time samplers integrate from
-  ``T`` to ``t_eps`` on a uniform grid; annealed Langevin runs its sigma grid but never evaluates the score below
-  ``t_eps``. The grid samplers ancestral and DDIM evaluate the model at each grid step's own time (the time whose
-  marginal is that step's alpha-bar / sigma, step 0 included) and take no ``t_eps`` (it must be None).
+* ``t_eps=None`` takes the process's own ``sde.t_eps`` (score-SDE's 1e-3 for VP / sub-VP, 1e-5 for VE).
+  Continuous-time samplers integrate from ``T`` to ``t_eps`` on a uniform grid; annealed Langevin runs its sigma
+  grid but never evaluates the score below ``t_eps``. The grid samplers ancestral and DDIM evaluate the model at
+  each grid step's own time (the time whose marginal is that step's alpha-bar / sigma, step 0 included) and take
+  no ``t_eps`` (it must be None). They need a process with a discrete chain (``sde.discrete_chain``: "ddpm" for
+  VP, "smld" for VE); any other process raises a ValueError naming the samplers that apply to every process.
 * ``denoise=True`` (score-SDE's ``noise_removal``): stochastic samplers return the noise-free mean of their last
   step; the ODE samplers then add one Tweedie step ``x + std^2 s(x, t_eps)`` (divided by the mean coefficient),
   which costs one extra score evaluation, so it defaults to False there.
@@ -27,8 +29,9 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffjax.core._checks import check_choice, check_int, check_nonnegative, check_positive
+from diffjax.core._solvers import check_solver
 from diffjax.core.learned_variance import has_learned_variance
-from diffjax.core.sde import VESDE, VPSDE, bcast, probability_flow_ode
+from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
 from diffjax.samplers._common import batch_time, check_common, floor_time, time_grid, with_steps
@@ -101,9 +104,9 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, predictor=reverse
         key: PRNG key.
         x_T: (batch, *dims) prior sample, e.g. ``sde.prior_sample(key, shape)``.
         score_fn: ``score_fn(x, t)``.
-        sde: a VP, sub-VP or VE SDE.
+        sde: any forward process (VP, sub-VP, VE, rectified flow, EDM, ``gaussian_path``).
         num_steps: predictor steps (default ``sde.N``, score-SDE's 1000).
-        t_eps: last time (default 1e-3 VP/sub-VP, 1e-5 VE).
+        t_eps: last time (default ``sde.t_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
         predictor: ``predictor(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, e.g.
             :func:`reverse_diffusion_step` (default, score-SDE's for NCSN++) or :func:`euler_maruyama_step`;
             ``None`` for corrector only.
@@ -116,7 +119,7 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, predictor=reverse
     Returns:
         (batch, *dims) samples at ``t_eps``. Score evaluations: ``num_steps * (1 + n_corrector_steps)``.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N, sampler="pc")
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None, sampler="pc")
     snr = check_positive("snr", snr)
     n_corrector_steps = check_int("n_corrector_steps", n_corrector_steps, minimum=1)
     if isinstance(corrector, str):
@@ -134,7 +137,7 @@ def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoi
 
     Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N,
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None,
                                     sampler="euler_maruyama")
     return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
                predictor=euler_maruyama_step, corrector=None, denoise=_check_bool("denoise", denoise))
@@ -145,7 +148,7 @@ def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, de
 
     Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N,
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None,
                                     sampler="reverse_diffusion")
     return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
                predictor=reverse_diffusion_step, corrector=None, denoise=_check_bool("denoise", denoise))
@@ -157,12 +160,8 @@ def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, de
 @_jit("score_fn", "sde", "num_steps", "variance")
 def _ancestral(key, x_T, *, score_fn, sde, num_steps, variance):
     # Every step evaluates the model at its own grid time (no t_eps floor): grid.time(i) for DDPM, sigma_i's time
-    # for SMLD.
-    if isinstance(sde, VPSDE):
-        grid = _ddpm.ddpm_grid(sde)
-        step = lambda k, x, i: _ddpm.ancestral_step(k, x, i, score_fn, grid, variance=variance)  # noqa: E731
-    else:
-        step = lambda k, x, i: _ncsn.smld_ancestral_step(k, x, i, score_fn, sde)  # noqa: E731
+    # for SMLD. The process names its chain (sde.discrete_chain); the chain's step comes from diffjax.discrete.
+    step = _ANCESTRAL_STEPS[sde.discrete_chain](sde, score_fn, variance)
 
     def body(carry, i):
         x, _ = carry
@@ -170,6 +169,20 @@ def _ancestral(key, x_T, *, score_fn, sde, num_steps, variance):
 
     (x, x_mean), _ = jax.lax.scan(body, (x_T, x_T), jnp.arange(num_steps - 1, -1, -1))
     return x_mean
+
+
+def _ddpm_chain_step(sde, score_fn, variance):
+    grid = _ddpm.ddpm_grid(sde)
+    return lambda k, x, i: _ddpm.ancestral_step(k, x, i, score_fn, grid, variance=variance)
+
+
+def _smld_chain_step(sde, score_fn, variance):
+    del variance
+    return lambda k, x, i: _ncsn.smld_ancestral_step(k, x, i, score_fn, sde)
+
+
+# discrete_chain -> the ancestral step of that chain (DDPM Algorithm 2; SMLD's posterior step)
+_ANCESTRAL_STEPS = {"ddpm": _ddpm_chain_step, "smld": _smld_chain_step}
 
 
 def _grid_t_eps(t_eps, sampler):
@@ -215,9 +228,9 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=N
         (batch, *dims): the last step's mean (step 0 adds no noise).
     """
     _grid_t_eps(t_eps, "ancestral")
-    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=sde.N,
-                                allowed=(VPSDE, VESDE), sampler="ancestral (DDPM for VP, SMLD for VE)")
-    if isinstance(sde, VPSDE):
+    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=None,
+                                chains=tuple(_ANCESTRAL_STEPS), sampler="ancestral (DDPM for VP, SMLD for VE)")
+    if sde.discrete_chain == "ddpm":
         variance = _resolve_variance(variance, score_fn, ("beta", "posterior", "learned"), "beta")
         import numpy as np
         with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit
@@ -276,7 +289,7 @@ def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=Non
     Returns:
         (batch, *dims); ``num_steps * n_steps_each (+1 if denoise)`` score evaluations.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=10, allowed=(VESDE,),
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=10, chains=("smld",),
                                     sampler="annealed_langevin (NCSN)")
     n_steps_each = check_int("n_steps_each", n_steps_each, minimum=1)
     step_lr = check_positive("step_lr", step_lr)
@@ -333,7 +346,7 @@ def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float
         (batch, *dims); ``num_steps`` score evaluations.
     """
     _grid_t_eps(t_eps, "ddim")
-    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=50, allowed=(VPSDE,),
+    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=50, chains=("ddpm",),
                                 sampler="ddim (a DDPM grid)")
     if num_steps > sde.N:
         raise ValueError(f"num_steps must be <= sde.N={sde.N} for ddim, got {num_steps!r}")
@@ -373,7 +386,7 @@ def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoise: b
     Deterministic (``key`` is unused, kept for the common signature). ``num_steps`` (+1 if ``denoise``) score
     evaluations.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=sde.N, sampler="ode_euler")
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None, sampler="ode_euler")
     return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, heun=False,
                       denoise=_check_bool("denoise", denoise))
 
@@ -388,9 +401,6 @@ def ode_heun(key, x_T, score_fn, sde, *, num_steps: int = 100, t_eps=None, denoi
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=100, sampler="ode_heun")
     return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, heun=True,
                       denoise=_check_bool("denoise", denoise))
-
-
-_SOLVERS = ("dopri5", "tsit5")
 
 
 def _explicit_spec(x):
@@ -424,6 +434,7 @@ def _with_input_sharding(run, key, x_T):
 
 @_jit("score_fn", "sde", "t_eps", "rtol", "atol", "solver", "max_steps", "denoise", "sharding")
 def _ode_adaptive(key, x_T, *, score_fn, sde, t_eps, rtol, atol, solver, max_steps, denoise, sharding):
+    # solver: a diffrax solver object, a static argument (equinox modules hash and compare by value: no retrace)
     import diffrax  # imported on first use: the core and the other samplers do not need it
 
     del key
@@ -432,28 +443,29 @@ def _ode_adaptive(key, x_T, *, score_fn, sde, t_eps, rtol, atol, solver, max_ste
     pin = (lambda y: y) if sharding is None else (lambda y: jax.lax.with_sharding_constraint(y, sharding))
     x_T = pin(x_T)
     term = diffrax.ODETerm(lambda t, y, args: pin(vf(pin(y), batch_time(t, y))))
-    method = diffrax.Dopri5() if solver == "dopri5" else diffrax.Tsit5()
-    sol = diffrax.diffeqsolve(term, method, t0=sde.T, t1=t_eps, dt0=None, y0=x_T,
+    sol = diffrax.diffeqsolve(term, solver, t0=sde.T, t1=t_eps, dt0=None, y0=x_T,
                               stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                               saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
     x = pin(sol.ys[0])
-    # Dopri5 and Tsit5 are FSAL: 6 new evaluations per attempted (accepted or rejected) step plus one at t0
-    # (diffrax's initial step-size selection reuses it); checked against a counting score_fn in the tests.
-    nfe = 6 * sol.stats["num_steps"] + 1
+    nfe_fixed, nfe_per_step = check_solver(solver)[1]  # e.g. Dopri5, Tsit5 (FSAL): 1 + 6 per attempted step
+    nfe = nfe_fixed + nfe_per_step * sol.stats["num_steps"]
     if denoise:
         x, nfe = _tweedie(x, t_eps, score_fn, sde), nfe + 1
     return x, nfe
 
 
 def ode_adaptive(key, x_T, score_fn, sde, *, t_eps=None, rtol: float = 1e-5, atol: float = 1e-5,
-                 solver: str = "dopri5", max_steps: int = 4096, denoise: bool = False, return_nfe: bool = False):
+                 solver=None, max_steps: int = 4096, denoise: bool = False, return_nfe: bool = False):
     """Adaptive Runge-Kutta on the probability-flow ODE, on device with diffrax (score-SDE's RK45 setting).
 
     Args:
         key, x_T, score_fn, sde, t_eps: as in :func:`pc` (``key`` unused: the sampler is deterministic).
         rtol, atol: tolerances of the PID step-size controller (score-SDE: 1e-5 both). The error norm is the RMS
             over the whole batch, so the batch shares one step sequence (as in score-SDE).
-        solver: "dopri5" (Dormand-Prince 5(4), scipy's RK45) or "tsit5".
+        solver: a diffrax explicit Runge-Kutta solver object with an error estimate, as in
+            ``diffrax.diffeqsolve``: ``diffrax.Dopri5()`` (Dormand-Prince 5(4), scipy's RK45; the default, ``None``),
+            ``diffrax.Tsit5()``, ``diffrax.Bosh3()``, ... (a config names it: ``sampling.options.solver="tsit5"``,
+            resolved by :mod:`diffjax.config_lib`). The same convention as :func:`diffjax.log_likelihood`.
         max_steps: the solver's step budget (there is no ``num_steps``: the controller picks the steps).
         denoise: finish with one Tweedie step at ``t_eps``.
         return_nfe: also return the number of score evaluations (an int32 array).
@@ -463,7 +475,7 @@ def ode_adaptive(key, x_T, score_fn, sde, *, t_eps=None, rtol: float = 1e-5, ato
     """
     _, t_eps = check_common(x_T, score_fn, sde, 1, t_eps, default_steps=1, sampler="ode_adaptive")
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    check_choice("solver", solver, _SOLVERS)
+    solver = check_solver(solver)[0]
     max_steps = check_int("max_steps", max_steps, minimum=1)
     run = functools.partial(_ode_adaptive, score_fn=score_fn, sde=sde, t_eps=t_eps, rtol=rtol, atol=atol,
                             solver=solver, max_steps=max_steps, denoise=_check_bool("denoise", denoise))
