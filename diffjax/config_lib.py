@@ -23,8 +23,8 @@ from diffjax import samplers as _samplers
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
 
-__all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "TOY_DATASETS", "IMAGE_DATASETS",
-           "validate",
+__all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "SOLVERS", "TOY_DATASETS",
+           "IMAGE_DATASETS", "validate",
            "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampling_score_fn",
            "build_sampler", "sampler_options", "sampler_options_config", "SamplerOptions",
            "build_dataset", "input_shape", "is_toy", "num_classes"]
@@ -288,7 +288,7 @@ def _network_marginal(config, sde):
     score-SDE's discrete DDPM models do. The grid's step ``i`` sits at the time where the SDE's marginal equals
     ``alpha_bar_i`` (:func:`~diffjax.discrete.ddpm_grid`), where the grid samplers evaluate it."""
     discrete = not config.training.continuous or config.training.loss in ("ddpm", "hybrid")
-    if discrete and isinstance(sde, core.VPSDE):
+    if discrete and sde.discrete_chain == "ddpm":
         return _ddpm.ddpm_grid(sde)
     return sde
 

@@ -92,7 +92,8 @@ def test_cli_bad_config_fails_before_compiling(tmp_path):
     t0 = time.perf_counter()
     r = _cli("--workdir", str(tmp_path), "--config.training.sde=vpsd")
     assert r.returncode != 0
-    assert "training.sde='vpsd' is not known; allowed values: ['cosine', 'subvpsde', 'vesde', 'vpsde']" in r.stderr
+    assert f"training.sde='vpsd' is not known; allowed values: {sorted(config_lib.SDES)}" in r.stderr
+    assert "'rectified_flow'" in r.stderr and "'edm'" in r.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
     assert time.perf_counter() - t0 < 60
 

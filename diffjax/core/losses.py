@@ -90,6 +90,36 @@ def importance_sample_time(key, batch: int, sde, *, t_eps: float = 1e-5):
     return t, cell / t
 
 
+def _noised(key, x0, sde, *, t_eps, time_sampler, reduce, importance_sampling=False):
+    """The draws shared by the losses (module docstring): ``(t, correction, z, (a, s), x_t)``, where
+    ``correction`` reweights importance-sampled times to the uniform-``t`` objective (1 otherwise)."""
+    T = float(sde.T)
+    t_eps = check_t_eps(t_eps, T)
+    check_choice("reduce", reduce, ("mean", "sum"))
+    check_batched("x0", x0)
+    check_floating("x0", x0)
+    batch = x0.shape[0]
+    key_t, key_z = jax.random.split(key)
+    correction = 1.0
+    if time_sampler is not None:
+        t = jnp.asarray(time_sampler(key_t, batch))
+    elif importance_sampling:
+        t, density = importance_sample_time(key_t, batch, sde, t_eps=t_eps)
+        correction = 1.0 / ((T - t_eps) * density)
+    else:
+        t = jax.random.uniform(key_t, (batch,), jnp.float32, minval=t_eps, maxval=T)
+    z = jax.random.normal(key_z, x0.shape, x0.dtype)
+    a, s = sde.marginal(t)
+    return t, correction, z, (a, s), bcast(a, x0) * x0 + bcast(s, x0) * z
+
+
+def _shaped_like(name, out, x0):
+    if jnp.shape(out) != x0.shape:  # static shapes: checked while tracing, before anything runs
+        raise ValueError(f"{name}(x, t) must return an array shaped like x0 {tuple(x0.shape)}, got shape "
+                         f"{tuple(jnp.shape(out))}")
+    return out
+
+
 def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, t_eps: float = 1e-5,
              time_sampler: Callable | None = None, importance_sampling: bool = False, reduce: str = "mean"):
     """Denoising score-matching loss, averaged over the batch (Song et al. 2021, eq. 7).
@@ -130,30 +160,9 @@ def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, 
     for name, needed in (("marginal", True), ("diffusion", importance_sampling or weighting is likelihood_weighting)):
         if needed and not hasattr(sde, name):
             raise ValueError(f"sde must provide {name}(t) here, got {type(sde).__name__}")
-    T = float(sde.T)
-    t_eps = check_t_eps(t_eps, T)
-    check_choice("reduce", reduce, ("mean", "sum"))
-    check_batched("x0", x0)
-    check_floating("x0", x0)
-
-    batch = x0.shape[0]
-    key_t, key_z = jax.random.split(key)
-    if time_sampler is not None:
-        t = jnp.asarray(time_sampler(key_t, batch))
-        correction = 1.0
-    elif importance_sampling:
-        t, density = importance_sample_time(key_t, batch, sde, t_eps=t_eps)
-        correction = 1.0 / ((T - t_eps) * density)
-    else:
-        t = jax.random.uniform(key_t, (batch,), jnp.float32, minval=t_eps, maxval=T)
-        correction = 1.0
-    z = jax.random.normal(key_z, x0.shape, x0.dtype)
-    mean, std = sde.marginal(t)
-    x_t = bcast(mean, x0) * x0 + bcast(std, x0) * z
-    score = score_fn(x_t, t)
-    if jnp.shape(score) != x0.shape:  # static shapes: checked while tracing, before anything runs
-        raise ValueError(f"score_fn(x, t) must return an array shaped like x0 {tuple(x0.shape)}, got shape "
-                         f"{tuple(jnp.shape(score))}")
+    t, correction, z, (_, std), x_t = _noised(key, x0, sde, t_eps=t_eps, time_sampler=time_sampler,
+                                              importance_sampling=importance_sampling, reduce=reduce)
+    score = _shaped_like("score_fn", score_fn(x_t, t), x0)
     err = _reduce((bcast(std, x0) * score + z) ** 2, reduce)
     lam = weighting(sde, t) / std**2
     return jnp.mean(lam * correction * err)
@@ -188,27 +197,10 @@ def flow_matching_loss(key, x0, velocity_fn, sde, *, t_eps: float = 1e-5, time_s
         raise ValueError(f"time_sampler must be None or a callable (key, batch) -> t, got {time_sampler!r}")
     if not hasattr(sde, "marginal"):
         raise ValueError(f"sde must provide marginal(t), got {type(sde).__name__}")
-    T = float(sde.T)
-    t_eps = check_t_eps(t_eps, T)
-    check_choice("reduce", reduce, ("mean", "sum"))
-    check_batched("x0", x0)
-    check_floating("x0", x0)
-
-    batch = x0.shape[0]
-    key_t, key_z = jax.random.split(key)
-    if time_sampler is not None:
-        t = jnp.asarray(time_sampler(key_t, batch))
-    else:
-        t = jax.random.uniform(key_t, (batch,), jnp.float32, minval=t_eps, maxval=T)
-    z = jax.random.normal(key_z, x0.shape, x0.dtype)
-    a, s = sde.marginal(t)
+    t, _, z, _, x_t = _noised(key, x0, sde, t_eps=t_eps, time_sampler=time_sampler, reduce=reduce)
     da, ds = _marginal_derivative(t, sde)
-    x_t = bcast(a, x0) * x0 + bcast(s, x0) * z
     target = bcast(da, x0) * x0 + bcast(ds, x0) * z
-    u = velocity_fn(x_t, t)
-    if jnp.shape(u) != x0.shape:
-        raise ValueError(f"velocity_fn(x, t) must return an array shaped like x0 {tuple(x0.shape)}, got shape "
-                         f"{tuple(jnp.shape(u))}")
+    u = _shaped_like("velocity_fn", velocity_fn(x_t, t), x0)
     return jnp.mean(_reduce((u - target) ** 2, reduce))
 
 
