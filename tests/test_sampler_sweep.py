@@ -13,7 +13,10 @@ import pytest
 import diffjax as dj
 
 S = dj.samplers
-SDES = {"vp": dj.vp_sde(), "subvp": dj.subvp_sde(), "ve": dj.ve_sde(), "cosine_vp": dj.cosine_vp_sde()}
+SDES = {"vp": dj.vp_sde(), "subvp": dj.subvp_sde(), "ve": dj.ve_sde(), "cosine_vp": dj.cosine_vp_sde(),
+        "rectified_flow": dj.rectified_flow(), "edm": dj.edm_sde(),
+        "gaussian_path": dj.gaussian_path(lambda t: jnp.cos(0.5 * jnp.pi * t), lambda t: jnp.sin(0.5 * jnp.pi * t),
+                                          T=0.999)}
 ALL = tuple(SDES)
 FEW = (1, 3, 19)  # 3: the contract tests' count; 19 < beta_max = 20 of vp_sde(); all < beta(1) = 439 of cosine
 MANY = 1000
