@@ -100,6 +100,10 @@ def get_config():
     optim.eps = 1e-8
     optim.weight_decay = 0.0
     optim.warmup = 5000
+    optim.lr_decay = "constant"              # constant | cosine (to lr_final x lr at training.n_iters)
+                                             # | inverse_sqrt (lr / sqrt(max(step / lr_ref_steps, 1)), EDM2)
+    optim.lr_final = 0.0
+    optim.lr_ref_steps = 70000               # EDM2's t_ref (70k iterations at batch 2048)
     optim.grad_clip = 1.0
 
     config.eval = evaluate = ml_collections.ConfigDict()

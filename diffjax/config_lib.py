@@ -110,6 +110,7 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     _choice("model.parameterization", m.parameterization, _PARAMETERIZATIONS)
     _choice("model.time_input", m.time_input, _TIME_INPUTS)
     _validate_ema(config)
+    build_optimizer(config)
     _choice("sampling.method", s.method, SAMPLERS)
     _choice("data.dataset", d.dataset, TOY_DATASETS + tuple(IMAGE_DATASETS))
     if t.loss in ("ddpm", "hybrid") and t.sde not in ("vpsde", "cosine"):
@@ -210,11 +211,25 @@ def build_model(config):
     return MODELS[config.model.name](**overrides)
 
 
+LR_DECAYS = ("constant", "cosine", "inverse_sqrt")
+
+
 def build_optimizer(config):
-    from diffjax.train import make_optimizer
+    """``optim.*`` as an optax transformation: warm-up, then ``optim.lr_decay`` (constant | cosine to
+    ``optim.lr_final`` x lr at ``training.n_iters`` | inverse_sqrt after ``optim.lr_ref_steps``, EDM2)."""
+    from diffjax import train as tr
     o = config.optim
-    return make_optimizer(lr=o.lr, beta1=o.beta1, beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
-                          warmup=o.warmup, grad_clip=o.grad_clip, optimizer=o.optimizer)
+    decay_name = o.get("lr_decay", "constant")
+    _choice("optim.lr_decay", decay_name, LR_DECAYS)
+    try:
+        decay = {"constant": lambda: None,
+                 "cosine": lambda: tr.cosine_decay(int(config.training.n_iters), warmup=int(o.warmup),
+                                                   final=float(o.get("lr_final", 0.0))),
+                 "inverse_sqrt": lambda: tr.inverse_sqrt_decay(int(o.get("lr_ref_steps", 0)))}[decay_name]()
+        return tr.make_optimizer(lr=o.lr, beta1=o.beta1, beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
+                                 warmup=o.warmup, grad_clip=o.grad_clip, optimizer=o.optimizer, decay=decay)
+    except ValueError as e:
+        raise ValueError(f"optim.* (lr_decay={decay_name!r}): {e}") from None
 
 
 EMA_SCHEDULES = ("debiased", "warmup", "constant")

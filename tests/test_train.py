@@ -120,6 +120,34 @@ def test_make_optimizer_warmup_and_clip():
         tr.make_optimizer(optimizer="sgdd")
 
 
+def _adam_lrs(opt, n):
+    params, grads = {"w": jnp.zeros(1)}, {"w": jnp.ones(1)}
+    s, out = opt.init(params), []
+    for _ in range(n):
+        u, s = opt.update(grads, s, params)
+        out.append(float(-u["w"][0]))  # Adam's step is ~1 for a constant gradient: the rate itself
+    return np.array(out)
+
+
+def test_lr_decays_follow_their_formulas():
+    k = np.arange(12)
+    cos = _adam_lrs(tr.make_optimizer(lr=2.0, warmup=2, grad_clip=0, decay=tr.cosine_decay(10, warmup=2, final=0.1)),
+                    12)
+    ramp = np.minimum(k / 2, 1.0)
+    u = np.clip((k - 2) / 8, 0, 1)
+    np.testing.assert_allclose(cos, 2.0 * ramp * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * u))), atol=1e-4)
+    assert cos[10] == pytest.approx(0.2, abs=1e-4) and cos[2] == pytest.approx(2.0, abs=1e-4)
+    inv = _adam_lrs(tr.make_optimizer(lr=1.0, warmup=0, grad_clip=0, decay=tr.inverse_sqrt_decay(4)), 12)
+    np.testing.assert_allclose(inv, 1.0 / np.sqrt(np.maximum(k / 4, 1.0)), atol=1e-4)
+    assert np.all(np.isfinite(cos)) and np.all(np.isfinite(inv))
+    with pytest.raises(ValueError, match="warmup"):
+        tr.cosine_decay(10, warmup=10)
+    with pytest.raises(ValueError, match="ref_steps"):
+        tr.inverse_sqrt_decay(0)
+    with pytest.raises(ValueError, match="decay"):
+        tr.make_optimizer(decay=0.5)
+
+
 def test_label_dropout():
     y = jnp.arange(10000) % 10
     d = tr.drop_labels(jax.random.key(0), y, num_classes=10, rate=0.2)

@@ -76,6 +76,20 @@ def test_validate_checks_the_sampler_settings(changes, match):
         config_lib.validate(cfg, device_count=1)
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("lr_decay", "cos", r"optim.lr_decay='cos' is not known; allowed values: \['constant', 'cosine', 'inverse_sqrt'\]"),
+    ("lr_final", 1.5, r"optim.\* \(lr_decay='cosine'\): final must be in \[0, 1\], got 1.5"),
+    ("lr_ref_steps", 0, r"optim.\* \(lr_decay='inverse_sqrt'\): ref_steps"),
+])
+def test_validate_checks_the_learning_rate_schedule(field, value, match):
+    cfg = tiny.get_config()
+    cfg.optim.lr_decay = "inverse_sqrt" if field == "lr_ref_steps" else "cosine"
+    cfg.optim.warmup = 0
+    cfg.optim[field] = value
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(cfg, device_count=1)
+
+
 def test_shipped_configs_and_every_sampler_validate():
     import importlib
     for name in ("tiny", "toy_ring", "default", "fashion_mnist_ddpm", "fashion_mnist_ncsn", "fashion_mnist_vp_cont",

@@ -13,7 +13,7 @@ from diffjax.core._checks import check_choice, check_int, check_nonnegative, che
 
 from diffjax.train.ema import ema_update
 
-__all__ = ["TrainState", "make_optimizer", "ema_update", "init_params", "create_state"]
+__all__ = ["TrainState", "make_optimizer", "cosine_decay", "inverse_sqrt_decay", "ema_update", "init_params", "create_state"]
 
 
 @flax.struct.dataclass
@@ -32,23 +32,58 @@ class TrainState:
 
 def make_optimizer(*, lr: float = 2e-4, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                    weight_decay: float = 0.0, warmup: int = 5000, grad_clip: float = 1.0,
-                   optimizer: str = "adam") -> optax.GradientTransformation:
+                   optimizer: str = "adam", decay: Optional[optax.Schedule] = None) -> optax.GradientTransformation:
     """score-SDE's optimizer: clip by global norm, then Adam(W) with a linear learning-rate warmup.
 
-    .. math:: \\eta_k = \\eta \\min(k / \\mathrm{warmup}, 1)
+    .. math:: \\eta_k = \\eta \\min(k / \\mathrm{warmup}, 1)\\, d(k)
 
-    ``grad_clip <= 0`` disables clipping; ``warmup=0`` disables the warmup.
+    ``grad_clip <= 0`` disables clipping; ``warmup=0`` disables the warmup. ``decay``: an optional factor
+    ``d(k)`` (an optax schedule, e.g. :func:`cosine_decay` or :func:`inverse_sqrt_decay`); ``None`` keeps the rate.
     """
     check_choice("optimizer", optimizer, ("adam", "adamw"))
     check_positive("lr", lr)
     check_int("warmup", warmup, minimum=0)
     check_nonnegative("weight_decay", weight_decay)
-    schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr
+    if decay is not None and not callable(decay):
+        raise ValueError(f"decay must be None or a schedule (step -> factor), got {decay!r}")
+
+    def schedule(k):
+        ramp = jnp.minimum(k / warmup, 1.0) if warmup > 0 else 1.0
+        return lr * ramp * (decay(k) if decay is not None else 1.0)
     if optimizer == "adam":
         opt = optax.adam(schedule, b1=beta1, b2=beta2, eps=eps)
     else:
         opt = optax.adamw(schedule, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay)
     return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
+
+
+def cosine_decay(total_steps: int, *, warmup: int = 0, final: float = 0.0) -> optax.Schedule:
+    """Cosine decay factor from 1 at ``warmup`` to ``final`` at ``total_steps`` (Loshchilov & Hutter 2017), for
+    :func:`make_optimizer`'s ``decay``.
+
+    .. math:: d(k) = f + (1 - f) \\tfrac12 \\left(1 + \\cos \\pi \\tfrac{k - w}{K - w}\\right)
+    """
+    check_int("total_steps", total_steps, minimum=1)
+    check_int("warmup", warmup, minimum=0)
+    if warmup >= total_steps:
+        raise ValueError(f"warmup must be < total_steps={total_steps}, got {warmup}")
+    if not 0.0 <= final <= 1.0:
+        raise ValueError(f"final must be in [0, 1], got {final!r}")
+
+    def decay(k):
+        u = jnp.clip((k - warmup) / (total_steps - warmup), 0.0, 1.0)
+        return final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * u))
+
+    return decay
+
+
+def inverse_sqrt_decay(ref_steps: int) -> optax.Schedule:
+    """EDM2's inverse-square-root decay factor (Karras et al. 2024, Eq. 16), for :func:`make_optimizer`'s ``decay``.
+
+    .. math:: d(k) = 1 / \\sqrt{\\max(k / k_\\mathrm{ref}, 1)}
+    """
+    check_int("ref_steps", ref_steps, minimum=1)
+    return lambda k: jax.lax.rsqrt(jnp.maximum(k / ref_steps, 1.0))
 
 
 def init_params(key, model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None):
