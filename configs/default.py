@@ -90,6 +90,8 @@ def get_config():
     model.beta_max = 20.0
     model.sigma_min = 0.01
     model.sigma_max = 50.0
+    model.edm_sigma_min = 0.002              # training.sde="edm": EDM's sigma range (Karras et al. 2022)
+    model.edm_sigma_max = 80.0
     model.num_scales = 1000
 
     config.optim = optim = ml_collections.ConfigDict()

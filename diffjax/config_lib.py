@@ -35,7 +35,8 @@ SDES = {
     "vesde": lambda m: core.ve_sde(m.sigma_min, m.sigma_max, N=m.num_scales),
     "cosine": lambda m: core.cosine_vp_sde(N=m.num_scales),
     "rectified_flow": lambda m: core.rectified_flow(N=m.num_scales),           # a = 1 - t, s = t
-    "edm": lambda m: core.edm_sde(m.sigma_min, m.sigma_max, N=m.num_scales),  # a = 1, s = sigma (EDM: 0.002, 80)
+    "edm": lambda m: core.edm_sde(m.get("edm_sigma_min", 0.002), m.get("edm_sigma_max", 80.0),  # a = 1, s = sigma
+                                  N=m.num_scales),
 }
 
 
@@ -68,6 +69,7 @@ SAMPLERS = {
     "ode_heun": _samplers.ode_heun,
     "ode_adaptive": _samplers.ode_adaptive,
     "ddim": _samplers.ddim,
+    "dpm_solver": _samplers.dpm_solver,
 }
 
 TOY_DATASETS = ("ring8", "swiss_roll", "checkerboard", "two_moons")

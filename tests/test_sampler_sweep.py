@@ -35,6 +35,10 @@ SAMPLERS = {
     "ode_heun": (S.ode_heun, ALL, FEW + (MANY,), {}),
     "ode_adaptive": (S.ode_adaptive, ALL, (None,), dict(rtol=1e-3, atol=1e-3)),
     "ddim": (S.ddim, ("vp", "cosine_vp"), FEW + (MANY,), {}),
+    "dpm_solver": (S.dpm_solver, ALL, FEW + (MANY,), {}),  # 2M; num_steps=1 < order: ValueError
+    "dpm_solver_3m": (S.dpm_solver, ALL, FEW + (MANY,), dict(order=3)),
+    "dpm_solver_3s": (S.dpm_solver, ALL, FEW + (MANY,), dict(order=3, method="singlestep")),
+    "dpm_solver_sde": (S.dpm_solver, ALL, FEW + (MANY,), dict(sde_variant=True)),
 }
 CASES = [(name, sde) for name, (_, sdes, _, _) in SAMPLERS.items() for sde in sdes]
 

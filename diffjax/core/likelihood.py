@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_choice, check_int, check_positive, check_t_eps
+from diffjax.core._jit import jit_static
 from diffjax.core._solvers import check_solver
 from diffjax.core.sde import probability_flow_ode
 
@@ -117,25 +118,13 @@ def log_likelihood(key, x, score_fn, sde, *, trace: str = "hutchinson", rtol: fl
         raise ValueError("key must be a PRNG key for trace='hutchinson', got None")
     static = (score_fn, sde, trace, float(rtol), float(atol), float(t_eps), noise, solver, int(max_steps),
               nfe_fixed, nfe_per_step)
-    if _traced(key, x) or not _hashable(static):
-        # Under an outer transformation the solve is inlined anyway (and a cached inner jit would keep a score_fn
-        # that closes over the outer tracers alive); an unhashable score_fn cannot key a cache.
-        return _solve(key, x, *static)
-    return _solve_jit(key, x, *static)
+    return _solve(key, x, *static)
 
 
-def _traced(*arrays) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(arrays))
-
-
-def _hashable(obj) -> bool:
-    try:
-        hash(obj)
-    except TypeError:
-        return False
-    return True
-
-
+# Compiled once per (score_fn, sde, options) and input shape, so eager calls over a data set do not recompile;
+# inlined under an outer transformation or for an unhashable score_fn (diffjax.core._jit).
+@jit_static("score_fn", "sde", "trace", "rtol", "atol", "t_eps", "noise", "solver", "max_steps", "nfe_fixed",
+            "nfe_per_step")
 def _solve(key, x, score_fn, sde, trace, rtol, atol, t_eps, noise, solver, max_steps, nfe_fixed, nfe_per_step):
     import diffrax
 
@@ -164,10 +153,6 @@ def _solve(key, x, score_fn, sde, trace, rtol, atol, t_eps, noise, solver, max_s
     logp = jnp.where(sol.result == diffrax.RESULTS.successful, logp, jnp.nan)
     nfe = (nfe_fixed + nfe_per_step * jnp.asarray(sol.stats["num_steps"])).astype(jnp.int32)
     return logp, nfe
-
-
-# Compiled once per (score_fn, sde, options) and input shape, so eager calls over a data set do not recompile.
-_solve_jit = jax.jit(_solve, static_argnums=tuple(range(2, 13)))
 
 
 def _check_range(data_range):

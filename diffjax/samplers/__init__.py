@@ -4,6 +4,14 @@ Reverse-time SDE: :func:`euler_maruyama`, :func:`reverse_diffusion`, :func:`pc` 
 Discrete chains: :func:`ancestral` (DDPM for VP, SMLD for VE), :func:`annealed_langevin` (NCSN),
 :func:`ddim` (strided DDPM grid). Probability-flow ODE: :func:`ode_euler`, :func:`ode_heun`,
 :func:`ode_adaptive` (diffrax, on device, NFE on request).
+Conditional (score-SDE's replacement method): :func:`inpaint`, :func:`colorize`.
+EDM's Heun sampler with stochastic churn, on any process: :func:`edm_heun`.
+Exponential integrators in log-SNR time, on any process: :func:`dpm_solver` (DPM-Solver++ 1-3, multistep /
+singlestep, 2M SDE).
+
+Time grids, the ``time_grid`` argument of the continuous-time samplers (``grid(process, num_steps, t_eps)``):
+:func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras` (EDM's rho-grid), :func:`quadratic_time`,
+:func:`ddpm_strided` (the DDPM chain's strided steps).
 
 One-step kernels (predictors ``(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, correctors
 ``(key, x, t, score_fn, sde) -> (x, x_mean)``): :func:`euler_maruyama_step`, :func:`reverse_diffusion_step`,
@@ -12,6 +20,11 @@ NCSN steps live in :mod:`diffjax.discrete` (``ancestral_step``, ``smld_ancestral
 """
 from diffjax.samplers._kernels import *  # noqa: F401,F403
 from diffjax.samplers._samplers import *  # noqa: F401,F403
-from diffjax.samplers import _kernels, _samplers
+from diffjax.samplers._conditional import *  # noqa: F401,F403
+from diffjax.samplers._edm import *  # noqa: F401,F403
+from diffjax.samplers._grids import *  # noqa: F401,F403
+from diffjax.samplers._dpm_solver import *  # noqa: F401,F403
+from diffjax.samplers import _dpm_solver
+from diffjax.samplers import _conditional, _edm, _grids, _kernels, _samplers
 
-__all__ = _samplers.__all__ + _kernels.__all__
+__all__ = _samplers.__all__ + _conditional.__all__ + _edm.__all__ + _kernels.__all__ + _grids.__all__ + _dpm_solver.__all__

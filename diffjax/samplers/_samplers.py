@@ -10,7 +10,8 @@ Conventions shared by all samplers:
 * ``num_steps=None`` takes the published default (score-SDE: ``sde.N`` = 1000 steps; DDIM: 50; NCSN: 10
   noise levels x 100 Langevin steps).
 * ``t_eps=None`` takes the process's own ``sde.t_eps`` (score-SDE's 1e-3 for VP / sub-VP, 1e-5 for VE).
-  Continuous-time samplers integrate from ``T`` to ``t_eps`` on a uniform grid; annealed Langevin runs its sigma
+  Continuous-time samplers integrate from ``T`` to ``t_eps`` on ``time_grid`` (default :func:`uniform_time`;
+  the grids of :mod:`diffjax.samplers._grids`, checked before tracing); annealed Langevin runs its sigma
   grid but never evaluates the score below ``t_eps``. The grid samplers ancestral and DDIM evaluate the model at
   each grid step's own time (the time whose marginal is that step's alpha-bar / sigma, step 0 included) and take
   no ``t_eps`` (it must be None). They need a process with a discrete chain (``sde.discrete_chain``: "ddpm" for
@@ -29,12 +30,14 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffjax.core._checks import check_choice, check_int, check_nonnegative, check_positive
+from diffjax.core._jit import jit_static
 from diffjax.core._solvers import check_solver
 from diffjax.core.learned_variance import has_learned_variance
 from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
-from diffjax.samplers._common import batch_time, check_common, floor_time, time_grid, with_steps
+from diffjax.samplers._common import batch_time, check_common, floor_time, with_steps
+from diffjax.samplers._grids import check_time_grid, uniform_time
 from diffjax.samplers._kernels import (
     DDIM_VARIANCES,
     ddim_step,
@@ -64,15 +67,15 @@ def _check_bool(name, value):
     return value
 
 
-def _jit(*static):
-    return functools.partial(jax.jit, static_argnames=static)
+# jit with these static arguments; inlined under an outer trace or for unhashable statics (diffjax.core._jit)
+_jit = jit_static
 
 
 # --------------------------------------------------------------------------------------- predictor-corrector
 
 
-@_jit("score_fn", "sde", "num_steps", "t_eps", "predictor", "corrector", "denoise")
-def _pc(key, x_T, *, score_fn, sde, num_steps, t_eps, predictor, corrector, denoise):
+@_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "predictor", "corrector", "denoise")
+def _pc(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, predictor, corrector, denoise):
     times = time_grid(sde, num_steps, t_eps)
 
     def body(carry, inputs):
@@ -96,8 +99,21 @@ def _langevin_corrector(snr, n_steps):
     return functools.partial(langevin_corrector_step, snr=snr, n_steps=n_steps)
 
 
-def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, predictor=reverse_diffusion_step,
-       corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1, denoise: bool = True):
+def _grid_on(time_grid, process, sde, num_steps, t_eps):
+    del sde
+    return time_grid(process, num_steps, t_eps)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_on_process(time_grid, process):
+    # ``time_grid`` evaluated on ``process`` whatever process the jitted loop holds (pc's holds N = num_steps for
+    # the corrector); one object per pair, so it is the same static argument every call
+    return functools.partial(_grid_on, time_grid, process)
+
+
+def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+       predictor=reverse_diffusion_step, corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
+       denoise: bool = True):
     """Predictor-corrector sampler (score-SDE Algorithm 1): at each time, corrector moves then one predictor step.
 
     Args:
@@ -107,6 +123,10 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, predictor=reverse
         sde: any forward process (VP, sub-VP, VE, rectified flow, EDM, ``gaussian_path``).
         num_steps: predictor steps (default ``sde.N``, score-SDE's 1000).
         t_eps: last time (default ``sde.t_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
+        time_grid: the times, ``time_grid(sde, num_steps, t_eps) -> (num_steps + 1,)`` decreasing to ``t_eps``:
+            :func:`uniform_time` (default, score-SDE's), :func:`uniform_log_snr`, :func:`karras`,
+            :func:`quadratic_time`, :func:`ddpm_strided` (``diffjax.samplers``) or any such hashable function.
+            The Langevin corrector's step rule keeps the spacing ``T / num_steps`` of the uniform grid.
         predictor: ``predictor(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, e.g.
             :func:`reverse_diffusion_step` (default, score-SDE's for NCSN++) or :func:`euler_maruyama_step`;
             ``None`` for corrector only.
@@ -120,6 +140,7 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, predictor=reverse
         (batch, *dims) samples at ``t_eps``. Score evaluations: ``num_steps * (1 + n_corrector_steps)``.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None, sampler="pc")
+    check_time_grid(time_grid, sde, num_steps, t_eps)
     snr = check_positive("snr", snr)
     n_corrector_steps = check_int("n_corrector_steps", n_corrector_steps, minimum=1)
     if isinstance(corrector, str):
@@ -128,29 +149,37 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, predictor=reverse
     for name, fn in (("predictor", predictor), ("corrector", corrector)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be a one-step kernel function or None, got {fn!r}")
-    return _pc(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps, t_eps=t_eps,
+    stepped = with_steps(sde, num_steps)
+    return _pc(key, x_T, score_fn=score_fn, sde=stepped, num_steps=num_steps, t_eps=t_eps,
+               time_grid=time_grid if stepped is sde else _grid_on_process(time_grid, sde),
                predictor=predictor, corrector=corrector, denoise=_check_bool("denoise", denoise))
 
 
-def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoise: bool = True):
-    """Euler-Maruyama on the reverse-time SDE: ``num_steps`` steps (default ``sde.N``) from ``T`` to ``t_eps``.
+def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+                   denoise: bool = True):
+    """Euler-Maruyama on the reverse-time SDE: ``num_steps`` steps (default ``sde.N``) from ``T`` to ``t_eps`` on
+    ``time_grid`` (default uniform in t).
 
     Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None,
                                     sampler="euler_maruyama")
-    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
+    check_time_grid(time_grid, sde, num_steps, t_eps)
+    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
                predictor=euler_maruyama_step, corrector=None, denoise=_check_bool("denoise", denoise))
 
 
-def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoise: bool = True):
-    """Reverse diffusion (score-SDE eq. 47): the forward chain of DDPM (VP) / SMLD (VE) run backwards.
+def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+                      denoise: bool = True):
+    """Reverse diffusion (score-SDE eq. 47): the forward chain of DDPM (VP) / SMLD (VE) run backwards, between the
+    times of ``time_grid`` (default uniform in t).
 
     Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None,
                                     sampler="reverse_diffusion")
-    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
+    check_time_grid(time_grid, sde, num_steps, t_eps)
+    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
                predictor=reverse_diffusion_step, corrector=None, denoise=_check_bool("denoise", denoise))
 
 
@@ -366,8 +395,8 @@ def _tweedie(x, t, score_fn, sde):
     return (x + bcast(std**2, x) * score_fn(x, tb)) / bcast(mean, x)
 
 
-@_jit("score_fn", "sde", "num_steps", "t_eps", "heun", "denoise")
-def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, heun, denoise):
+@_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "heun", "denoise")
+def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, heun, denoise):
     del key
     times = time_grid(sde, num_steps, t_eps)
     step = ode_heun_step if heun else ode_euler_step
@@ -380,26 +409,35 @@ def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, heun, denoise):
     return _tweedie(x, t_eps, score_fn, sde) if denoise else x
 
 
-def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, denoise: bool = False):
-    """Euler's method on the probability-flow ODE, ``num_steps`` uniform steps (default ``sde.N``) to ``t_eps``.
+def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+              denoise: bool = False):
+    """Euler's method on the probability-flow ODE, ``num_steps`` steps (default ``sde.N``) to ``t_eps`` on
+    ``time_grid`` (default uniform in t; see :func:`pc`).
 
     Deterministic (``key`` is unused, kept for the common signature). ``num_steps`` (+1 if ``denoise``) score
     evaluations.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None, sampler="ode_euler")
-    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, heun=False,
+    check_time_grid(time_grid, sde, num_steps, t_eps)
+    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
+                      heun=False,
                       denoise=_check_bool("denoise", denoise))
 
 
-def ode_heun(key, x_T, score_fn, sde, *, num_steps: int = 100, t_eps=None, denoise: bool = False):
-    """Heun's method (2nd order) on the probability-flow ODE, ``num_steps`` uniform steps to ``t_eps``.
+def ode_heun(key, x_T, score_fn, sde, *, num_steps: int = 100, t_eps=None, time_grid=uniform_time,
+             denoise: bool = False):
+    """Heun's method (2nd order) on the probability-flow ODE, ``num_steps`` steps to ``t_eps`` on ``time_grid``
+    (default uniform in t; see :func:`pc`). EDM's Heun sampler with its last step to ``sigma = 0`` and stochastic
+    churn is :func:`edm_heun`.
 
     Default 100 steps (200 score evaluations): on the exact-score benchmarks of ``experiments/bench`` its
     sample distance is then at the level of the data's own sampling noise. Deterministic; ``2 num_steps``
     (+1 if ``denoise``) score evaluations.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=100, sampler="ode_heun")
-    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, heun=True,
+    check_time_grid(time_grid, sde, num_steps, t_eps)
+    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
+                      heun=True,
                       denoise=_check_bool("denoise", denoise))
 
 
