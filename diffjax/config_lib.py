@@ -23,7 +23,8 @@ from diffjax import samplers as _samplers
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
 
-__all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "SOLVERS", "TOY_DATASETS",
+__all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "SOLVERS", "TIME_GRIDS",
+           "TOY_DATASETS",
            "IMAGE_DATASETS", "validate",
            "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampling_score_fn",
            "build_sampler", "sampler_options", "sampler_options_config", "SamplerOptions",
@@ -70,6 +71,7 @@ SAMPLERS = {
     "ode_adaptive": _samplers.ode_adaptive,
     "ddim": _samplers.ddim,
     "dpm_solver": _samplers.dpm_solver,
+    "edm_heun": _samplers.edm_heun,
 }
 
 TOY_DATASETS = ("ring8", "swiss_roll", "checkerboard", "two_moons")
@@ -420,7 +422,25 @@ _OPTION_TYPES = {t.__name__: t for t in (bool, int, float, str)}
 # Options a sampler takes as an object and a config names with a string, resolved here once (diffrax on first use):
 # sampling.options.solver="tsit5" -> ode_adaptive(..., solver=diffrax.Tsit5()).
 SOLVERS = {"dopri5": "Dopri5", "tsit5": "Tsit5"}
-_NAMED_OPTIONS = {"solver": SOLVERS}
+# sampling.options.time_grid="karras" -> the samplers' time_grid=diffjax.samplers.karras (the same object each time)
+TIME_GRIDS = {
+    "uniform": _samplers.uniform_time,
+    "log_snr": _samplers.uniform_log_snr,
+    "karras": _samplers.karras,
+    "quadratic": _samplers.quadratic_time,
+    "ddpm_leading": _samplers.ddpm_strided("leading"),
+    "ddpm_trailing": _samplers.ddpm_strided("trailing"),
+    "ddpm_linspace": _samplers.ddpm_strided("linspace"),
+}
+_NAMED_OPTIONS = {"solver": SOLVERS, "time_grid": TIME_GRIDS}
+
+
+def _solver(name: str):
+    import diffrax  # slow to import: only when a config names a solver
+    return getattr(diffrax, SOLVERS[name])()
+
+
+_RESOLVE_NAMED_OPTION = {"solver": _solver, "time_grid": TIME_GRIDS.__getitem__}
 
 
 def _resolve_named_option(name: str, value):
@@ -428,8 +448,7 @@ def _resolve_named_option(name: str, value):
         return value
     if value not in _NAMED_OPTIONS[name]:
         raise ValueError(f"sampling.options.{name} must be one of {tuple(_NAMED_OPTIONS[name])}, got {value!r}")
-    import diffrax  # slow to import: only when a config names a solver
-    return getattr(diffrax, _NAMED_OPTIONS[name][value])()
+    return _RESOLVE_NAMED_OPTION[name](value)
 
 
 def _keyword_options(method: str) -> dict:
@@ -460,7 +479,8 @@ def sampler_options(method: str) -> dict:
     (pc's ``predictor``, a callable) can be set in a Python config only; ``return_nfe`` not at all. Type ``object``:
     an option with a ``None`` default and no bool / int / float / str annotation; its command-line value is read as
     a Python literal (``1.5``, ``None``, ``True``), or else as a string. Type ``str`` also for an option the sampler
-    takes as an object that the config names (``solver``: a name of ``SOLVERS``, resolved to the diffrax solver)."""
+    takes as an object that the config names (``solver``: a name of ``SOLVERS``, resolved to the diffrax solver;
+    ``time_grid``: a name of ``TIME_GRIDS``, resolved to the grid function)."""
     _choice("sampling.method", method, SAMPLERS)
     return {n: t for n, t in ((n, str if n in _NAMED_OPTIONS else _option_type(p))
                               for n, p in _keyword_options(method).items()) if t is not None}

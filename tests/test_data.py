@@ -60,6 +60,50 @@ def test_fashion_mnist_reader_on_fake_idx(tmp_path):
     assert x.shape == (5, 28, 28, 1) and y.dtype == np.int32
 
 
+def _damage(kind, d):
+    imgs = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    img, lab = d / "t10k-images-idx3-ubyte.gz", d / "t10k-labels-idx1-ubyte.gz"
+    _write_idx(img, imgs)
+    _write_idx(lab, labels)
+    raw = img.read_bytes()
+    if kind == "truncated_gzip":
+        img.write_bytes(raw[: len(raw) // 2])
+    elif kind == "corrupted_gzip":
+        img.write_bytes(raw[:20] + bytes(b ^ 0xFF for b in raw[20:60]) + raw[60:])
+    elif kind == "truncated_data":
+        _write_idx(img, imgs)
+        with gzip.open(img, "rb") as f:
+            full = f.read()
+        with gzip.open(img, "wb") as f:
+            f.write(full[:-100])
+    elif kind == "empty":
+        img.unlink()
+        (d / "t10k-images-idx3-ubyte").write_bytes(b"")
+        img = d / "t10k-images-idx3-ubyte"
+    elif kind == "label_count":
+        _write_idx(lab, labels[:3])
+        return lab
+    elif kind == "image_shape":
+        _write_idx(img, np.zeros((5, 32, 32), np.uint8))
+    return img
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("truncated_gzip", "cannot be read: EOFError"),
+    ("corrupted_gzip", "cannot be read: "),
+    ("truncated_data", r"is truncated: header says \(5, 28, 28\), found 3820 bytes"),
+    ("empty", "is truncated: 0 bytes, not even an IDX header"),
+    ("label_count", r"holds \(3,\) labels for the 5 images"),
+    ("image_shape", r"holds images of shape \(32, 32\), not Fashion-MNIST's \(28, 28\)"),
+])
+def test_damaged_fashion_mnist_files_name_the_file(tmp_path, kind, match):
+    bad = _damage(kind, tmp_path)
+    with pytest.raises(ValueError, match=match) as e:
+        data.load_fashion_mnist("test", data_dir=str(tmp_path))
+    assert str(bad) in str(e.value)
+
+
 @pytest.mark.skipif(not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
                     reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_installed():
@@ -140,3 +184,26 @@ def test_process_shards_concatenate_to_the_global_batch():
     np.testing.assert_array_equal(np.concatenate(toy_parts, axis=1), toy)
     with pytest.raises(ValueError, match="divisible"):
         data.ToyData("ring8", global_batch=7, process_index=0, process_count=2)
+
+
+def test_training_on_damaged_data_fails_before_compiling_naming_the_file(tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    d = tmp_path / "data"
+    d.mkdir()
+    _write_idx(d / "train-images-idx3-ubyte.gz", np.zeros((64, 28, 28), np.uint8))
+    _write_idx(d / "train-labels-idx1-ubyte.gz", np.zeros((64,), np.uint8))
+    raw = (d / "train-images-idx3-ubyte.gz").read_bytes()
+    (d / "train-images-idx3-ubyte.gz").write_bytes(raw[: len(raw) // 2])
+    wd = tmp_path / "run"
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "diffjax.main", "--config", "configs/fashion_mnist_budget.py",
+                        "--workdir", str(wd), "--noprogress", f"--config.data.data_dir={d}"],
+                       cwd=repo, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode != 0
+    assert f"{d / 'train-images-idx3-ubyte.gz'} cannot be read: EOFError" in r.stderr
+    assert "starting a new run" not in r.stdout  # failed before the state was created or compiled
+    assert not (wd / "checkpoints").exists() or not os.listdir(wd / "checkpoints")
+    print(f"failed after {time.perf_counter() - t0:.1f} s")

@@ -123,6 +123,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     r = _cli("--workdir", killed, *over)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from step" in r.stdout
+    # the killed run's lock died with it: the restart takes it over and says whose it was
+    assert f"taking over the lock {os.path.join(killed, 'train.lock')} of a run that is no longer running: " \
+        f"pid {p.pid}" in r.stdout
     # the uninterrupted run, in this process (same 8 devices, same program)
     cfg = tiny.get_config()
     cfg.training.n_iters, cfg.training.snapshot_sampling, cfg.training.checkpoint_freq = 40, False, 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -18,11 +19,17 @@ _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 
 def _read_idx(path: str) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupted .gz (gzip.BadGzipFile is an OSError)
+        raise ValueError(f"{path} cannot be read: {type(e).__name__}: {e} (a damaged or truncated download? "
+                         f"reinstall the dataset)") from e
+    if len(data) < 4:
+        raise ValueError(f"{path} is truncated: {len(data)} bytes, not even an IDX header")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4]!r})")
+    if zero != 0 or dtype_code != 0x08 or len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4 + 4 * ndim]!r})")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
@@ -55,6 +62,12 @@ def load_fashion_mnist(split: str = "train", *, data_dir: Optional[str] = None):
             f"dataset-fashion-mnist` (puts the IDX files in {FASHION_MNIST_DIR}) or set data.data_dir to a "
             f"directory holding the IDX files.")
     images, labels = (_read_idx(p) for p in paths)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"{paths[0]} holds images of shape {images.shape[1:]}, not Fashion-MNIST's (28, 28)")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{paths[1]} holds {labels.shape} labels for the {len(images)} images of {paths[0]}")
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{paths[1]} holds label {int(labels.max())}; Fashion-MNIST's are 0..9")
     return images[..., None], labels.astype(np.int32)
 
 

@@ -9,14 +9,20 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import _append_metrics, _split_rows
+from diffjax.run._common import _append_metrics, _split_rows, train_lock
 
 CLASSIFIER_FILE = "classifier_params.npz"
 
 
 def train_classifier(config, workdir):
     """Train the :class:`~diffjax.eval.feature_classifier.FeatureClassifier` on ``data.dataset``'s train split;
-    write ``WORKDIR/classifier_params.npz`` and append the test accuracy to ``WORKDIR/metrics.jsonl``."""
+    write ``WORKDIR/classifier_params.npz`` and append the test accuracy to ``WORKDIR/metrics.jsonl``. Holds the
+    workdir's training lock like ``--mode train`` of a diffusion model."""
+    with train_lock(workdir):
+        return _train_classifier(config, workdir)
+
+
+def _train_classifier(config, workdir):
     import jax
     from diffjax.eval import feature_classifier as fc
     from diffjax.eval.evaluate import write_json_atomic

@@ -45,3 +45,13 @@ def _split_rows(config, split, n=0):
     """The first ``n`` (0: all) uint8 images ``(n, H, W, C)`` and labels of ``split``."""
     source = _image_source(config, split)
     return _rows(source, 0, min(n, source.size) if n else source.size)
+
+
+def train_lock(workdir):
+    """The workdir's training lock (:func:`diffjax.train.workdir_lock`), taken by process 0 only (the other
+    processes of a multi-process run share its workdir)."""
+    import contextlib
+
+    import jax
+    from diffjax.train.workdir_lock import workdir_lock
+    return workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import _append_metrics, _host_tree
+from diffjax.run._common import _append_metrics, _host_tree, train_lock
 
 
 class Run:
@@ -127,11 +127,19 @@ class Run:
 
 
 def train(config, workdir, *, progress: bool = True):
+    """``--mode train``: train (or resume) the run in ``workdir``; a second run on a workdir in use is refused
+    (:class:`~diffjax.train.WorkdirBusyError`)."""
+    with train_lock(workdir):
+        return _train(config, workdir, progress=progress)
+
+
+def _train(config, workdir, *, progress: bool = True):
     import jax
     from diffjax import config_lib as cl
     from diffjax import train as tr
     t = config.training
     run = Run(config, workdir)
+    data = cl.build_dataset(config)  # missing or damaged data files fail here, before anything is compiled
     state, step = run.restore()
     if state is None:
         state = run.fresh_state()
@@ -139,7 +147,6 @@ def train(config, workdir, *, progress: bool = True):
     else:
         print(f"resuming from step {step} in {workdir}", flush=True)
     steps = run.train_steps()
-    data = cl.build_dataset(config)
 
     def get_batches(step, n):
         return tr.global_batch(data.batches(step, n), run.mesh)

@@ -70,7 +70,8 @@ def _edm_heun(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, s_churn, 
 
     y = x_T / a_levels[0]
     last = num_steps - 1
-    y, _ = jax.lax.scan(heun, y, (jnp.arange(last), times[:-1], times[1:], sigmas[:-1], sigmas[1:], gammas[:-1]))
+    if last:
+        y, _ = jax.lax.scan(heun, y, (jnp.arange(last), times[:-1], times[1:], sigmas[:-1], sigmas[1:], gammas[:-1]))
     if not denoise:
         return a_levels[last] * y
     # The last step, from sigma_{N-1} to sigma_N = 0, is Euler (EDM line 9): y - sigma_hat d = D(y_hat; sigma_hat).

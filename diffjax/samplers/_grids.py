@@ -91,6 +91,13 @@ def quadratic_time(process, num_steps: int, t_eps: float) -> jax.Array:
     return _pin_ends(t_eps + (process.T - t_eps) * u ** 2, process, t_eps)
 
 
+@functools.lru_cache(maxsize=32)
+def _chain(process) -> _ddpm.DDPMGrid:
+    """The process's DDPM chain with concrete arrays, computed once (one compiled call, not one per operation)."""
+    with jax.ensure_compile_time_eval():
+        return jax.jit(lambda: _ddpm.ddpm_grid(process))()
+
+
 def _ddpm_strided(process, num_steps: int, t_eps: float, *, spacing: str) -> jax.Array:
     """The grid of :func:`ddpm_strided` (see there)."""
     where = f"ddpm_strided(spacing={spacing!r})"
@@ -100,8 +107,8 @@ def _ddpm_strided(process, num_steps: int, t_eps: float, *, spacing: str) -> jax
                          f"got {type(process).__name__} ({process!r}) with discrete_chain="
                          f"{getattr(process, 'discrete_chain', None)!r}; the grids for every process are "
                          f"uniform_time, uniform_log_snr, karras, quadratic_time")
+    grid = _chain(process)
     with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit: the steps are static
-        grid = _ddpm.ddpm_grid(process)
         most = grid.N if spacing == "trailing" else grid.N - 1
         if num_steps > most:
             raise ValueError(f"num_steps must be <= {most} for {where} on the DDPM chain of N={grid.N} steps "

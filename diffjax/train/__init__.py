@@ -11,8 +11,10 @@ from diffjax.train.sharding import (DATA_AXIS, FSDP_AXIS, batch_sharding, check_
 from diffjax.train.state import (TrainState, cosine_decay, create_state, ema_update, init_params,
                                  inverse_sqrt_decay, make_optimizer)
 from diffjax.train.step import drop_labels, make_train_step, multi_step
+from diffjax.train.workdir_lock import WorkdirBusyError, workdir_lock
 
 __all__ = ["TrainState", "make_optimizer", "cosine_decay", "inverse_sqrt_decay", "ema_update", "init_params", "create_state", "make_train_step",
            "multi_step", "drop_labels", "make_mesh", "batch_sharding", "replicated", "param_spec", "state_shardings",
            "global_batch", "jit_train_step", "check_batch_divisible", "DATA_AXIS", "FSDP_AXIS", "Checkpoints",
-           "abstract_with_shardings", "train_loop", "NonFiniteLossError", "truncate_metrics"]
+           "abstract_with_shardings", "train_loop", "NonFiniteLossError", "truncate_metrics", "workdir_lock",
+           "WorkdirBusyError"]
