@@ -47,7 +47,8 @@ def _nets():
 
 
 _MODEL_NAMES = ("toy_mlp", "small32", "fashion_mnist_small", "ddpm_cifar10", "ncsnpp_cifar10", "ncsnpp_deep_cifar10",
-                "ddpmpp_cifar10", "ddpmpp_deep_cifar10")
+                "ddpmpp_cifar10", "ddpmpp_deep_cifar10", "dit_fashion_mnist", "dit_cifar10_small", "dit_s2", "dit_b2",
+                "dit_l2", "dit_xl2")
 MODELS = {name: (lambda n: lambda **kw: getattr(_nets(), n)(**kw))(name) for name in _MODEL_NAMES}
 
 LOSSES = ("dsm", "ddpm", "ncsn", "hybrid")
@@ -111,6 +112,10 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     _choice("training.weighting", t.weighting, WEIGHTINGS)
     _choice("training.time_sampling", t.time_sampling, TIME_SAMPLINGS)
     _choice("model.name", m.name, MODELS)
+    try:  # the network's own field checks; overrides written for another network (UNet fields on a DiT) fail here
+        build_model(config)
+    except TypeError as e:
+        raise ValueError(f"model.overrides do not fit model.name={m.name!r}: {e}") from None
     _choice("model.parameterization", m.parameterization, _PARAMETERIZATIONS)
     _choice("model.time_input", m.time_input, _TIME_INPUTS)
     _validate_ema(config)

@@ -37,7 +37,8 @@ SAMPLERS = {
     "ddim": (S.ddim, ("vp", "cosine_vp"), FEW + (MANY,), {}),
     "edm_heun": (S.edm_heun, ALL, FEW + (MANY,), {}),
     "edm_heun_churn": (S.edm_heun, ALL, FEW + (MANY,), dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)),
-    "edm_heun_ddpm_grid": (S.edm_heun, ("vp", "cosine_vp"), FEW + (MANY,), dict(time_grid=S.ddpm_strided("trailing"))),
+    "edm_heun_ddpm_grid": (S.edm_heun, ("vp", "cosine_vp"), FEW + (500,),  # 1000 levels: step 0's time < t_eps
+                           dict(time_grid=S.ddpm_strided("trailing"))),
     "dpm_solver": (S.dpm_solver, ALL, FEW + (MANY,), {}),  # 2M; num_steps=1 < order: ValueError
     "dpm_solver_3m": (S.dpm_solver, ALL, FEW + (MANY,), dict(order=3)),
     "dpm_solver_3s": (S.dpm_solver, ALL, FEW + (MANY,), dict(order=3, method="singlestep")),

@@ -56,6 +56,12 @@ def _parse(*overrides, config="configs/tiny.py"):
     (dict(method="pc", options=dict(snr=-0.1)), r"snr must be a finite number > 0, got -0.1"),
     (dict(method="pc", options=dict(corrector="lang")), r"corrector must be one of \('langevin',\)"),
     (dict(method="ode_adaptive", options=dict(solver="rk4")), r"solver must be one of \('dopri5', 'tsit5'\)"),
+    (dict(method="ode_heun", options=dict(time_grid="rho7")),
+     r"sampling.options.time_grid must be one of \('uniform', 'log_snr', 'karras', 'quadratic', 'ddpm_leading', "
+     r"'ddpm_trailing', 'ddpm_linspace'\), got 'rho7'"),
+    (dict(method="edm_heun", sde="vesde", options=dict(time_grid="ddpm_leading")),
+     r"sampling.method='edm_heun' rejects.*process must carry a DDPM chain"),
+    (dict(method="edm_heun", options=dict(s_churn=-1.0)), r"s_churn must be a finite number >= 0, got -1.0"),
     (dict(guidance_scale=INF), r"sampling.guidance_scale must be a finite number >= 0"),
     (dict(batch_size=0), r"sampling.batch_size must be an integer >= 1, got 0"),
     (dict(sde="vesde", sigma_max=INF), r"training.sde='vesde' cannot be built.*sigma_max must be a finite number > 0"),
@@ -168,6 +174,12 @@ def test_every_sampler_option_is_settable_from_the_command_line():
                     assert kw.get(name) == value and set(kw) <= {name}, (method, name, kw)
                 seen += 1
                 continue
+            if name == "time_grid":  # a name of config_lib.TIME_GRIDS, resolved to the grid function
+                cfg = _parse(*args, "--config.sampling.options.time_grid=karras")
+                config_lib.validate(cfg, device_count=1)
+                assert config_lib.build_sampler(cfg).keywords == {"time_grid": dj.samplers.karras}, method
+                seen += 1
+                continue
             if name == "solver":  # a name on the command line; config_lib resolves it to the diffrax solver object
                 import diffrax
                 kw = config_lib.build_sampler(_parse(*args, "--config.sampling.options.solver=tsit5")).keywords
@@ -182,6 +194,29 @@ def test_every_sampler_option_is_settable_from_the_command_line():
             assert set(kw) == {name}, kw  # unset options keep the sampler's defaults
             seen += 1
     assert seen >= 13  # eta, snr, n_corrector_steps, corrector, variance, rtol, atol, solver, max_steps, ...
+
+
+def test_time_grid_from_the_command_line_is_the_grid_function():
+    """--config.sampling.options.time_grid=karras builds the sampler with diffjax.samplers.karras: same samples."""
+    cfg = _parse("--config.sampling.method=ode_heun", "--config.sampling.num_steps=6",
+                 "--config.sampling.options.time_grid=karras")
+    config_lib.validate(cfg, device_count=1)
+    sample = config_lib.build_sampler(cfg)
+    assert sample.keywords == {"time_grid": dj.samplers.karras, "num_steps": 6}
+    sde = config_lib.build_sde(cfg)
+    score_fn = dj.mixture_score_fn(dj.ring_mixture(), sde)
+    x_T = sde.prior_sample(jax.random.key(0), (8, 2))
+    got = sample(jax.random.key(1), x_T, score_fn, sde)
+    want = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6, time_grid=dj.samplers.karras)
+    uniform = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6)
+    assert bool(jnp.all(jnp.isfinite(got)))
+    np.testing.assert_array_equal(got, want)
+    assert float(jnp.max(jnp.abs(got - uniform))) > 1e-3
+    assert set(config_lib.TIME_GRIDS) == {"uniform", "log_snr", "karras", "quadratic", "ddpm_leading",
+                                          "ddpm_trailing", "ddpm_linspace"}
+    for name, grid in config_lib.TIME_GRIDS.items():  # every named grid runs on the tiny config's VP SDE
+        times = grid(sde, 4, sde.t_eps)
+        assert times.shape == (5,) and bool(jnp.all(jnp.diff(times) < 0)), name
 
 
 def test_cli_options_reach_the_sampler_and_python_configs_still_set_them():
@@ -199,7 +234,7 @@ def test_cli_options_reach_the_sampler_and_python_configs_still_set_them():
 
 def test_unknown_option_on_the_command_line_lists_the_options():
     with pytest.raises(AttributeError, match=r"sampling.options.etaa is not an option of any sampler.*ddim: eta.*"
-                                             r"pc: corrector, snr, n_corrector_steps"):
+                                             r"pc: time_grid, corrector, snr, n_corrector_steps"):
         _parse("--config.sampling.options.etaa=1.0")
     with pytest.raises(flags.IllegalFlagValueError, match="could not convert string to float"):
         _parse("--config.sampling.method=ddim", "--config.sampling.options.eta=abc")
@@ -208,7 +243,8 @@ def test_unknown_option_on_the_command_line_lists_the_options():
 def test_option_of_another_sampler_is_an_error_listing_the_allowed_ones():
     cfg = _parse("--config.sampling.method=pc", "--config.sampling.options.eta=1.0")
     with pytest.raises(ValueError, match=r"sampling.options \['eta'\] are not options of sampler 'pc'; allowed: "
-                                         r"\['corrector', 'denoise', 'n_corrector_steps', 'predictor', 'snr'\]"):
+                                         r"\['corrector', 'denoise', 'n_corrector_steps', 'predictor', 'snr', "
+                                         r"'time_grid'\]"):
         config_lib.validate(cfg, device_count=1)
 
 

@@ -5,7 +5,9 @@ Networks map ``(x, noise_labels[, y])`` to an array shaped like ``x`` and know n
 
 Named constructors (keyword overrides of the fields): :func:`ddpm_cifar10`, :func:`ncsnpp_cifar10`,
 :func:`ncsnpp_deep_cifar10`, :func:`ddpmpp_cifar10`, :func:`ddpmpp_deep_cifar10`, :func:`small32`,
-:func:`fashion_mnist_small`, :func:`toy_mlp`, :func:`noise_classifier_cifar10`.
+:func:`fashion_mnist_small`, :func:`toy_mlp`, :func:`noise_classifier_cifar10`; the diffusion transformers
+:func:`dit_s2`, :func:`dit_b2`, :func:`dit_l2`, :func:`dit_xl2` (DiT's published sizes), :func:`dit_fashion_mnist` and
+:func:`dit_cifar10_small`.
 
 The layers (:class:`Conv`, :class:`GroupNorm`, :class:`AttnBlock`, :class:`ResBlock`, ...) and the functional
 :func:`attention` / :func:`group_norm` are public; the kernel variants they choose between (``conv_impl`` /
@@ -15,22 +17,26 @@ The layers (:class:`Conv`, :class:`GroupNorm`, :class:`AttnBlock`, :class:`ResBl
 from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_conditional_score_fn, make_score_fn,
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
+from diffjax.nets._dit import DiT, dit_timestep_embedding, sincos_pos_embed_2d
 from diffjax.nets._layers import (AttnBlock, Conv, Dense, Downsample, GaussianFourierProjection, GroupNorm, ResBlock,
                                   Upsample, attention, fir_downsample_2d, fir_upsample_2d, group_norm,
                                   timestep_embedding)
 from diffjax.nets._mlp import MLPScore
-from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, fashion_mnist_small,
+from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, dit_b2, dit_cifar10_small,
+                                   dit_fashion_mnist, dit_l2, dit_s2, dit_xl2, fashion_mnist_small,
                                    ncsnpp_cifar10, ncsnpp_deep_cifar10, noise_classifier_cifar10, small32, toy_mlp)
 from diffjax.nets._summary import abstract_init, count_params, model_summary
 from diffjax.nets._unet import UNet
 
 __all__ = [
-    "UNet", "MLPScore", "NoiseConditionalClassifier",
+    "UNet", "MLPScore", "NoiseConditionalClassifier", "DiT",
     "make_score_fn", "make_conditional_score_fn", "noise_labels_for", "split_learned_sigma",
     "TIME_INPUTS", "PARAMETERIZATIONS",
     "model_summary", "count_params", "abstract_init",
     "ddpm_cifar10", "ncsnpp_cifar10", "ncsnpp_deep_cifar10", "ddpmpp_cifar10", "ddpmpp_deep_cifar10", "small32",
     "fashion_mnist_small", "toy_mlp", "noise_classifier_cifar10",
+    "dit_s2", "dit_b2", "dit_l2", "dit_xl2", "dit_fashion_mnist", "dit_cifar10_small",
+    "sincos_pos_embed_2d", "dit_timestep_embedding",
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d", "attention", "group_norm",
 ]

@@ -399,33 +399,60 @@ def _group_norm_fwd(x, scale, bias, num_groups, epsilon):
     return (xf * _expand_bc(a, x) + _expand_bc(shift, x)).astype(x.dtype), (x, scale, mean, inv)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm_fused(x, scale, bias, num_groups: int, epsilon: float = 1e-6):
-    """:func:`group_norm` with a hand-written VJP: two per-(example, channel) sums (``sum dy``, ``sum dy * x``) and
-    one fused pass ``dx = k_dy dy + k_x x + k_0``. Reverse mode only; 3-8% faster small32 train step on the CPU
-    than differentiating :func:`group_norm` (interleaved A/B runs)."""
-    return _group_norm_fwd(x, scale, bias, num_groups, epsilon)[0]
+    """:func:`group_norm` as a ``custom_jvp`` with a hand-written linear tangent (:func:`_group_norm_tangent`) whose
+    transpose, the gradient, is two per-(example, channel) sums (``sum dy``, ``sum dy * x``) and one fused pass
+    ``dx = k_dy dy + k_x x + k_0``: 3-8% faster small32 train step on the CPU than differentiating
+    :func:`group_norm` (interleaved A/B runs). Every transformation applies (``jax.grad``, ``jax.jvp``,
+    ``jax.jacfwd``, ``vmap`` and their compositions)."""
+    return _group_norm_aux(x, scale, bias, num_groups, epsilon)[0]
 
 
-def _group_norm_bwd(num_groups, epsilon, res, dy):
-    # y = xhat * scale + bias, xhat = (x - mean) inv:  dx = inv (g - mean_G(g) - xhat mean_G(g xhat)), g = dy scale
-    x, scale, mean, inv = res
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _group_norm_aux(x, scale, bias, num_groups, epsilon):
+    """``(y, mean (B, G), inv (B, G))``: :func:`group_norm` and its group means and inverse standard deviations."""
+    y, (_, _, mean, inv) = _group_norm_fwd(x, scale, bias, num_groups, epsilon)
+    return y, mean, inv
+
+
+def _broadcast_bc(a, x):
+    """``(B, C) -> x.shape`` as an outer product with a column of ones (``(B, S) x (B, C)``): its transpose, the sum
+    over the spatial positions, is then a matrix product (:func:`sum_spatial`) rather than XLA:CPU's slow reduction."""
+    ones = jnp.ones((x.shape[0], math.prod(x.shape[1:-1])), a.dtype)
+    return jnp.einsum("bs,bc->bsc", ones, a).reshape(x.shape)
+
+
+def _group_norm_tangent(x, scale, mean, inv, x_dot, scale_dot, bias_dot, num_groups):
+    """The tangent ``(dy, dmean, dinv)`` of :func:`group_norm`, linear in ``(x_dot, scale_dot, bias_dot)``. With
+    ``y = x a + c``, ``a = inv * scale``, ``c = bias - mean * a`` per (example, channel):
+
+    .. math:: \\dot y = \\dot x \\, a + x \\, \\dot a + \\dot c
+
+    The spatial sums of ``x_dot`` transpose to broadcasts and the broadcasts of ``a_dot`` and ``c_dot`` to matrix
+    products (:func:`_broadcast_bc`), so that the gradient is the sums ``sum dy``, ``sum dy * x`` and one fused pass.
+    """
     b = x.shape[0]
     per_group, n = _group_sizes(x, num_groups)
-    xf, dyf = x.astype(jnp.float32), dy.astype(jnp.float32)
-    s_dy, s_dyx = sum_spatial(dyf), sum_spatial(dyf, xf)  # (B, C)
-    mean_c, inv_c = jnp.repeat(mean, per_group, axis=1), jnp.repeat(inv, per_group, axis=1)
-    s_dy_xhat = (s_dyx - mean_c * s_dy) * inv_c
-    group_mean = lambda a: jnp.repeat(a.reshape(b, num_groups, per_group).sum(-1) / n, per_group, axis=1)  # noqa
-    m_g, m_gx = group_mean(s_dy * scale), group_mean(s_dy_xhat * scale)
-    k_dy = inv_c * scale
-    k_x = -jnp.square(inv_c) * m_gx
-    k_0 = -inv_c * m_g - k_x * mean_c
-    dx = dyf * _expand_bc(k_dy, x) + xf * _expand_bc(k_x, x) + _expand_bc(k_0, x)
-    return dx.astype(x.dtype), jnp.sum(s_dy_xhat, axis=0), jnp.sum(s_dy, axis=0)
+    xf, dxf = x.astype(jnp.float32), x_dot.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim - 1))
+    group_sum = lambda a: a.reshape(b, num_groups, per_group).sum(-1)  # noqa: E731
+    per_channel = lambda a: jnp.repeat(a, per_group, axis=1)  # noqa: E731
+    mean_dot = group_sum(jnp.sum(dxf, axis=axes)) / n
+    mean_sq_dot = 2.0 * group_sum(jnp.sum(xf * dxf, axis=axes)) / n
+    inv_dot = -0.5 * inv ** 3 * (mean_sq_dot - 2.0 * mean * mean_dot)
+    inv_c, mean_c = per_channel(inv), per_channel(mean)
+    a = inv_c * scale
+    a_dot = per_channel(inv_dot) * scale + inv_c * scale_dot
+    c_dot = bias_dot - per_channel(mean_dot) * a - mean_c * a_dot
+    y_dot = dxf * _expand_bc(a, x) + xf * _broadcast_bc(a_dot, x) + _broadcast_bc(c_dot, x)
+    return y_dot.astype(x.dtype), mean_dot, inv_dot
 
 
-group_norm_fused.defvjp(_group_norm_fwd, _group_norm_bwd)
+@_group_norm_aux.defjvp
+def _group_norm_aux_jvp(num_groups, epsilon, primals, tangents):
+    x, scale, bias = primals
+    y, mean, inv = _group_norm_aux(x, scale, bias, num_groups, epsilon)
+    return (y, mean, inv), _group_norm_tangent(x, scale, mean, inv, *tangents, num_groups)
 
 
 class _GroupNormParams(nn.Module):
@@ -612,22 +639,31 @@ def _attention_one_head(q, k, v):
     return o.astype(q.dtype), (m + jnp.log(total))[:, 0]
 
 
-def _attention_one_head_vjp(q, k, v, o, lse, do):
-    """Gradients of one head from the recomputed probabilities ``P = exp(S - lse)`` (FlashAttention's backward,
-    Dao et al. 2022, Alg. 4): ``dV = P^T dO``, ``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = dS K / sqrt(d)``,
-    ``dK = dS^T Q / sqrt(d)``. ``P^T`` and ``dS^T`` are recomputed in their own orientation rather than transposed:
-    for the small head sizes of these networks that is half the time of transposed products on the CPU."""
+def _attention_one_head_tangent(q, k, v, o, lse, dq, dk, dv):
+    """The tangent ``(dO, dlse)`` of one head, linear in ``(dq, dk, dv)``, from the recomputed probabilities
+    ``P = exp(S - lse)``: with ``A = P * dS``, ``dS = (dq k^T + q dk^T) / sqrt(d)``,
+
+    .. math:: dO = A V - \\mathrm{rowsum}(A) \\, O + P \\, dV, \\quad d\\,\\mathrm{lse} = \\mathrm{rowsum}(A)
+
+    The ``k``- and ``v``-terms are written with ``P^T`` (recomputed in its own orientation), so that JAX's transpose
+    of this map is FlashAttention's backward (Dao et al. 2022, Alg. 4) product for product: ``dV = P^T dO``,
+    ``dS = P * (dO V^T - rowsum(dO * O))``, ``dQ = dS K / sqrt(d)``, ``dK = dS^T Q / sqrt(d)``, with ``P^T`` and
+    ``dS^T`` formed directly rather than transposed (for the small head sizes of these networks half the time of
+    transposed products on the CPU). Called under ``jax.checkpoint``: reverse mode recomputes ``P`` instead of
+    storing the ``N x N`` matrices."""
     scale = q.shape[-1] ** -0.5
     f32 = dict(preferred_element_type=jnp.float32)
-    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
+    t0 = (((0,), (0,)), ((), ()))  # contract the first axes: P^T-orientation products
     p = jnp.exp(jnp.dot(q, k.T, **f32) * scale - lse[:, None])
-    ds = (p * (jnp.dot(do, v.T, **f32) - delta[:, None])).astype(q.dtype)
-    dq = jnp.dot(ds, k, **f32) * scale
     p_t = jnp.exp(jnp.dot(k, q.T, **f32) * scale - lse[None, :])
-    ds_t = (p_t * (jnp.dot(v, do.T, **f32) - delta[None, :])).astype(q.dtype)
-    dk = jnp.dot(ds_t, q, **f32) * scale
-    dv = jnp.dot(p_t.astype(do.dtype), do, **f32)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    a = p * (jnp.dot(dq, k.T, **f32) * scale)  # P * (dq k^T) / sqrt(d), (N_q, N_k)
+    a_t = p_t * (jnp.dot(dk, q.T, **f32) * scale)  # (P * (q dk^T))^T / sqrt(d), (N_k, N_q)
+    dlse = jnp.sum(a, axis=-1) + jnp.sum(a_t, axis=0)
+    do = (jnp.dot(a.astype(v.dtype), v, **f32)
+          + jax.lax.dot_general(a_t.astype(v.dtype), v, t0, **f32)
+          + jax.lax.dot_general(p_t.astype(dv.dtype), dv, t0, **f32)
+          - dlse[:, None] * o.astype(jnp.float32))
+    return do.astype(o.dtype), dlse
 
 
 def _to_heads(a):  # (B, N, H, D) -> (B*H, N, D)
@@ -646,33 +682,35 @@ def _over_heads(fn, args, heads_per_step):
     return jax.lax.map(lambda a: fn(*a), args, batch_size=heads_per_step)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads_per_step: Optional[int] = None):
     """Multi-head ``softmax(q k^T / sqrt(d)) v`` over ``(B, N, H, D)`` inputs, returning ``(B, N, H, D)``.
 
     The same values as the textbook formula (softmax in float32), computed head by head so the ``N x N``
-    probabilities are never stored for the backward pass: the gradient recomputes them from the saved row
-    log-sum-exp (FlashAttention's backward). ``heads_per_step``: ``None`` processes all ``B*H`` heads at once
-    (vectorised: GPU/TPU); an integer loops over chunks of that many heads (``lax.map``), keeping each chunk's
-    ``N x N`` matrices in cache, which on a 2-core CPU runs small32's 16-head 16x16 attention ~10x faster forward
-    and ~2x faster forward+backward than the einsum formulation (experiments/bench/README.md).
+    probabilities are never stored for the backward pass: a ``custom_jvp`` whose tangent
+    (:func:`_attention_one_head_tangent`) recomputes them from the saved row log-sum-exp, and whose transpose is
+    FlashAttention's backward. Every transformation applies: ``jax.grad``, ``jax.jvp``, ``jax.jacfwd``, ``vmap``
+    and their compositions. ``heads_per_step``: ``None`` processes all ``B*H`` heads at once (vectorised:
+    GPU/TPU); an integer loops over chunks of that many heads (``lax.map``), keeping each chunk's ``N x N``
+    matrices in cache, which on a 2-core CPU runs small32's 16-head 16x16 attention ~10x faster forward and ~2x
+    faster forward+backward than the einsum formulation (experiments/bench/README.md).
     """
-    return _attention_fwd(q, k, v, heads_per_step)[0]
+    return _attention_lse(q, k, v, heads_per_step)[0]
 
 
-def _attention_fwd(q, k, v, heads_per_step):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _attention_lse(q, k, v, heads_per_step):
+    """``(o (B, N, H, D), lse (B*H, N))``: :func:`dot_product_attention` and the row log-sum-exps of its scores."""
     o, lse = _over_heads(_attention_one_head, tuple(_to_heads(a) for a in (q, k, v)), heads_per_step)
-    o = _from_heads(o, q.shape)
-    return o, (q, k, v, o, lse)
+    return _from_heads(o, q.shape), lse
 
 
-def _attention_bwd(heads_per_step, res, do):
-    q, k, v, o, lse = res
-    args = tuple(_to_heads(a) for a in (q, k, v, o)) + (lse, _to_heads(do))
-    return tuple(_from_heads(g, q.shape) for g in _over_heads(_attention_one_head_vjp, args, heads_per_step))
-
-
-dot_product_attention.defvjp(_attention_fwd, _attention_bwd)
+@_attention_lse.defjvp
+def _attention_lse_jvp(heads_per_step, primals, tangents):
+    q, k, v = primals
+    o, lse = _attention_lse(q, k, v, heads_per_step)
+    args = tuple(_to_heads(a) for a in (q, k, v, o)) + (lse,) + tuple(_to_heads(t) for t in tangents)
+    do, dlse = _over_heads(jax.checkpoint(_attention_one_head_tangent), args, heads_per_step)
+    return (o, lse), (_from_heads(do, q.shape), dlse)
 
 
 def default_heads_per_step(seq_len: int, head_dim: int, *, cache_bytes: int = 3 << 20) -> Optional[int]:

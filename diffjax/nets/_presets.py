@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from diffjax.nets._classifier import NoiseConditionalClassifier
+from diffjax.nets._dit import DiT
 from diffjax.nets._mlp import MLPScore
 from diffjax.nets._unet import UNet
 
@@ -88,3 +89,40 @@ def noise_classifier_cifar10(**overrides) -> NoiseConditionalClassifier:
     """A noise-conditional classifier for 32x32x3, 10 classes (guidance)."""
     return _make(NoiseConditionalClassifier, dict(num_classes=10, ch=64, ch_mult=(1, 2, 2, 2), num_res_blocks=1,
                                                   attn_resolutions=(8,), image_size=32, num_channels=3), overrides)
+
+
+# DiT's published configurations (Peebles & Xie 2023, Table 1): depth / width / heads, patch 2, MLP ratio 4. With
+# ImageNet-256's latent input (input_size=32, in_channels=4, num_classes=1000, learn_sigma=True) they have 33.0 M,
+# 130.5 M, 458.1 M and 675.1 M parameters; here they default to unconditional, any input size, no variance head.
+def dit_s2(**overrides) -> DiT:
+    """DiT-S/2: 12 blocks of width 384, 6 heads, patch 2."""
+    return _make(DiT, dict(patch_size=2, hidden_size=384, depth=12, num_heads=6), overrides)
+
+
+def dit_b2(**overrides) -> DiT:
+    """DiT-B/2: 12 blocks of width 768, 12 heads, patch 2."""
+    return _make(DiT, dict(patch_size=2, hidden_size=768, depth=12, num_heads=12), overrides)
+
+
+def dit_l2(**overrides) -> DiT:
+    """DiT-L/2: 24 blocks of width 1024, 16 heads, patch 2."""
+    return _make(DiT, dict(patch_size=2, hidden_size=1024, depth=24, num_heads=16), overrides)
+
+
+def dit_xl2(**overrides) -> DiT:
+    """DiT-XL/2: 28 blocks of width 1152, 16 heads, patch 2."""
+    return _make(DiT, dict(patch_size=2, hidden_size=1152, depth=28, num_heads=16), overrides)
+
+
+def dit_fashion_mnist(**overrides) -> DiT:
+    """A small DiT for 28x28x1 that trains on a CPU: patch 2 (196 tokens), 5 blocks of width 128, 4 heads; about
+    1.57 M parameters (the size of :func:`fashion_mnist_small`)."""
+    return _make(DiT, dict(patch_size=2, hidden_size=128, depth=5, num_heads=4, input_size=28, in_channels=1),
+                 overrides)
+
+
+def dit_cifar10_small(**overrides) -> DiT:
+    """A small DiT for 32x32x3: patch 2 (256 tokens), 6 blocks of width 256, 4 heads; about 7.2 M parameters
+    (near :func:`small32`'s 6.5 M)."""
+    return _make(DiT, dict(patch_size=2, hidden_size=256, depth=6, num_heads=4, input_size=32, in_channels=3),
+                 overrides)

@@ -27,4 +27,5 @@ from diffjax.samplers._dpm_solver import *  # noqa: F401,F403
 from diffjax.samplers import _dpm_solver
 from diffjax.samplers import _conditional, _edm, _grids, _kernels, _samplers
 
-__all__ = _samplers.__all__ + _conditional.__all__ + _edm.__all__ + _kernels.__all__ + _grids.__all__ + _dpm_solver.__all__
+__all__ = (_samplers.__all__ + _conditional.__all__ + _edm.__all__ + _kernels.__all__ + _grids.__all__
+           + _dpm_solver.__all__)

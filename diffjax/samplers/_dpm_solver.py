@@ -188,7 +188,10 @@ def dpm_solver(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, orde
     .. math:: x_{t'} = \\frac{s_{t'}}{s_t} x_t + a_{t'} (1 - e^{-h}) D(x_t, t) + \\ldots,\\quad h = l_{t'} - l_t
 
     Order 1 is DDIM (``eta = 0``) on the same grid. ``method="multistep"``: DPM-Solver++(2M) / (3M), one evaluation
-    per step, reusing the last ``order - 1`` evaluations (first steps of lower order while the history fills).
+    per step, reusing the last ``order - 1`` evaluations (first steps of lower order while the history fills). 3M
+    weights its second difference by the Taylor coefficient (local error O(h^4)); diffusers' and the reference
+    code's 3M use half of it (local error O(h^3)), so 3M differs from theirs; 2M equals diffusers'
+    ``DPMSolverMultistepScheduler`` (experiments/parity/dpm_solver_vs_diffusers.py).
     ``method="singlestep"``: DPM-Solver++(2S) / (3S), steps of ``o`` evaluations (intermediate points at ``1/2`` or
     ``1/3, 2/3`` of the step in ``l``). ``sde_variant=True``: DPM-Solver++(2M) SDE (diffusers' "sde-dpmsolver++"),
     the same expansion on the reverse SDE: ``e^{-h} -> e^{-2h}`` and noise ``s_{t'} sqrt(1 - e^{-2h}) z``.
@@ -208,7 +211,8 @@ def dpm_solver(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, orde
         method: "multistep" or "singlestep".
         sde_variant: DPM-Solver++(2M) SDE (multistep only); stochastic, uses ``key``.
         lower_order_final: multistep with ``num_steps < 15``: the last step is first order and the one before it
-            at most second order (diffusers' rule; it steadies few-step sampling).
+            at most second order (diffusers' rule; it steadies few-step sampling). Singlestep ignores it (its split
+            already ends in lower orders).
         time_grid: ``time_grid(sde, n, t_eps) -> (n + 1,)`` decreasing times (:mod:`diffjax.samplers._grids`);
             default uniform in log-SNR, the paper's choice.
         denoise: finish with ``D(x, t_eps)`` (one more evaluation).
