@@ -11,6 +11,9 @@ layers per block, attention at 14x14 only; DDPM's eps loss (MSE to the noise) on
 from the EMA weights. Data: the Fashion-MNIST training images in [-1, 1], reshuffled every epoch, batch 64,
 1500 steps (the budget: 96,000 images).
 
+Resumable: ``OUT/checkpoint.pt`` every 100 steps (weights, EMA, optimizer, data order, RNG states); rerun the
+same command to continue. ``train_s`` sums the wall time of all segments.
+
 Writes ``OUT/samples.npz`` (``x``: uint8, (N, 28, 28, 1), diffjax's ``--mode sample`` format),
 ``OUT/samples.png`` (first 64) and ``OUT/run.json`` (parameter count, wall times, losses). Score it next to a
 diffjax run with ``experiments/results/score_samples.py``.
@@ -54,7 +57,7 @@ def main():
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--sample-steps", type=int, default=50)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (1 on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -80,9 +83,28 @@ def main():
     data = torch.from_numpy(load_images()).float().div(127.5).sub(1.0).unsqueeze(1)  # (60000, 1, 28, 28)
     rng = np.random.default_rng(args.seed)
     order, pos = rng.permutation(len(data)), 0
-    losses, t0 = [], time.perf_counter()
+    losses, start, train_s = [], 0, 0.0
+    ckpt = os.path.join(args.out, "checkpoint.pt")
+    if os.path.exists(ckpt):  # resume exactly: weights, EMA, optimizer, data order and both RNGs
+        c = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(c["model"])
+        ema.load_state_dict(c["ema"])
+        opt.load_state_dict(c["opt"])
+        torch.set_rng_state(c["torch_rng"])
+        rng.bit_generator.state = c["np_rng"]
+        order, pos, losses, start, train_s = c["order"], c["pos"], c["losses"], c["step"], c["train_s"]
+        print(f"resumed at step {start} ({train_s:.0f} s of training so far)", flush=True)
+
+    def save(step):
+        c = dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), torch_rng=torch.get_rng_state(),
+                 np_rng=rng.bit_generator.state, order=order, pos=pos, losses=losses, step=step,
+                 train_s=train_s + time.perf_counter() - t0)
+        torch.save(c, ckpt + ".tmp")
+        os.replace(ckpt + ".tmp", ckpt)
+
+    t0 = time.perf_counter()
     model.train()
-    for step in range(args.steps):
+    for step in range(start, args.steps):
         if pos + args.batch_size > len(order):
             order, pos = rng.permutation(len(data)), 0
         x0 = data[order[pos: pos + args.batch_size]]
@@ -98,8 +120,9 @@ def main():
         losses.append(loss.item())
         if (step + 1) % 100 == 0:
             print(f"step {step + 1}/{args.steps}: loss {np.mean(losses[-100:]):.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    train_s = time.perf_counter() - t0
+                  f"({train_s + time.perf_counter() - t0:.0f} s)", flush=True)
+            save(step + 1)
+    train_s += time.perf_counter() - t0
 
     ema.copy_to(model.parameters())
     model.eval()

@@ -1,0 +1,211 @@
+"""Forward-mode differentiation of the networks: the fused CPU kernels (chunked attention, GroupNorm) are custom
+JVPs whose transposes are their hand-written backward passes, so ``jax.jvp``, ``jax.jacfwd``, ``jax.grad`` and their
+compositions all apply and equal the reference (plain JAX) formulation's, on every backend.
+
+Ground truth: the reference layers' JVPs (``impl="reference"``, plain JAX autodiff), central finite differences, and
+``jax.jacrev`` of the reference. Tiny shapes; every comparison also asserts finiteness (``chex`` treats NaN == NaN).
+"""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffjax as dj
+import diffjax.nets as nets
+from diffjax.nets import _layers
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _close(got, want, **tol):
+    for leaf in jax.tree.leaves((got, want)):
+        assert bool(jnp.all(jnp.isfinite(leaf))), "non-finite values"
+    chex.assert_trees_all_close(got, want, **(tol or TOL))
+
+
+def _finite_difference(f, primals, tangents, h=1e-2):
+    """Central difference ``(f(x + h t) - f(x - h t)) / 2h`` in float32: truncation O(h^2), rounding O(1e-7 / h)."""
+    shift = lambda s: [p + s * h * t for p, t in zip(primals, tangents)]  # noqa: E731
+    return jax.tree.map(lambda a, b: (a - b) / (2 * h), f(*shift(1.0)), f(*shift(-1.0)))
+
+
+def _rel_err(got, want) -> float:
+    return float(jnp.max(jnp.abs(got - want)) / (jnp.max(jnp.abs(want)) + 1e-12))
+
+
+def _normals(key, shapes):
+    return tuple(jax.random.normal(k, s) for k, s in zip(jax.random.split(key, len(shapes)), shapes))
+
+
+# ------------------------------------------------------------------------------------------------- kernels
+
+
+@pytest.fixture(scope="module")
+def qkv():
+    q, k, v, dq, dk, dv = _normals(jax.random.key(0), [(2, 10, 4, 3)] * 6)
+    return (q, 2.0 * k, v), (dq, dk, dv)  # 2 k: peaked softmax rows
+
+
+@pytest.mark.parametrize("heads_per_step", [None, 1, 3])
+def test_attention_jvp_equals_reference_and_finite_differences(qkv, heads_per_step):
+    primals, tangents = qkv
+    fused = functools.partial(_layers.dot_product_attention, heads_per_step=heads_per_step)
+    out, dout = jax.jit(lambda p, t: jax.jvp(fused, p, t))(primals, tangents)
+    ref_out, ref_dout = jax.jvp(_layers.reference_attention, primals, tangents)
+    _close(out, ref_out)
+    _close(dout, ref_dout)
+    assert float(jnp.max(jnp.abs(dout))) > 0.1
+    assert _rel_err(dout, _finite_difference(fused, primals, tangents)) < 2e-3
+    # jacfwd (vmap of jvp) equals the reference's reverse-mode Jacobian
+    _close(jax.jacfwd(fused, (0, 1, 2))(*primals), jax.jacrev(_layers.reference_attention, (0, 1, 2))(*primals))
+
+
+@pytest.mark.parametrize("heads_per_step", [None, 3])
+def test_attention_reverse_and_mixed_modes_equal_reference(qkv, heads_per_step):
+    """Gradients (JAX's transpose of the fused tangent), jvp-of-grad and grad-of-jvp equal the reference's."""
+    primals, tangents = qkv
+    cot = jax.random.normal(jax.random.key(5), primals[0].shape)
+    fused = functools.partial(_layers.dot_product_attention, heads_per_step=heads_per_step)
+    loss = lambda f: lambda *p: jnp.sum(jnp.sin(f(*p)) * cot)  # noqa: E731
+    grad = lambda f: jax.grad(loss(f), (0, 1, 2))  # noqa: E731
+    _close(jax.jit(grad(fused))(*primals), grad(_layers.reference_attention)(*primals))
+    hvp = lambda f: jax.jvp(grad(f), primals, tangents)[1]  # noqa: E731
+    _close(jax.jit(lambda: hvp(fused))(), hvp(_layers.reference_attention), rtol=1e-4, atol=1e-4)
+    goj = lambda f: jax.grad(lambda *p: jnp.sum(jnp.sin(jax.jvp(f, p, tangents)[1])), (0, 1, 2))(*primals)  # noqa
+    _close(jax.jit(lambda: goj(fused))(), goj(_layers.reference_attention), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_reverse_mode_stores_no_score_matrix():
+    """The gradient recomputes the N x N probabilities: nothing N x N crosses from the forward to the backward pass
+    (no (N, N)-shaped residual of jax.vjp)."""
+    q, k, v = _normals(jax.random.key(1), [(1, 64, 2, 4)] * 3)
+    _, vjp = jax.vjp(functools.partial(_layers.dot_product_attention, heads_per_step=1), q, k, v)
+    shapes = [leaf.shape for leaf in jax.tree.leaves(vjp)]
+    assert shapes and not any(s[-2:] == (64, 64) for s in shapes), shapes
+
+
+@pytest.fixture(scope="module")
+def gn_args():
+    x, dx = _normals(jax.random.key(3), [(2, 5, 5, 12)] * 2)
+    scale, bias = jnp.linspace(0.5, 1.5, 12), jnp.linspace(-1.0, 1.0, 12)
+    return (3.0 * x + 1.5, scale, bias), (dx, jnp.cos(jnp.arange(12.0)), jnp.linspace(-1.0, 1.0, 12))
+
+
+def test_group_norm_jvp_equals_reference_and_finite_differences(gn_args):
+    primals, tangents = gn_args
+    fused = lambda x, s, b: _layers.group_norm_fused(x, s, b, 4)  # noqa: E731
+    ref = lambda x, s, b: _layers.group_norm(x, s, b, 4)  # noqa: E731
+    out, dout = jax.jit(lambda p, t: jax.jvp(fused, p, t))(primals, tangents)
+    ref_out, ref_dout = jax.jvp(ref, primals, tangents)
+    _close(out, ref_out)
+    _close(dout, ref_dout, rtol=1e-5, atol=2e-5)
+    assert float(jnp.max(jnp.abs(dout))) > 0.1
+    assert _rel_err(dout, _finite_difference(fused, primals, tangents)) < 2e-3
+    _close(jax.jacfwd(fused, (0, 1, 2))(*primals), jax.jacrev(ref, (0, 1, 2))(*primals), rtol=1e-5, atol=2e-5)
+    # only some inputs differentiated (the others' tangents are zeros)
+    _close(jax.jvp(lambda x: fused(x, *primals[1:]), primals[:1], tangents[:1])[1],
+           jax.jvp(lambda x: ref(x, *primals[1:]), primals[:1], tangents[:1])[1], rtol=1e-5, atol=2e-5)
+
+
+def test_group_norm_reverse_and_mixed_modes_equal_reference(gn_args):
+    primals, tangents = gn_args
+    fused = lambda x, s, b: _layers.group_norm_fused(x, s, b, 4)  # noqa: E731
+    ref = lambda x, s, b: _layers.group_norm(x, s, b, 4)  # noqa: E731
+    loss = lambda f: lambda *p: jnp.sum(jnp.sin(f(*p)))  # noqa: E731
+    grad = lambda f: jax.grad(loss(f), (0, 1, 2))  # noqa: E731
+    _close(jax.jit(grad(fused))(*primals), grad(ref)(*primals), rtol=1e-4, atol=1e-4)
+    hvp = lambda f: jax.jvp(grad(f), primals, tangents)[1]  # noqa: E731
+    _close(hvp(fused), hvp(ref), rtol=1e-4, atol=1e-4)
+    goj = lambda f: jax.grad(lambda *p: jnp.sum(jnp.sin(jax.jvp(f, p, tangents)[1])), (0, 1, 2))(*primals)  # noqa
+    _close(goj(fused), goj(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_bfloat16_jvp_keeps_dtype(gn_args):
+    (x, scale, bias), (dx, ds, db) = gn_args
+    out, dout = jax.jvp(lambda x: _layers.group_norm_fused(x, scale, bias, 4), (x.astype(jnp.bfloat16),),
+                        (dx.astype(jnp.bfloat16),))
+    assert out.dtype == dout.dtype == jnp.bfloat16
+    ref = jax.jvp(lambda x: _layers.group_norm(x, scale, bias, 4), (x,), (dx,))[1]
+    assert bool(jnp.all(jnp.isfinite(dout))) and _rel_err(dout.astype(jnp.float32), ref) < 0.05
+
+
+# ------------------------------------------------------------------------------------------------ networks
+
+
+def _filled(model, x, labels, seed=0):
+    """Variables shaped like ``model.init``'s, filled from numpy (no compiled init): kernels N(0, 1/fan_in), norm
+    scales near 1, biases small, so that every layer (also the zero-initialised ones) matters."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, labels, train=False))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        z = rng.standard_normal(leaf.shape).astype(np.float32)
+        if leaf.ndim >= 2:
+            return jnp.asarray(z / np.sqrt(np.prod(leaf.shape[:-1])))
+        return jnp.asarray(1.0 + 0.1 * z if "scale" in jax.tree_util.keystr(path[-1:]) else 0.1 * z)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, norm_groups=4,
+            image_size=8, num_channels=1)
+TINY_NETS = {
+    "ddpm": lambda impl: nets.ddpm_cifar10(**TINY, layer_impl=impl),
+    "ncsnpp": lambda impl: nets.ncsnpp_cifar10(**TINY, num_head_channels=4, layer_impl=impl),
+}
+
+
+@pytest.mark.parametrize("family", list(TINY_NETS))
+def test_unet_jvp_and_grad_fused_equal_reference(family):
+    """A whole tiny UNet with the fused kernels: jax.jvp (in x and in the noise label) equals the reference layers'
+    JVP and finite differences; parameter gradients equal the reference's."""
+    x, dx = _normals(jax.random.key(7), [(2, 8, 8, 1)] * 2)
+    labels = jnp.array([0.3, 2.0]) if family == "ncsnpp" else jnp.array([30.0, 700.0])
+    models = {impl: TINY_NETS[family](impl) for impl in ("fused", "reference")}
+    variables = _filled(models["fused"], x, labels)
+
+    def apply(impl):
+        return lambda x, labels: models[impl].apply(variables, x, labels, train=False)
+
+    dl = jnp.ones_like(labels)
+    jvp = {impl: jax.jit(lambda x, l: jax.jvp(apply(impl), (x, l), (dx, dl)))(x, labels) for impl in models}
+    _close(jvp["fused"], jvp["reference"], rtol=1e-4, atol=1e-4)
+    assert float(jnp.max(jnp.abs(jvp["fused"][1]))) > 1e-2
+    fd = _finite_difference(jax.jit(apply("fused")), (x, labels), (dx, dl), h=1e-2)
+    assert _rel_err(jvp["fused"][1], fd) < 1e-2
+    grad = {impl: jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(models[impl].apply(v, x, labels, train=False)))))(
+        variables) for impl in models}
+    _close(grad["fused"], grad["reference"], rtol=1e-4, atol=1e-4)
+
+
+def test_mlp_jvp_jacfwd_and_finite_differences():
+    model = nets.toy_mlp(hidden=(16, 16))
+    x, dx = _normals(jax.random.key(8), [(3, 2)] * 2)
+    labels = jnp.array([1.0, 10.0, 100.0])
+    variables = _filled(model, x, labels)
+    f = lambda x: model.apply(variables, x, labels, train=False)  # noqa: E731
+    out, dout = jax.jvp(f, (x,), (dx,))
+    _close(out, f(x))
+    assert _rel_err(dout, _finite_difference(f, (x,), (dx,))) < 2e-3
+    _close(jax.jacfwd(f)(x), jax.jacrev(f)(x))
+
+
+def test_jvp_through_make_score_fn():
+    """What continuous-time consistency models need: d/dt and directional derivatives of score_fn(x, t) of a UNet
+    with the (CPU-default) fused kernels, equal to the reference layers' and to finite differences in t."""
+    sde = dj.vp_sde(beta_min=0.1, beta_max=20.0)
+    x, dx = _normals(jax.random.key(9), [(2, 8, 8, 1)] * 2)
+    t = jnp.array([0.3, 0.7])
+    models = {impl: TINY_NETS["ddpm"](impl) for impl in ("auto", "fused", "reference")}
+    params = _filled(models["fused"], x, t)["params"]
+    score = {impl: nets.make_score_fn(m.apply, params, sde) for impl, m in models.items()}
+    dt = jnp.ones_like(t)
+    got = {impl: jax.jit(lambda x, t: jax.jvp(score[impl], (x, t), (dx, dt)))(x, t) for impl in score}
+    _close(got["fused"], got["reference"], rtol=1e-4, atol=1e-4)
+    _close(got["auto"], got["reference"], rtol=1e-4, atol=1e-4)
+    _, d_dt = jax.jit(lambda t: jax.jvp(lambda t: score["fused"](x, t), (t,), (dt,)))(t)
+    fd = _finite_difference(jax.jit(lambda t: score["fused"](x, t)), (t,), (dt,), h=1e-3)
+    assert float(jnp.max(jnp.abs(d_dt))) > 1e-2 and _rel_err(d_dt, fd) < 2e-2
