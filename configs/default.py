@@ -145,6 +145,8 @@ def get_config():
     dist.coordinator_address = ""
     dist.num_processes = 0
     dist.process_id = -1
+    dist.initialization_timeout_s = 300      # jax.distributed: wait this long for every process to join
+    dist.heartbeat_timeout_s = 100           # a process silent this long is dead: the others exit with an error
     dist.fsdp = 1                            # size of the "fsdp" mesh axis
     dist.fsdp_min_size = 2 ** 18
     return config

@@ -72,6 +72,7 @@ SAMPLERS = {
     "ode_adaptive": _samplers.ode_adaptive,
     "ddim": _samplers.ddim,
     "dpm_solver": _samplers.dpm_solver,
+    "unipc": _samplers.unipc,
     "edm_heun": _samplers.edm_heun,
 }
 

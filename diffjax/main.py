@@ -37,9 +37,12 @@ def _init_distributed(config):
     import jax
     d = config.distributed
     if d.initialize:
-        kw = {}
+        # a dead peer is detected after heartbeat_timeout_s and every survivor exits with an error instead of
+        # waiting forever in a collective (jax's coordination service terminates them)
+        kw = dict(initialization_timeout=int(d.get("initialization_timeout_s", 300)),
+                  heartbeat_timeout_seconds=int(d.get("heartbeat_timeout_s", 100)))
         if d.coordinator_address:
-            kw = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+            kw.update(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
                       process_id=d.process_id)
         jax.distributed.initialize(**kw)
 

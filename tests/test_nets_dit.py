@@ -37,6 +37,10 @@ def _random_params(model, x, labels, y=None, seed=0):
     return jax.tree_util.tree_map(fill, abstract)
 
 
+def _normal(shape, seed=1):  # numpy draws: no PRNG kernel to compile
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 def _finite(a):
     assert bool(jnp.all(jnp.isfinite(a))), "non-finite output"
 
@@ -45,27 +49,29 @@ def _finite(a):
                          ids=["8x8x3_p2", "8x12x1_p4_learn_sigma"])
 def test_output_shape_and_learned_sigma_channels(shape, patch, learn_sigma):
     model = nets.DiT(**{**TINY, "patch_size": patch, "learn_sigma": learn_sigma})
-    x = jax.random.normal(jax.random.key(1), shape)
+    x = _normal(shape)
     labels = jnp.array([3.0, 500.0])
     variables = _random_params(model, x, labels)
     apply = jax.jit(functools.partial(model.apply, train=False))
     out = apply(variables, x, labels)
     assert out.shape == shape[:3] + (shape[3] * (2 if learn_sigma else 1),) and out.dtype == jnp.float32
+    out = np.asarray(out)
     _finite(out)
-    assert float(jnp.std(out)) > 1e-3
-    assert float(jnp.max(jnp.abs(out - apply(variables, x, labels[::-1])))) > 1e-3  # the noise label matters
+    assert out.std() > 1e-3
+    assert np.abs(out - np.asarray(apply(variables, x, labels[::-1]))).max() > 1e-3  # the noise label matters
     # Each output patch depends on the whole image (attention), not only on its own input patch.
-    x2 = x.at[:, :patch, :patch].add(1.0)
-    assert float(jnp.max(jnp.abs(apply(variables, x2, labels) - out)[:, -patch:, -patch:])) > 1e-4
+    x2 = x.copy()
+    x2[:, :patch, :patch] += 1.0
+    assert np.abs(np.asarray(apply(variables, x2, labels)) - out)[:, -patch:, -patch:].max() > 1e-4
 
 
 def test_adaln_zero_init_makes_every_block_the_identity_and_the_output_zero():
     model = nets.DiT(**TINY, num_classes=3)
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    x = _normal((2, 8, 8, 3))
     labels, y = jnp.array([10.0, 900.0]), jnp.array([0, 2])
     # The real initialisers and the first forward pass, in one compiled function.
     out, variables = jax.jit(lambda k: model.init_with_output(
-        k, x, labels, y, train=False, capture_intermediates=True))(jax.random.key(0))
+        k, x, labels, y, train=False, capture_intermediates=True))(jax.random.key(0, impl="rbg"))
     assert out.shape == x.shape
     _finite(out)
     assert bool(jnp.all(out == 0.0))  # exactly zero, the paper's identity initialisation
@@ -106,39 +112,34 @@ def test_timestep_embedding_equals_the_formula():
 
 
 def test_class_conditioning_null_label_and_class_dropout():
-    model = nets.DiT(**TINY, num_classes=3)
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    labels = jnp.array([10.0, 20.0])
-    variables = _random_params(model, x, labels, jnp.array([0, 1]))
+    model = nets.DiT(**TINY, num_classes=3, class_dropout=0.5)
+    x1 = _normal((1, 8, 8, 3))
+    variables = _random_params(model, x1, jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
     assert variables["params"]["y_embedder"]["embedding"].shape == (4, 16)  # + the null label
-    drop = nets.DiT(**TINY, num_classes=3, class_dropout=0.5)
+    x, labels = np.repeat(x1, 16, axis=0), jnp.full((16,), 20.0)
 
     @jax.jit
     def run(v):
-        apply = lambda y: model.apply(v, x, labels, y, train=False)  # noqa: E731
-        # DiT's own label dropout (train=True), over 8 dropout keys.
-        dropped = jax.vmap(lambda k: drop.apply(v, x, labels, jnp.array([0, 0]), train=True,
-                                                rngs={"dropout": k}))(jax.random.split(jax.random.key(3), 8))
-        return (apply(jnp.array([0, 0])), apply(jnp.array([1, 1])), apply(None), apply(jnp.array([3, 3])), dropped,
-                drop.apply(v, x, labels, jnp.array([0, 0]), train=False))
+        y = jnp.array([0, 1, 3] + [0] * 13)
+        # train=False: no label dropout; train=True: DiT's own label dropout, per sample.
+        return (model.apply(v, x, labels, y, train=False), model.apply(v, x, labels, None, train=False),
+                model.apply(v, x, labels, jnp.zeros((16,), jnp.int32), train=True,
+                            rngs={"dropout": jax.random.key(3)}))
 
-    out0, out1, out_null, out3, outs, drop_eval = run(variables)
-    for o in (out0, out1, out_null, outs):
+    cond, null, dropped = (np.asarray(a) for a in run(variables))
+    for o in (cond, null, dropped):
         _finite(o)
-    assert float(jnp.max(jnp.abs(out0 - out1))) > 1e-3  # the class matters
-    assert float(jnp.max(jnp.abs(out0 - out_null))) > 1e-3
-    chex.assert_trees_all_close(out_null, out3, atol=1e-6)  # None = the null label 3
-    chex.assert_trees_all_close(drop_eval, out0, atol=1e-6)  # no label dropout with train=False
+    out0, out1, out3 = cond[0], cond[1], cond[2]
+    assert np.abs(out0 - out1).max() > 1e-3  # the class matters
+    assert np.abs(out0 - null[0]).max() > 1e-3
+    np.testing.assert_allclose(null, np.broadcast_to(out3, null.shape), atol=1e-5)  # None = the null label 3
+    np.testing.assert_allclose(cond[3:], np.broadcast_to(out0, cond[3:].shape), atol=1e-5)
     # Each dropped sample got its label or the null label, and both happened.
-    kinds = set()
-    for o in outs:
-        for b in range(2):
-            if np.allclose(o[b], out0[b], atol=1e-5):
-                kinds.add("label")
-            else:
-                np.testing.assert_allclose(o[b], out_null[b], atol=1e-5)
-                kinds.add("null")
-    assert kinds == {"label", "null"}
+    is_label = [np.allclose(o, out0, atol=1e-5) for o in dropped]
+    for o, keep in zip(dropped, is_label):
+        if not keep:
+            np.testing.assert_allclose(o, out3, atol=1e-5)
+    assert 0 < sum(is_label) < 16, is_label
 
 
 def _param_count(model, shape, with_y):
@@ -198,15 +199,14 @@ def test_configs_build_the_dit_and_reject_unet_overrides(monkeypatch):
         config_lib.validate(bad, device_count=1)
 
 
-def _toy_images(key, n):
+def _toy_images(n, seed=0):
     """Two classes of 8x8x1 images: class 0 bright on the left half, class 1 bright on the top half (+-1, small
     noise)."""
-    ky, kn = jax.random.split(key)
-    y = jax.random.bernoulli(ky, 0.5, (n,)).astype(jnp.int32)
-    left = jnp.where(jnp.arange(8) < 4, 1.0, -1.0)
-    t0 = jnp.broadcast_to(left[None, :], (8, 8))
-    img = jnp.where(y[:, None, None] == 0, t0[None], t0.T[None])[..., None]
-    return img + 0.05 * jax.random.normal(kn, img.shape), y
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(np.int32)
+    left = np.broadcast_to(np.where(np.arange(8) < 4, 1.0, -1.0)[None, :], (8, 8))
+    img = np.where(y[:, None, None] == 0, left[None], left.T[None])[..., None]
+    return (img + 0.05 * rng.standard_normal(img.shape)).astype(np.float32), y
 
 
 def test_tiny_class_conditional_dit_trains_through_the_bridge():
@@ -214,7 +214,7 @@ def test_tiny_class_conditional_dit_trains_through_the_bridge():
     the bridge) lower the loss several-fold."""
     sde = dj.vp_sde()
     model = nets.DiT(patch_size=2, hidden_size=32, depth=1, num_heads=2, num_classes=2)
-    x, y = _toy_images(jax.random.key(0), 64)
+    x, y = _toy_images(64)
     params = _random_params(model, x, jnp.zeros((64,)), y)["params"]
     opt = optax.adam(3e-3)
 
@@ -223,16 +223,14 @@ def test_tiny_class_conditional_dit_trains_through_the_bridge():
         return dj.dsm_loss(key, x, lambda xt, t: score(xt, t, y), sde)
 
     @jax.jit
-    def step(p, o, key):
-        kd, kl = jax.random.split(key)
-        xb, yb = _toy_images(kd, 64)
-        loss, g = jax.value_and_grad(loss_fn)(p, kl, xb, yb)
+    def step(p, o, key, xb, yb):
+        loss, g = jax.value_and_grad(loss_fn)(p, key, xb, yb)
         upd, o = opt.update(g, o, p)
         return optax.apply_updates(p, upd), o, loss
 
     o, losses = opt.init(params), []
     for i in range(40):
-        params, o, loss = step(params, o, jax.random.key(10 + i))
+        params, o, loss = step(params, o, jax.random.key(10 + i), *_toy_images(64, seed=1 + i))
         losses.append(float(loss))
     assert np.all(np.isfinite(losses))
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])

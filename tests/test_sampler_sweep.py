@@ -43,6 +43,8 @@ SAMPLERS = {
     "dpm_solver_3m": (S.dpm_solver, ALL, FEW + (MANY,), dict(order=3)),
     "dpm_solver_3s": (S.dpm_solver, ALL, FEW + (MANY,), dict(order=3, method="singlestep")),
     "dpm_solver_sde": (S.dpm_solver, ALL, FEW + (MANY,), dict(sde_variant=True)),
+    "unipc": (S.unipc, ALL, FEW + (MANY,), {}),  # UniPC-2, bh2
+    "unipc_3_bh1": (S.unipc, ALL, FEW + (MANY,), dict(order=3, variant="bh1")),
 }
 CASES = [(name, sde) for name, (_, sdes, _, _) in SAMPLERS.items() for sde in sdes]
 

@@ -129,8 +129,18 @@ class Run:
 def train(config, workdir, *, progress: bool = True):
     """``--mode train``: train (or resume) the run in ``workdir``; a second run on a workdir in use is refused
     (:class:`~diffjax.train.WorkdirBusyError`)."""
+    import jax
     with train_lock(workdir):
-        return _train(config, workdir, progress=progress)
+        try:
+            return _train(config, workdir, progress=progress)
+        except jax.errors.JaxRuntimeError as e:
+            if jax.process_count() == 1:
+                raise
+            n = jax.process_count()
+            raise RuntimeError(
+                f"process {jax.process_index()}/{n}: a collective with the other processes failed "
+                f"({str(e).splitlines()[0][:300]}); another process of this run has most likely died. This process "
+                f"stops too; restart all {n} processes to resume from the newest checkpoint in {workdir}") from e
 
 
 def _train(config, workdir, *, progress: bool = True):

@@ -7,7 +7,7 @@ Discrete chains: :func:`ancestral` (DDPM for VP, SMLD for VE), :func:`annealed_l
 Conditional (score-SDE's replacement method): :func:`inpaint`, :func:`colorize`.
 EDM's Heun sampler with stochastic churn, on any process: :func:`edm_heun`.
 Exponential integrators in log-SNR time, on any process: :func:`dpm_solver` (DPM-Solver++ 1-3, multistep /
-singlestep, 2M SDE).
+singlestep, 2M SDE), :func:`unipc` (UniPC: UniP predictor 1-3 with the UniC corrector, B(h) bh1 / bh2).
 
 Time grids, the ``time_grid`` argument of the continuous-time samplers (``grid(process, num_steps, t_eps)``):
 :func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras` (EDM's rho-grid), :func:`quadratic_time`,
@@ -24,8 +24,9 @@ from diffjax.samplers._conditional import *  # noqa: F401,F403
 from diffjax.samplers._edm import *  # noqa: F401,F403
 from diffjax.samplers._grids import *  # noqa: F401,F403
 from diffjax.samplers._dpm_solver import *  # noqa: F401,F403
-from diffjax.samplers import _dpm_solver
+from diffjax.samplers._unipc import *  # noqa: F401,F403
+from diffjax.samplers import _dpm_solver, _unipc
 from diffjax.samplers import _conditional, _edm, _grids, _kernels, _samplers
 
 __all__ = (_samplers.__all__ + _conditional.__all__ + _edm.__all__ + _kernels.__all__ + _grids.__all__
-           + _dpm_solver.__all__)
+           + _dpm_solver.__all__ + _unipc.__all__)

@@ -136,8 +136,9 @@ def edm_heun(key, x_T, score_fn, sde, *, num_steps: int = 18, t_eps=None, time_g
     s_tmin = check_nonnegative("s_tmin", s_tmin)
     s_tmax = _check_s_tmax(s_tmax, s_tmin)
     s_noise = check_nonnegative("s_noise", s_noise)
+    return_nfe = _check_bool("return_nfe", return_nfe)
     x = _edm_heun(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
                   s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, denoise=denoise)
-    if _check_bool("return_nfe", return_nfe):
+    if return_nfe:
         return x, jnp.asarray(2 * num_steps - 1 if denoise else 2 * (num_steps - 1), jnp.int32)
     return x

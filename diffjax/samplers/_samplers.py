@@ -71,6 +71,31 @@ def _check_bool(name, value):
 _jit = jit_static
 
 
+def _with_nfe(x, nfe: int, return_nfe):
+    """``x``, or ``(x, nfe)`` with ``nfe`` an int32 0-d array if ``return_nfe`` (every sampler's convention)."""
+    return (x, jnp.asarray(nfe, jnp.int32)) if _check_bool("return_nfe", return_nfe) else x
+
+
+# score evaluations per call of the library's one-step kernels (pc's predictor / corrector)
+_KERNEL_NFE = {euler_maruyama_step: 1, reverse_diffusion_step: 1}
+
+
+def _kernel_nfe(name, kernel):
+    """Score evaluations of one call of ``kernel`` (None: 0): a kernel of :mod:`diffjax.samplers`, or
+    :func:`langevin_corrector_step` (or a ``functools.partial`` of one) with its ``n_steps``; else ValueError."""
+    if kernel is None:
+        return 0
+    fn, kw = (kernel.func, kernel.keywords) if isinstance(kernel, functools.partial) else (kernel, {})
+    if fn is langevin_corrector_step:
+        return kw.get("n_steps", 1)
+    for known, nfe in _KERNEL_NFE.items():  # by identity: a user's kernel object need not be hashable
+        if fn is known and not (isinstance(kernel, functools.partial) and kernel.args):
+            return nfe
+    raise ValueError(f"{name} must be one of diffjax.samplers' kernels (euler_maruyama_step, reverse_diffusion_step, "
+                     f"langevin_corrector_step) or None for return_nfe=True: the number of score evaluations of "
+                     f"{kernel!r} is unknown; got return_nfe=True")
+
+
 # --------------------------------------------------------------------------------------- predictor-corrector
 
 
@@ -113,7 +138,7 @@ def _grid_on_process(time_grid, process):
 
 def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
        predictor=reverse_diffusion_step, corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
-       denoise: bool = True):
+       denoise: bool = True, return_nfe: bool = False):
     """Predictor-corrector sampler (score-SDE Algorithm 1): at each time, corrector moves then one predictor step.
 
     Args:
@@ -135,9 +160,13 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform
         snr: signal-to-noise ratio of the Langevin corrector (score-SDE: 0.16).
         n_corrector_steps: Langevin steps per time (score-SDE: 1).
         denoise: return the last step's noise-free mean.
+        return_nfe: also return the number of score evaluations (an int32 0-d array), as every sampler.
 
     Returns:
-        (batch, *dims) samples at ``t_eps``. Score evaluations: ``num_steps * (1 + n_corrector_steps)``.
+        (batch, *dims) samples at ``t_eps``, or ``(samples, nfe)`` if ``return_nfe``. Score evaluations:
+        ``num_steps * (p + c)``, ``p = 1`` per predictor step (0 for None) and ``c`` per corrector step
+        (``n_corrector_steps`` for "langevin"; 0 for None): ``2 num_steps`` by default.
+        ``return_nfe=True`` needs predictor and corrector among diffjax's kernels (else ValueError).
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None, sampler="pc")
     check_time_grid(time_grid, sde, num_steps, t_eps)
@@ -149,38 +178,47 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform
     for name, fn in (("predictor", predictor), ("corrector", corrector)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be a one-step kernel function or None, got {fn!r}")
+    nfe = (num_steps * (_kernel_nfe("predictor", predictor) + _kernel_nfe("corrector", corrector))
+           if _check_bool("return_nfe", return_nfe) else 0)
     stepped = with_steps(sde, num_steps)
-    return _pc(key, x_T, score_fn=score_fn, sde=stepped, num_steps=num_steps, t_eps=t_eps,
-               time_grid=time_grid if stepped is sde else _grid_on_process(time_grid, sde),
-               predictor=predictor, corrector=corrector, denoise=_check_bool("denoise", denoise))
+    x = _pc(key, x_T, score_fn=score_fn, sde=stepped, num_steps=num_steps, t_eps=t_eps,
+            time_grid=time_grid if stepped is sde else _grid_on_process(time_grid, sde),
+            predictor=predictor, corrector=corrector, denoise=_check_bool("denoise", denoise))
+    return _with_nfe(x, nfe, return_nfe)
 
 
 def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
-                   denoise: bool = True):
+                   denoise: bool = True, return_nfe: bool = False):
     """Euler-Maruyama on the reverse-time SDE: ``num_steps`` steps (default ``sde.N``) from ``T`` to ``t_eps`` on
     ``time_grid`` (default uniform in t).
 
-    Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
+    Args are as in :func:`pc`. Returns (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps`` score
+    evaluations.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None,
                                     sampler="euler_maruyama")
     check_time_grid(time_grid, sde, num_steps, t_eps)
-    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
-               predictor=euler_maruyama_step, corrector=None, denoise=_check_bool("denoise", denoise))
+    _check_bool("return_nfe", return_nfe)
+    x = _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
+            predictor=euler_maruyama_step, corrector=None, denoise=_check_bool("denoise", denoise))
+    return _with_nfe(x, num_steps, return_nfe)
 
 
 def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
-                      denoise: bool = True):
+                      denoise: bool = True, return_nfe: bool = False):
     """Reverse diffusion (score-SDE eq. 47): the forward chain of DDPM (VP) / SMLD (VE) run backwards, between the
     times of ``time_grid`` (default uniform in t).
 
-    Args are as in :func:`pc`. Returns (batch, *dims); ``num_steps`` score evaluations.
+    Args are as in :func:`pc`. Returns (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps`` score
+    evaluations.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None,
                                     sampler="reverse_diffusion")
     check_time_grid(time_grid, sde, num_steps, t_eps)
-    return _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
-               predictor=reverse_diffusion_step, corrector=None, denoise=_check_bool("denoise", denoise))
+    _check_bool("return_nfe", return_nfe)
+    x = _pc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
+            predictor=reverse_diffusion_step, corrector=None, denoise=_check_bool("denoise", denoise))
+    return _with_nfe(x, num_steps, return_nfe)
 
 
 # ------------------------------------------------------------------------------------------ discrete grids
@@ -232,7 +270,7 @@ def _resolve_variance(variance, score_fn, allowed, fixed_default):
     return variance
 
 
-def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=None):
+def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=None, return_nfe: bool = False):
     """Ancestral sampling on the model's own discrete chain: DDPM Algorithm 2 for VP, SMLD's (score-SDE eq. 47
     with the posterior variance) for VE, over ``num_steps`` grid steps (default ``sde.N`` = 1000).
 
@@ -252,9 +290,11 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=N
             :class:`~diffjax.LearnedVarianceScore`, e.g. ``make_score_fn(..., learned_sigma=True)``).
             Default None: "learned" when ``score_fn`` has a learned variance (improved DDPM samples with it),
             else "beta".
+        return_nfe: also return the number of score evaluations (an int32 0-d array).
 
     Returns:
-        (batch, *dims): the last step's mean (step 0 adds no noise).
+        (batch, *dims): the last step's mean (step 0 adds no noise); ``(x, nfe)`` if ``return_nfe``.
+        ``num_steps`` score (model) evaluations.
     """
     _grid_t_eps(t_eps, "ancestral")
     num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=None,
@@ -271,8 +311,10 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=N
     elif variance is not None:
         raise ValueError(f"variance is a DDPM (VP) option; SMLD's ancestral step on a VESDE has the posterior "
                          f"variance only: pass variance=None, got {variance!r}")
-    return _ancestral(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps,
-                      variance=variance)
+    _check_bool("return_nfe", return_nfe)
+    x = _ancestral(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps,
+                   variance=variance)
+    return _with_nfe(x, num_steps, return_nfe)
 
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "n_steps_each", "step_lr", "denoise")
@@ -294,7 +336,7 @@ def _annealed_langevin(key, x_T, *, score_fn, sde, num_steps, t_eps, n_steps_eac
 
 
 def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=None, n_steps_each: int = 100,
-                      step_lr: float = 2e-5, denoise: bool = False):
+                      step_lr: float = 2e-5, denoise: bool = False, return_nfe: bool = False):
     """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) on a VE SDE.
 
     ``num_steps`` geometric noise levels from ``sde.sigma_max`` to ``sde.sigma_min``, at each ``n_steps_each``
@@ -314,16 +356,21 @@ def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=Non
         step_lr: eps of the step-size rule (NCSN: 2e-5). The released NCSN code steps ``eps_i s + sqrt(2 eps_i) z``
             with the same eps, twice the paper's step: ``step_lr=4e-5`` reproduces it.
         denoise: finish with NCSNv2's Tweedie step ``x + sigma_L^2 s(x, sigma_L)`` (NCSN: no).
+        return_nfe: also return the number of score evaluations (an int32 0-d array).
 
     Returns:
-        (batch, *dims); ``num_steps * n_steps_each (+1 if denoise)`` score evaluations.
+        (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps * n_steps_each (+1 if denoise)`` score
+        evaluations.
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=10, chains=("smld",),
                                     sampler="annealed_langevin (NCSN)")
     n_steps_each = check_int("n_steps_each", n_steps_each, minimum=1)
     step_lr = check_positive("step_lr", step_lr)
-    return _annealed_langevin(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
-                              n_steps_each=n_steps_each, step_lr=step_lr, denoise=_check_bool("denoise", denoise))
+    denoise = _check_bool("denoise", denoise)
+    _check_bool("return_nfe", return_nfe)
+    x = _annealed_langevin(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
+                           n_steps_each=n_steps_each, step_lr=step_lr, denoise=denoise)
+    return _with_nfe(x, num_steps * n_steps_each + denoise, return_nfe)
 
 
 @_jit("score_fn", "sde", "num_steps", "eta", "spacing", "variance")
@@ -343,7 +390,7 @@ def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance):
 
 
 def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float = 0.0, spacing: str = "leading",
-         variance=None):
+         variance=None, return_nfe: bool = False):
     """DDIM (Song, Meng & Ermon 2021) on a strided sub-sequence ``tau`` of the DDPM grid of a VP SDE.
 
     ``tau`` is ``num_steps`` indices of the ``sde.N``-step grid :func:`diffjax.discrete.ddpm_grid`, chosen by
@@ -370,9 +417,10 @@ def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float
             with that variance; "learned" with ``spacing="linspace"`` is improved DDPM's respaced sampler.
             Default None: "learned" when ``score_fn`` has a learned variance, else "posterior". (guided-diffusion's
             ``ddim_sample`` ignores a learned variance and uses ``sigma_eta``: pass ``variance="posterior"``.)
+        return_nfe: also return the number of score evaluations (an int32 0-d array).
 
     Returns:
-        (batch, *dims); ``num_steps`` score evaluations.
+        (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps`` score evaluations.
     """
     _grid_t_eps(t_eps, "ddim")
     num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=50, chains=("ddpm",),
@@ -382,8 +430,10 @@ def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float
     eta = check_nonnegative("eta", eta)
     check_choice("spacing", spacing, _ddpm.DDIM_SPACINGS)
     variance = _resolve_variance(variance, score_fn, DDIM_VARIANCES, "posterior")
-    return _ddim(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, eta=eta, spacing=spacing,
-                 variance=variance)
+    _check_bool("return_nfe", return_nfe)
+    x = _ddim(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, eta=eta, spacing=spacing,
+              variance=variance)
+    return _with_nfe(x, num_steps, return_nfe)
 
 
 # ------------------------------------------------------------------------------------ probability-flow ODE
@@ -410,35 +460,39 @@ def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, heun, de
 
 
 def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
-              denoise: bool = False):
+              denoise: bool = False, return_nfe: bool = False):
     """Euler's method on the probability-flow ODE, ``num_steps`` steps (default ``sde.N``) to ``t_eps`` on
     ``time_grid`` (default uniform in t; see :func:`pc`).
 
     Deterministic (``key`` is unused, kept for the common signature). ``num_steps`` (+1 if ``denoise``) score
-    evaluations.
+    evaluations; ``return_nfe=True`` returns ``(x, nfe)`` (nfe an int32 0-d array).
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=None, sampler="ode_euler")
     check_time_grid(time_grid, sde, num_steps, t_eps)
-    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
-                      heun=False,
-                      denoise=_check_bool("denoise", denoise))
+    denoise = _check_bool("denoise", denoise)
+    _check_bool("return_nfe", return_nfe)
+    x = _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
+                   heun=False, denoise=denoise)
+    return _with_nfe(x, num_steps + denoise, return_nfe)
 
 
 def ode_heun(key, x_T, score_fn, sde, *, num_steps: int = 100, t_eps=None, time_grid=uniform_time,
-             denoise: bool = False):
+             denoise: bool = False, return_nfe: bool = False):
     """Heun's method (2nd order) on the probability-flow ODE, ``num_steps`` steps to ``t_eps`` on ``time_grid``
     (default uniform in t; see :func:`pc`). EDM's Heun sampler with its last step to ``sigma = 0`` and stochastic
     churn is :func:`edm_heun`.
 
     Default 100 steps (200 score evaluations): on the exact-score benchmarks of ``experiments/bench`` its
     sample distance is then at the level of the data's own sampling noise. Deterministic; ``2 num_steps``
-    (+1 if ``denoise``) score evaluations.
+    (+1 if ``denoise``) score evaluations; ``return_nfe=True`` returns ``(x, nfe)`` (nfe an int32 0-d array).
     """
     num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=100, sampler="ode_heun")
     check_time_grid(time_grid, sde, num_steps, t_eps)
-    return _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
-                      heun=True,
-                      denoise=_check_bool("denoise", denoise))
+    denoise = _check_bool("denoise", denoise)
+    _check_bool("return_nfe", return_nfe)
+    x = _ode_fixed(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
+                   heun=True, denoise=denoise)
+    return _with_nfe(x, 2 * num_steps + denoise, return_nfe)
 
 
 def _explicit_spec(x):
@@ -517,5 +571,6 @@ def ode_adaptive(key, x_T, score_fn, sde, *, t_eps=None, rtol: float = 1e-5, ato
     max_steps = check_int("max_steps", max_steps, minimum=1)
     run = functools.partial(_ode_adaptive, score_fn=score_fn, sde=sde, t_eps=t_eps, rtol=rtol, atol=atol,
                             solver=solver, max_steps=max_steps, denoise=_check_bool("denoise", denoise))
+    _check_bool("return_nfe", return_nfe)
     x, nfe = _with_input_sharding(run, key, x_T)
-    return (x, nfe) if _check_bool("return_nfe", return_nfe) else x
+    return _with_nfe(x, nfe, return_nfe)

@@ -1,4 +1,5 @@
-"""Parity of ``diffjax.samplers.dpm_solver`` (2M) with diffusers' ``DPMSolverMultistepScheduler`` (dpmsolver++).
+"""Parity of ``diffjax.samplers.dpm_solver`` (2M) with diffusers' ``DPMSolverMultistepScheduler`` (dpmsolver++), and of
+``diffjax.samplers.unipc`` with diffusers' ``UniPCMultistepScheduler`` (bh2 order 2, bh1 order 3).
 
 Both run DPM-Solver++(2M) (midpoint form, data prediction, lower-order final steps below 15 steps) from the same
 ``x_T`` with the same analytic model: Gaussian data ``N(MU, S0^2 I)``, whose exact noise prediction at a noise level
@@ -26,7 +27,20 @@ Result (2026-11-29, CPU, float32, 256 x 8 samples, MU = 0.7, S0 = 0.5)::
     num_steps= 10: sigma 157.4 .. 0.01, t 1.0034 .. 9.17e-04, max |diffjax - diffusers| / max |x_0| = 3.72e-07
     num_steps= 20: sigma 157.4 .. 0.01, t 1.0034 .. 9.17e-04, max |diffjax - diffusers| / max |x_0| = 6.60e-07
     num_steps= 25: sigma 157.4 .. 0.01, t 1.0034 .. 9.17e-04, max |diffjax - diffusers| / max |x_0| = 8.51e-07
+    unipc bh2 order 2, num_steps=  5: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 4.17e-07
+    unipc bh2 order 2, num_steps= 10: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 4.08e-07
+    unipc bh2 order 2, num_steps= 20: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 3.18e-07
+    unipc bh2 order 2, num_steps= 25: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 7.73e-07
+    unipc bh1 order 3, num_steps=  5: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 4.73e-07
+    unipc bh1 order 3, num_steps= 10: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 3.74e-07
+    unipc bh1 order 3, num_steps= 20: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 3.86e-07
+    unipc bh1 order 3, num_steps= 25: sigma 157.4 .. 0.01, max |diffjax - diffusers| / max |x_0| = 7.66e-07
     PASS: worst relative difference 4.27e-06 (tolerance 0.0001)
+
+UniPC: ``UniPCMultistepScheduler(same betas, solver_order, solver_type, predict_x0=True, lower_order_final=True,
+final_sigmas_type="sigma_min", prediction_type="epsilon")`` with its default "linspace" spacing (its n sigmas, then
+sigma_min: n steps, no repeated level) against ``unipc(num_steps=n, order, variant)`` on the same sigmas; the
+corrector after every step but the last and the lower-order final steps (order <= n - i) are diffusers' defaults.
 
 A quirk of diffusers met on the way: ``use_lu_lambdas``' grid already ends at ``sigma_min`` and
 ``final_sigmas_type="sigma_min"`` appends it again, so diffusers' last step has ``h = 0`` (a wasted model call that
@@ -55,6 +69,7 @@ MU, S0 = 0.7, 0.5
 BATCH, DIM = 256, 8
 STEPS = (5, 10, 20, 25)
 TOL = 1e-4  # max |diffjax - diffusers| / max |x_0|
+UNIPC = (("bh2", 2), ("bh1", 3))  # (solver_type, solver_order) of UniPCMultistepScheduler
 
 
 def run_diffusers(in_path: str, out_path: str) -> None:
@@ -77,6 +92,22 @@ def run_diffusers(in_path: str, out_path: str) -> None:
             x = sched.step(eps, t, x).prev_sample
         out[f"sigmas_{n}"] = sched.sigmas.numpy()
         out[f"x0_{n}"] = x.numpy()
+    from diffusers import UniPCMultistepScheduler
+
+    for variant, order in UNIPC:
+        for n in STEPS:
+            sched = UniPCMultistepScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                                            beta_schedule="linear", solver_order=order, solver_type=variant,
+                                            predict_x0=True, lower_order_final=True, final_sigmas_type="sigma_min",
+                                            prediction_type="epsilon")
+            sched.set_timesteps(n)
+            x = x_T * sched.init_noise_sigma
+            for i, t in enumerate(sched.timesteps):
+                alpha_t, sigma_t = sched._sigma_to_alpha_sigma_t(sched.sigmas[i])
+                eps = sigma_t * (x - alpha_t * MU) / (alpha_t**2 * S0**2 + sigma_t**2)
+                x = sched.step(eps, t, x).prev_sample
+            out[f"unipc_{variant}_{order}_sigmas_{n}"] = sched.sigmas.numpy()
+            out[f"unipc_{variant}_{order}_x0_{n}"] = x.numpy()
     np.savez(out_path, **out)
 
 
@@ -131,6 +162,20 @@ def main() -> None:
         worst = max(worst, err)
         print(f"num_steps={n:3d}: sigma {sigmas[0]:.4g} .. {sigmas[-1]:.4g}, t {times[0]:.4f} .. {times[-1]:.2e}, "
               f"max |diffjax - diffusers| / max |x_0| = {err:.2e}")
+    for variant, order in UNIPC:
+        for n in STEPS:
+            # UniPC's default "linspace" spacing ends above step 0, so the appended sigma_min is a new level: n steps
+            sigmas = ref[f"unipc_{variant}_{order}_sigmas_{n}"].astype(np.float64)
+            assert len(sigmas) == n + 1 and np.all(np.diff(sigmas) < 0), sigmas
+            times = np.asarray(sde.t_from_log_snr(jnp.asarray(-2.0 * np.log(sigmas), jnp.float32)), np.float64)
+            grid = functools.partial(_fixed_grid, tuple(float(t) for t in times))
+            got = np.asarray(dj.samplers.unipc(None, jnp.asarray(x_T), score_fn, sde, num_steps=n, order=order,
+                                               variant=variant, t_eps=float(times[-1]), time_grid=grid))
+            want = ref[f"unipc_{variant}_{order}_x0_{n}"]
+            err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+            worst = max(worst, err)
+            print(f"unipc {variant} order {order}, num_steps={n:3d}: sigma {sigmas[0]:.4g} .. {sigmas[-1]:.4g}, "
+                  f"max |diffjax - diffusers| / max |x_0| = {err:.2e}")
     print(f"{'PASS' if worst < TOL else 'FAIL'}: worst relative difference {worst:.2e} (tolerance {TOL:g})")
     sys.exit(0 if worst < TOL else 1)
 
