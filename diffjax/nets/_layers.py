@@ -17,8 +17,9 @@ import numpy as np
 
 Dtype = Any
 CONV_IMPLS = ("auto", "xla", "matmul")
-# "fused": the CPU-tuned attention and GroupNorm kernels with custom VJPs (reverse-mode differentiation only);
-# "reference": plain JAX formulas (every transformation, jax.jvp included); "auto": fused on the CPU backend.
+# "fused": the CPU-tuned attention and GroupNorm kernels, custom JVPs whose transposes are hand-written backward
+# passes; "reference": plain JAX formulas; "auto": fused on the CPU backend. Both support every transformation
+# (jax.grad, jax.jvp, jax.jacfwd, vmap and their compositions) with the same values.
 LAYER_IMPLS = ("auto", "fused", "reference")
 
 
@@ -729,7 +730,7 @@ def default_heads_per_step(seq_len: int, head_dim: int, *, cache_bytes: int = 3 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """The textbook ``softmax(q k^T / sqrt(d)) v`` (softmax in float32) over ``(B, N, H, D)``; plain JAX, so every
-    transformation applies (forward-mode ``jax.jvp`` included, which :func:`dot_product_attention` lacks)."""
+    transformation applies."""
     w = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
     w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", w, v)
@@ -738,8 +739,8 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 def attention(q, k, v, impl: str = "auto"):
     """``impl`` (``LAYER_IMPLS``): ``"fused"`` (:func:`dot_product_attention`, chunked by
     :func:`default_heads_per_step`), ``"reference"`` (:func:`reference_attention`) or ``"auto"``: fused on the CPU
-    backend, reference elsewhere (XLA fuses the plain formula well on GPU/TPU, and it keeps forward-mode
-    differentiation)."""
+    backend, reference elsewhere (XLA fuses the plain formula well on GPU/TPU). Both are differentiable in
+    forward and reverse mode."""
     if use_fused(impl):
         return dot_product_attention(q, k, v, default_heads_per_step(q.shape[1], q.shape[-1]))
     return reference_attention(q, k, v)
@@ -749,8 +750,8 @@ class AttnBlock(nn.Module):
     """Spatial self-attention over all ``H*W`` positions (DDPM), multi-head when ``num_head_channels`` is set.
 
     ``x + proj(softmax(q k^T / sqrt(d)) v)``, divided by sqrt(2) if ``skip_rescale``; the output projection starts
-    near zero (``init_scale=0``). ``impl``: ``LAYER_IMPLS`` (the CPU default, fused kernels, supports reverse-mode
-    differentiation only; ``impl="reference"`` for ``jax.jvp``).
+    near zero (``init_scale=0``). ``impl``: ``LAYER_IMPLS`` (the CPU default: fused kernels; both choices support
+    ``jax.grad`` and ``jax.jvp``).
     """
 
     num_head_channels: Optional[int] = None

@@ -82,7 +82,8 @@ class UNet(nn.Module):
         of strided ones), ``"xla"`` (XLA's convolutions, literally) or ``"matmul"`` (matmul weight gradients), see
         :class:`Conv`.
       layer_impl: attention and GroupNorm kernels: ``"auto"`` (``"fused"`` on the CPU backend: chunked attention
-        and GroupNorm with custom VJPs, reverse-mode only) or ``"reference"`` (plain JAX, supports ``jax.jvp``).
+        and GroupNorm, custom JVPs with hand-written transposes) or ``"reference"`` (plain JAX); both support
+        ``jax.grad``, ``jax.jvp`` and their compositions.
     """
 
     ch: int = 128

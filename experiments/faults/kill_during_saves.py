@@ -6,7 +6,8 @@ Runs ``python -m diffjax.main --config configs/tiny.py`` with a save after every
 checkpoints every 4 steps (``checkpoints/``, keep 2) and preemption checkpoints every 2 (``checkpoints-meta/``,
 keep 1), so the two kinds alternate and saves dominate the run time. Each trial waits until the run has begun its
 k-th save from its start (k random in 1..3; a save is seen as orbax's temporary directory
-``STEP.orbax-checkpoint-tmp-*`` appearing under ``WORKDIR/checkpoints*``), sleeps a random delay drawn from
+``STEP.orbax-checkpoint-tmp*`` appearing under ``WORKDIR/checkpoints*``; the re-save of a step whose temporary
+directory an earlier kill left behind reuses that name and is not counted), sleeps a random delay drawn from
 [0, 1.5 x the median save time measured on an uninterrupted run] and sends SIGKILL. A kill "landed inside a write"
 when the temporary directory is still there afterwards (orbax renames it into place as the save's last act).
 
