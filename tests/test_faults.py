@@ -221,6 +221,6 @@ def test_sigkill_during_checkpoint_saves_resumes_from_an_intact_checkpoint(tmp_p
     import kill_during_saves as kds
     s = kds.run_trials(3, workdir=str(tmp_path), devices=jax.device_count(), seed=1)
     assert s["problems"] == [] and s["ok"], s["problems"]
-    assert s["trials"] == 3 and s["restarts"] == 4 and s["restarts_resumed_from_newest_complete"] == 4
+    assert s["trials"] == 3 and s["restarts"] == 3 and s["restarts_resumed_from_newest_complete"] == 3
     assert s["kills_inside_write"] >= 1  # at least one kill really cut a write (seed 1)
     assert s["final_equal_to_uninterrupted"] and s["unrestorable_checkpoints"] == 0
