@@ -235,8 +235,8 @@ def _rss_mib(pid):
 def test_disk_and_host_memory_stay_bounded_over_500_steps(tmp_path):
     """Fault 7: ``checkpoint_keep`` holds with the preemption checkpoints included (no leftover temporary
     directories), and the host memory of the training process does not grow per step: its resident size, sampled
-    from outside between step 100 and step 500, grows by less than 24 MiB (a leak of even 64 KiB per step would
-    add 25 MiB)."""
+    from outside between steps ~120 and ~470, grows by less than 24 MiB: a leak of 70 KiB per step would exceed
+    that. Measured 2026-11-29: 567 -> 574 MiB, flattening (allocator and logging buffers settling)."""
     import subprocess
     import time
     wd = str(tmp_path / "run")
@@ -263,7 +263,6 @@ def test_disk_and_host_memory_stay_bounded_over_500_steps(tmp_path):
     assert early and late, sorted(rss)
     growth = max(late) - min(early)
     print(f"resident memory: {min(early):.1f} MiB at steps 100-140, {max(late):.1f} MiB at steps >= 440")
-    print({s: round(v, 1) for s, v in sorted(rss.items()) if s % 40 == 0})
     assert growth < 24, (growth, min(early), max(late))
     for sub, keep in (("checkpoints", 3), ("checkpoints-meta", 1)):
         entries = os.listdir(os.path.join(wd, sub))

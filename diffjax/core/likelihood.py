@@ -36,8 +36,8 @@ _NOISES = ("rademacher", "gaussian")
 def _divergence_fn(vector_field, trace: str):
     """``f(x, t, eps) -> (v(x, t), div_x v(x, t))``, the divergence per example, shape ``(batch,)``."""
 
-    # Reverse mode (vector-Jacobian products): eps^T J eps is the same scalar either way, and networks whose
-    # layers define only a custom VJP (the CPU attention of diffjax.nets) support reverse mode alone.
+    # Reverse mode (vector-Jacobian products): eps^T J eps is the same scalar either way; user networks whose
+    # layers define only a custom VJP support reverse mode alone.
     def hutchinson(x, t, eps):
         v, vjp_fn = jax.vjp(lambda y: vector_field(y, t), x)
         (eps_j,) = vjp_fn(eps)

@@ -120,8 +120,8 @@ class DiT(nn.Module):
       learn_sigma: double the output channels (``(eps, v)`` of a learned-variance head).
       input_size / in_channels: expected input side and channels, checked when given (``None``: any).
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
-      layer_impl: attention kernel (``LAYER_IMPLS``: ``"auto"`` is the fused reverse-mode-only kernel on the CPU
-        backend; ``"reference"`` supports ``jax.jvp``).
+      layer_impl: attention kernel (``LAYER_IMPLS``: ``"auto"`` is the fused kernel on the CPU backend,
+        ``"reference"`` the plain formulation; both support reverse and forward mode).
     """
 
     patch_size: int = 2
