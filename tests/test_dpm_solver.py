@@ -20,11 +20,7 @@ from diffjax.eval.sample_distances import energy_distance
 from diffjax.samplers import _dpm_solver
 
 S = dj.samplers
-RING = dj.ring_mixture()
-MIX16 = dj.gaussian_mixture(jnp.array([1.0, 2.0, 1.0, 3.0]),
-                            2.0 * jax.random.normal(jax.random.key(5), (4, 16)),
-                            jnp.array([0.5, 0.3, 0.8, 0.4])[:, None] * jnp.ones((4, 16)))
-DATASETS = {"ring": RING, "mix16": MIX16}
+from _mixtures import DATASETS, MIX16, N_POINTS, RING, data_and_noise  # noqa: E402,F401
 PROCESSES = {"vp": dj.vp_sde(), "ve": dj.ve_sde(), "edm": dj.edm_sde(), "rectified_flow": dj.rectified_flow()}
 _SCORES = {}
 
@@ -193,7 +189,6 @@ def test_one_3m_step_from_an_exact_history_is_third_order():
 
 # ------------------------------------------------------------------------------- exact mixture scores
 
-N_POINTS = 2000
 # Compile time dominates: XLA's backend optimizations off (as tests/test_sampler_sweep.py). The same HLO runs.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -202,13 +197,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 def ground_truth():
     """Data sample and tolerance per data set: 4 x the RMS energy distance between two data draws (as
     tests/test_processes.py), and that RMS itself (the sampling noise of one energy distance)."""
-    out = {}
-    for name, mix in DATASETS.items():
-        eds = [float(energy_distance(mix.sample(jax.random.key(100 + 2 * i), N_POINTS),
-                                     mix.sample(jax.random.key(101 + 2 * i), N_POINTS))) for i in range(8)]
-        rms = float(np.sqrt(np.mean(np.square(eds))))
-        out[name] = (mix.sample(jax.random.key(1), N_POINTS), 4.0 * rms, rms)
-    return out
+    return {name: (data, 4.0 * rms, rms) for name, (data, rms) in ((n, data_and_noise(n)) for n in DATASETS)}
 
 
 @pytest.mark.parametrize("proc", list(PROCESSES))

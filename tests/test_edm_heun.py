@@ -12,10 +12,7 @@ import diffjax as dj
 from diffjax.eval.sample_distances import energy_distance
 
 S = dj.samplers
-RING = dj.ring_mixture()
-MIX16 = dj.gaussian_mixture(jnp.array([1.0, 2.0, 1.0, 3.0]),
-                            2.0 * jax.random.normal(jax.random.key(5), (4, 16)),
-                            jnp.array([0.5, 0.3, 0.8, 0.4])[:, None] * jnp.ones((4, 16)))
+from _mixtures import DATASETS, MIX16, N_POINTS, RING, data_and_noise  # noqa: E402
 CHURN = dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)  # EDM's ImageNet-64 kind of setting
 
 
@@ -135,8 +132,6 @@ def test_edm_heun_bad_arguments(kwargs, match):
 
 # ----------------------------------------------------------------------------------- exact scores, 18 steps
 
-N_POINTS = 2000
-DATASETS = {"ring": RING, "mix16": MIX16}
 PROCS = {"vp": dj.vp_sde(), "ve": dj.ve_sde(), "edm": dj.edm_sde(), "rectified_flow": dj.rectified_flow()}
 
 
@@ -144,12 +139,7 @@ PROCS = {"vp": dj.vp_sde(), "ve": dj.ve_sde(), "edm": dj.edm_sde(), "rectified_f
 def ground_truth():
     """The tolerance of tests/test_samplers.py and tests/test_processes.py, which Euler-Maruyama at 1000 steps
     meets: 4 x the RMS energy distance between two independent data draws."""
-    out = {}
-    for name, mix in DATASETS.items():
-        eds = [float(energy_distance(mix.sample(jax.random.key(100 + 2 * i), N_POINTS),
-                                     mix.sample(jax.random.key(101 + 2 * i), N_POINTS))) for i in range(8)]
-        out[name] = (mix.sample(jax.random.key(1), N_POINTS), 4.0 * float(np.sqrt(np.mean(np.square(eds)))))
-    return out
+    return {name: (data, 4.0 * rms) for name, (data, rms) in ((n, data_and_noise(n)) for n in DATASETS)}
 
 
 @pytest.mark.parametrize("data_name", list(DATASETS))

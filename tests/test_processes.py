@@ -199,11 +199,7 @@ def test_gaussian_path_of_vp_reproduces_vp_sde():
 
 # ------------------------------------------------------------------- rectified flow and EDM, exact scores
 
-N_POINTS = 2000
-MIX16 = dj.gaussian_mixture(jnp.array([1.0, 2.0, 1.0, 3.0]),
-                            2.0 * jax.random.normal(jax.random.key(5), (4, 16)),
-                            jnp.array([0.5, 0.3, 0.8, 0.4])[:, None] * jnp.ones((4, 16)))
-DATASETS = {"ring": RING, "mix16": MIX16}
+from _mixtures import DATASETS, MIX16, N_POINTS, data_and_noise  # noqa: E402
 NEW = {"rectified_flow": dj.rectified_flow(), "edm": dj.edm_sde()}
 FEWER = dict(num_steps=200)
 SAMPLERS = {  # as tests/test_samplers.py runs them on VP / VE
@@ -222,12 +218,7 @@ OVERRIDES = {("euler_maruyama", "edm"): dict(num_steps=1000)}
 
 @pytest.fixture(scope="module")
 def ground_truth():
-    out = {}
-    for name, mix in DATASETS.items():
-        eds = [float(energy_distance(mix.sample(jax.random.key(100 + 2 * i), N_POINTS),
-                                     mix.sample(jax.random.key(101 + 2 * i), N_POINTS))) for i in range(8)]
-        out[name] = (mix.sample(jax.random.key(1), N_POINTS), 4.0 * float(np.sqrt(np.mean(np.square(eds)))))
-    return out
+    return {name: (data, 4.0 * rms) for name, (data, rms) in ((n, data_and_noise(n)) for n in DATASETS)}
 
 
 @pytest.mark.parametrize("data_name", list(DATASETS))

@@ -1,9 +1,8 @@
-"""Shared validation and time grids of the samplers (everything here runs before tracing)."""
+"""Shared validation and helpers of the samplers (everything here runs before tracing; time grids: _grids.py)."""
 from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_floating, check_int, check_t_eps
@@ -61,11 +60,6 @@ def floor_time(score_fn, t_eps: float):
         return score_fn(x, jnp.maximum(t, t_eps))
 
     return floored
-
-
-def time_grid(sde, num_steps: int, t_eps: float) -> jax.Array:
-    """``num_steps + 1`` times from ``T`` down to ``t_eps``, uniform in t."""
-    return jnp.linspace(sde.T, t_eps, num_steps + 1, dtype=jnp.float32)
 
 
 def batch_time(t, x):
