@@ -613,7 +613,7 @@ def build_dataset(config, *, split: str = "train", global_batch: Optional[int] =
         images = _fit(images, d)
         return data.ImageData.from_arrays(images, labels, **img_kw)
     tsplit = {"train": "train", "test": "test"}[split]
-    src = data.load_tfds(tfds_name, tsplit, data_dir=d.data_dir or None)
+    src = data.load_tfds(tfds_name, tsplit, data_dir=d.data_dir or None, verify=bool(d.get("verify_files", True)))
     first, _ = src.get([0])
 
     def get(idx):
