@@ -11,6 +11,7 @@ from diffjax import _xla_flags
 _xla_flags.apply_cpu_defaults()  # before any JAX backend starts: XLA reads XLA_FLAGS once
 
 from diffjax import core, discrete, samplers  # noqa: E402
+from diffjax import distill  # noqa: E402  (few-step generation: progressive distillation, consistency)
 from diffjax._host_memory import reuse_freed_host_memory  # noqa: E402
 from diffjax.core import *  # noqa: F401,F403,E402
 from diffjax.samplers import colorize, inpaint  # noqa: E402  (samplers, at top level like the core)
