@@ -283,8 +283,9 @@ def ct_loss(key, x0, student_fn: Callable, process, *, step, total_steps: int, s
     .. math:: \\mathcal L = \\mathbb E\\, \\frac{1}{\\sigma_{i+1} - \\sigma_i}\\,
         d\\big(f_\\theta(a_{i+1} x_0 + s_{i+1} z,\\ t_{i+1}),\\ \\mathrm{sg}(f_\\theta(a_i x_0 + s_i z,\\ t_i))\\big)
 
-    Key usage: ``key_i, key_z = jax.random.split(key)``; ``i = jax.random.categorical(key_i, log p, shape=(batch,))``,
-    ``z = jax.random.normal(key_z, x0.shape, x0.dtype)``.
+    Key usage: ``key_i, key_z = jax.random.split(key)``; ``i`` by inverse CDF, ``u = jax.random.uniform(key_i,
+    (batch,)) * C_{N-1}``, ``i = searchsorted(C, u, side="right")`` with ``C`` the cumulative sums of the unnormalised
+    ``p``; ``z = jax.random.normal(key_z, x0.shape, x0.dtype)``.
 
     Args:
         key: PRNG key.
@@ -323,9 +324,10 @@ def ct_loss(key, x0, student_fn: Callable, process, *, step, total_steps: int, s
     times = jnp.where(idx == 0, t_eps, jnp.where(idx >= num - 1, float(process.T), times))
     cdf = erf((jnp.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std))
     mass = cdf[1:] - cdf[:-1]
-    logits = jnp.where(idx[:-1] < num - 1, jnp.log(jnp.maximum(mass, 1e-30)), -jnp.inf)
+    cum = jnp.cumsum(jnp.where(idx[:-1] < num - 1, jnp.maximum(mass, 0.0), 0.0))
     key_i, key_z = jax.random.split(key)
-    i = jax.random.categorical(key_i, logits, shape=(x0.shape[0],))
+    u = jax.random.uniform(key_i, (x0.shape[0],), jnp.float32) * cum[-1]  # inverse CDF: O(batch log s1) per step
+    i = jnp.clip(jnp.searchsorted(cum, u, side="right", method="compare_all"), 0, num - 2)
     z = jax.random.normal(key_z, x0.shape, x0.dtype)
     t_cur, t_next = times[i], times[i + 1]
     x_cur = process.perturb(x0, t_cur, z).astype(x0.dtype)
