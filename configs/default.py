@@ -11,6 +11,7 @@ def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 42
     config.task = "diffusion"                # diffusion | classifier (the Fashion-MNIST feature classifier)
+                                             # | noisy_classifier (p(y | x_t, t) for classifier guidance)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128
@@ -57,6 +58,8 @@ def get_config():
     sampling.options = config_lib.sampler_options_config()
     sampling.ema_sigma_rel = 0.0             # > 0: sample the post-hoc EMA of this length (needs posthoc_ema_freq)
     sampling.guidance_scale = 0.0            # classifier-free guidance w (class-conditional models)
+    sampling.classifier_scale = 0.0          # classifier guidance scale (0: off); labels y = arange(n) % classes
+    sampling.classifier_workdir = ""         # workdir of a config.task="noisy_classifier" run (same process)
     sampling.clip_denoised = False           # clip the predicted x0 to [-1, 1] (DDPM's sampler; diffusers' clip_sample)
     sampling.dynamic_threshold = 0.0         # Imagen's dynamic thresholding percentile (0: off)
     sampling.num_samples = 64                # --mode sample
@@ -141,6 +144,54 @@ def get_config():
     clf.batch_size = 128
     clf.learning_rate = 1e-3
     clf.log_every = 100
+
+    # config.task = "noisy_classifier": p(y | x_t, t) on training.sde's process (t ~ U[training.t_eps, T), the
+    # score network's time input model.time_input), optimizer optim.*, data data.*; a NoiseConditionalClassifier
+    config.noisy_classifier = ncl = ml_collections.ConfigDict()
+    ncl.ch = 32
+    ncl.ch_mult = (1, 2, 2)
+    ncl.num_res_blocks = 1
+    ncl.attn_resolutions = ()
+    ncl.dropout = 0.0
+    ncl.embedding_type = "positional"
+    ncl.norm_groups = 8
+    ncl.num_classes = 0                      # 0: data.num_classes, else the dataset's (fashion_mnist: 10)
+    ncl.steps = 3000
+    ncl.batch_size = 128
+    ncl.log_every = 100
+    ncl.num_train_examples = 0               # first examples of the train split; 0: all
+    ncl.num_test_examples = 2000             # first examples of the test split for the accuracy; 0: all
+    ncl.num_noise_bins = 10                  # test accuracy in this many equal bins of t in [training.t_eps, T]
+    ncl.eval_batch_size = 500
+
+    # Few-step generation (diffjax/run/_distill.py): with distill.method set, --mode train distils / trains the
+    # student (same network as model.*, on training.sde) and --mode sample samples it with its few steps
+    config.distill = dst = ml_collections.ConfigDict()
+    dst.method = ""                          # "" | progressive | consistency_distillation | consistency_training
+    dst.teacher_workdir = ""                 # the teacher's run directory (newest checkpoint's EMA parameters)
+    dst.teacher_config = ""                  # the teacher's config file; "": this config's model / training.sde
+    dst.t_eps = 0.0                          # boundary / last time of every distillation function; 0: the process's
+    # progressive distillation (Salimans & Ho 2022): rounds halve start_steps down to final_steps
+    dst.start_steps = 64                     # teacher DDIM steps of round 1 (its student takes half)
+    dst.final_steps = 1
+    dst.steps_per_round = 5000
+    dst.time_grid = "uniform"                # the DDIM grid (config_lib.TIME_GRIDS)
+    dst.parameterization = ""                # what the student network predicts; "": the teacher's (round 1 starts
+                                             # as the teacher exactly); x0 | v (Salimans & Ho's advice) | ...
+    # consistency models (Song et al. 2023; iCT, Song & Dhariwal 2024)
+    dst.num_scales = 18                      # consistency distillation: N grid times (Karras grid)
+    dst.ode_step = "heun"                    # consistency distillation: teacher ODE step, euler | heun
+    dst.target_ema = 0.0                     # consistency distillation: EMA rate mu of the target; 0: stop-gradient
+                                             # student (iCT's choice)
+    dst.s0 = 10                              # consistency training: iCT's curriculum N(k) from s0 to s1 intervals
+    dst.s1 = 1280
+    dst.total_steps = 0                      # consistency training: K of the curriculum; 0: training.n_iters
+    dst.rho = 7.0
+    dst.p_mean = -1.1                        # consistency training: log-normal noise levels
+    dst.p_std = 2.0
+    dst.metric = "pseudo_huber"              # pseudo_huber | l2
+    dst.weighting = ""                       # "": unit (distillation) / ict (training); unit | ict
+    dst.sample_steps = 1                     # consistency sampling: 1 (one step) or multistep on the Karras grid
 
     config.distributed = dist = ml_collections.ConfigDict()
     dist.initialize = False                  # call jax.distributed.initialize (multi-host)

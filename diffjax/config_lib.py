@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 import numbers
 import re
@@ -28,7 +29,10 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "IMAGE_DATASETS", "validate",
            "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampling_score_fn",
            "build_sampler", "sampler_options", "sampler_options_config", "SamplerOptions",
-           "build_dataset", "input_shape", "is_toy", "num_classes"]
+           "build_dataset", "input_shape", "is_toy", "num_classes",
+           "NOISY_CLASSIFIER_PARAMS", "NOISY_CLASSIFIER_CONFIG", "validate_noisy_classifier", "build_noisy_classifier",
+           "noisy_classifier_num_classes", "noisy_classifier_logits_fn", "noisy_classifier_record",
+           "load_noisy_classifier", "sampling_num_classes"]
 
 SDES = {
     "vpsde": lambda m: core.vp_sde(m.beta_min, m.beta_max, N=m.num_scales),
@@ -171,6 +175,7 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
                          f"beta_max, sigma_min, sigma_max, num_scales): {e}") from e
     _validate_objective(config, sde)
     _check_sampler(config, sde)
+    _validate_classifier_guidance(config, sde)
 
 
 def _validate_objective(config, sde) -> None:
@@ -340,6 +345,11 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
     ``sampling.guidance_scale`` (null label ``num_classes``) and the x0 range control of ``sampling.clip_denoised``
     / ``sampling.dynamic_threshold``. Not for likelihoods, which need the model's own score.
 
+    With ``sampling.classifier_scale > 0`` the score (guided or not) is classifier-guided
+    (:func:`~diffjax.classifier_guidance`) by the noise-conditional classifier trained in
+    ``sampling.classifier_workdir`` (``config.task="noisy_classifier"``) for the labels ``y`` (required then; see
+    :func:`sampling_num_classes`), before the x0 range control; it works with every sampler.
+
     A learned-variance model (``model.overrides.learn_sigma``) gives a :class:`~diffjax.LearnedVarianceScore`
     through all of these (the x0 transforms keep ``v``; with guidance ``v`` is the conditional model's, as in
     GLIDE), so the grid samplers sample with its learned variance by default."""
@@ -360,12 +370,237 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
             score_fn = core.LearnedVarianceScore(guided_and_v)
     else:
         score_fn = build_score_fn(config, model, sde, params, y=y)
+    if _classifier_scale(config) > 0:
+        score_fn = _classifier_guided(config, score_fn, y)
     if s.clip_denoised:
         score_fn = core.clip_denoised(score_fn, _network_marginal(config, sde))
     elif s.dynamic_threshold:
         score_fn = core.dynamic_threshold(score_fn, _network_marginal(config, sde),
                                           percentile=float(s.dynamic_threshold))
     return score_fn
+
+
+# ------------------------------------------------------------------------------------ the noise-conditional classifier
+# config.task = "noisy_classifier" trains p(y | x_t, t) (diffjax.run.train_noisy_classifier) on the process of
+# training.sde, seen through the same marginal and the same time input as the score network of that config
+# (_network_marginal, _classifier_time_input); sampling.classifier_workdir / classifier_scale guide with it.
+
+NOISY_CLASSIFIER_PARAMS = "noisy_classifier_params.npz"
+NOISY_CLASSIFIER_CONFIG = "noisy_classifier_config.json"
+_NOISY_CLASSIFIER_NET_FIELDS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "embedding_type",
+                                "norm_groups")
+# the config fields a noisy-classifier workdir records (noisy_classifier_record), enough to rebuild its network,
+# its process and its time input when it guides another config's samples
+_NOISY_CLASSIFIER_RECORD = {
+    "training": ("sde", "continuous", "loss", "t_eps"),
+    "model": ("beta_min", "beta_max", "sigma_min", "sigma_max", "edm_sigma_min", "edm_sigma_max", "num_scales",
+              "time_input", "parameterization"),
+    "data": ("dataset", "image_size", "num_channels", "num_classes"),
+}
+
+
+def noisy_classifier_num_classes(config) -> int:
+    """``noisy_classifier.num_classes``, or (0) ``data.num_classes``, or (0) the dataset's number of classes."""
+    n = int(config.noisy_classifier.get("num_classes", 0)) or num_classes(config)
+    if not n and config.data.dataset in IMAGE_DATASETS:
+        n = IMAGE_DATASETS[config.data.dataset][2] or 0
+    return int(n or 0)
+
+
+def build_noisy_classifier(config):
+    """The :class:`~diffjax.nets.NoiseConditionalClassifier` of ``config.noisy_classifier``."""
+    c = config.noisy_classifier
+    kw = {k: (tuple(c[k]) if isinstance(c[k], (list, tuple)) else c[k]) for k in _NOISY_CLASSIFIER_NET_FIELDS if k in c}
+    return _nets().NoiseConditionalClassifier(num_classes=noisy_classifier_num_classes(config),
+                                              image_size=int(config.data.image_size),
+                                              num_channels=int(config.data.num_channels), **kw)
+
+
+def _classifier_time_input(config) -> str:
+    """The score network's time input (``model.time_input`` or :func:`_score_kwargs`' default, else
+    :func:`~diffjax.nets.make_score_fn`'s), so that the classifier sees ``t`` as the score network does."""
+    m = config.model
+    if m.time_input:
+        return m.time_input
+    if m.parameterization == "edm":
+        return "edm"
+    return "index" if _discrete_vp(config) else "continuous"
+
+
+def noisy_classifier_logits_fn(config, model, sde, params, *, train: bool = False, rng=None) -> Callable:
+    """``logits_fn(x, t) -> (batch, classes)`` of the classifier with ``params``: the time ``t`` enters as the
+    score network's noise label (:func:`~diffjax.nets.noise_labels_for` on :func:`_network_marginal` with the
+    config's time input)."""
+    nets = _nets()
+    marginal, time_input = _network_marginal(config, sde), _classifier_time_input(config)
+    extra = {"rngs": {"dropout": rng}} if rng is not None else {}
+
+    def logits_fn(x, t):
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+        labels = nets.noise_labels_for(t, marginal, time_input=time_input)
+        return model.apply({"params": params}, x, labels, train=train, **extra)
+
+    return logits_fn
+
+
+def validate_noisy_classifier(config) -> None:
+    """Check a ``config.task="noisy_classifier"`` config before anything is read or compiled: the dataset (an image
+    dataset with labels), the process (``training.sde`` and ``model.*``), the time input, ``training.t_eps``,
+    ``optim.*`` and the ``noisy_classifier.*`` fields (the network's own checks). ``ValueError`` naming the field."""
+    c, d, t = config.noisy_classifier, config.data, config.training
+    _choice("data.dataset", d.dataset, tuple(IMAGE_DATASETS))
+    _choice("training.sde", t.sde, SDES)
+    _choice("model.time_input", config.model.time_input, _TIME_INPUTS)
+    _choice("model.parameterization", config.model.parameterization, _PARAMETERIZATIONS)
+    for name in ("steps", "batch_size", "log_every", "num_noise_bins", "eval_batch_size"):
+        v = c[name]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"noisy_classifier.{name} must be an integer >= 1, got {v!r}")
+    for name in ("num_train_examples", "num_test_examples", "num_classes"):
+        v = c[name]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"noisy_classifier.{name} must be an integer >= 0 (0: all / the dataset's), got {v!r}")
+    if noisy_classifier_num_classes(config) < 2:
+        raise ValueError(f"noisy_classifier.num_classes: data.dataset={d.dataset!r} has no class labels; set "
+                         f"noisy_classifier.num_classes (or data.num_classes) to the number of classes (>= 2)")
+    try:
+        sde = build_sde(config)
+        core.uniform_time(jax.random.key(0), 1, sde, t_eps=t.t_eps)
+    except ValueError as e:
+        raise ValueError(f"training.sde={t.sde!r} / training.t_eps={t.t_eps!r} (model.beta_min, beta_max, sigma_min, "
+                         f"sigma_max, num_scales): {e}") from e
+    try:
+        model = build_noisy_classifier(config)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"noisy_classifier.* ({', '.join(_NOISY_CLASSIFIER_NET_FIELDS)}): {e}") from None
+    try:  # the network's shape checks (norm_groups vs channels, image size), on abstract values
+        x = jax.ShapeDtypeStruct(input_shape(config, 1), jnp.float32)
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, jnp.zeros((1,)), train=False), x)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"noisy_classifier.* ({', '.join(_NOISY_CLASSIFIER_NET_FIELDS)}) do not fit "
+                         f"{input_shape(config, 1)[1:]} images: {e}") from None
+    build_optimizer(config)
+
+
+def noisy_classifier_record(config) -> dict:
+    """The config fields a noisy-classifier workdir records (``NOISY_CLASSIFIER_CONFIG``): its network, process,
+    time input and data shape."""
+    rec = {group: {k: config[group][k] for k in keys} for group, keys in _NOISY_CLASSIFIER_RECORD.items()}
+    rec["noisy_classifier"] = {k: (list(v) if isinstance(v, tuple) else v)
+                               for k, v in config.noisy_classifier.to_dict().items()}
+    rec["noisy_classifier"]["num_classes"] = noisy_classifier_num_classes(config)
+    return json.loads(json.dumps(rec, default=list))
+
+
+def _classifier_scale(config) -> float:
+    return config.sampling.get("classifier_scale", 0.0)
+
+
+def _read_classifier_config(workdir: str):
+    """The recorded config of a noisy-classifier workdir as a ``ConfigDict``; ``ValueError`` naming
+    ``sampling.classifier_workdir`` when it is no such workdir."""
+    import os
+    missing = [f for f in (NOISY_CLASSIFIER_PARAMS, NOISY_CLASSIFIER_CONFIG)
+               if not os.path.isfile(os.path.join(workdir, f))]
+    if missing:
+        raise ValueError(f"sampling.classifier_workdir={workdir!r} is not a trained noisy-classifier workdir: "
+                         f"{missing} missing (allowed: the workdir of a --config configs/fashion_mnist_noisy_"
+                         f"classifier.py --mode train run, config.task='noisy_classifier')")
+    with open(os.path.join(workdir, NOISY_CLASSIFIER_CONFIG)) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _validate_classifier_guidance(config, sde) -> None:
+    """``sampling.classifier_scale`` (finite, >= 0; 0: off) and ``sampling.classifier_workdir`` (a noisy-classifier
+    workdir whose images, process and classes fit this config), before anything is compiled."""
+    s = config.sampling
+    scale, workdir = s.get("classifier_scale", 0.0), s.get("classifier_workdir", "")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"sampling.classifier_scale must be a finite number >= 0 (0: no classifier guidance), "
+                         f"got {scale!r}")
+    if not isinstance(workdir, str):
+        raise ValueError(f"sampling.classifier_workdir must be a directory path (str), got {workdir!r}")
+    if not scale:
+        return
+    if not workdir:
+        raise ValueError(f"sampling.classifier_scale={scale} needs sampling.classifier_workdir (allowed: the workdir "
+                         f"of a config.task='noisy_classifier' run), got ''")
+    if is_toy(config):
+        raise ValueError(f"sampling.classifier_scale={scale}: the noise-conditional classifier takes images; "
+                         f"data.dataset={config.data.dataset!r} is not an image dataset")
+    rec = _read_classifier_config(workdir)
+    want, got = input_shape(config, 1)[1:], input_shape(rec, 1)[1:]
+    if want != got:
+        raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a classifier of {got} images; this config "
+                         f"samples {want} images (data.image_size, data.num_channels)")
+    n = int(rec.noisy_classifier.num_classes)
+    if num_classes(config) and n != num_classes(config):
+        raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a {n}-class classifier; this "
+                         f"class-conditional model has data.num_classes={num_classes(config)}")
+    mine, theirs = _network_marginal(config, sde), _network_marginal(rec, build_sde(rec))
+    t = jnp.linspace(0.0, 1.0, 17) * min(float(mine.T), float(theirs.T))
+    if not (math.isclose(float(mine.T), float(theirs.T), rel_tol=1e-6)
+            and np.allclose(np.stack(mine.marginal(t)), np.stack(theirs.marginal(t)), rtol=1e-4, atol=1e-6)):
+        raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a classifier trained on another process "
+                         f"(training.sde={rec.training.sde!r} with its model.* fields) than this config's "
+                         f"training.sde={config.training.sde!r}: their marginals (a(t), s(t)) differ; train the "
+                         f"classifier with this config's process")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_noisy_classifier_cached(workdir: str, mtime: float):
+    del mtime  # part of the cache key: a retrained classifier is read again
+    import os
+    rec = _read_classifier_config(workdir)
+    with np.load(os.path.join(workdir, NOISY_CLASSIFIER_PARAMS)) as f:
+        flat = {k: np.asarray(f[k]) for k in f.files}
+    params: dict = {}
+    for path, value in flat.items():
+        node = params
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return rec, build_noisy_classifier(rec), params
+
+
+def load_noisy_classifier(workdir: str):
+    """``(config_record, model, params)`` of a noisy-classifier workdir (read once per file version)."""
+    import os
+    _read_classifier_config(workdir)
+    mtime = os.path.getmtime(os.path.join(workdir, NOISY_CLASSIFIER_PARAMS))
+    return _load_noisy_classifier_cached(os.path.abspath(workdir), mtime)
+
+
+def sampling_num_classes(config) -> Optional[int]:
+    """How many labels the samples cycle through (``y = arange(n) % this``): ``data.num_classes`` of a
+    class-conditional model, else the guiding classifier's when ``sampling.classifier_scale > 0``, else None."""
+    if num_classes(config):
+        return num_classes(config)
+    if _classifier_scale(config) > 0:
+        return int(_read_classifier_config(config.sampling.classifier_workdir).noisy_classifier.num_classes)
+    return None
+
+
+def _classifier_guided(config, score_fn, y):
+    """``score_fn`` guided by the classifier of ``sampling.classifier_workdir`` towards labels ``y``
+    (:func:`~diffjax.classifier_guidance` at ``sampling.classifier_scale``; a learned variance ``v`` is kept)."""
+    if y is None:
+        raise ValueError("sampling.classifier_scale > 0 needs the labels y to guide towards; got y=None")
+    rec, model, params = load_noisy_classifier(config.sampling.classifier_workdir)
+    logits_fn = noisy_classifier_logits_fn(rec, model, build_sde(rec), params)
+    scale = float(_classifier_scale(config))
+    if core.has_learned_variance(score_fn):
+        base = score_fn
+        grad_term = core.with_label(core.classifier_guidance(lambda x, t: jnp.zeros_like(x), logits_fn,
+                                                             scale=scale), y)
+
+        def guided_and_v(x, t):
+            s, v = base.score_and_v(x, t)
+            return s + grad_term(x, t), v
+
+        return core.LearnedVarianceScore(guided_and_v)
+    return core.with_label(core.classifier_guidance(score_fn, logits_fn, scale=scale), y)
 
 
 def build_loss_fn(config, model, sde) -> Callable:
@@ -640,3 +875,137 @@ def _fit(images: np.ndarray, d) -> np.ndarray:
             (d.image_size, d.image_size), Image.BICUBIC)).reshape(d.image_size, d.image_size, -1)
             for im in images])
     return images
+
+
+# ----------------------------------------------------------------------------------------- few-step distillation
+# ``config.distill`` (diffjax/run/_distill.py trains and samples it); its strings are resolved here.
+
+DISTILL_METHODS = ("", "progressive", "consistency_distillation", "consistency_training")
+DISTILL_METRICS = {"pseudo_huber": "pseudo_huber", "l2": "squared_l2"}
+DISTILL_ODE_STEPS = {"euler": _samplers.ode_euler_step, "heun": _samplers.ode_heun_step}
+DISTILL_WEIGHTINGS = {"unit": "unit_weight", "ict": "ict_weight"}
+DISTILL_PARAMETERIZATIONS = ("", "eps", "x0", "v", "score", "edm", "velocity")
+
+
+def _distill_int(field, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"distill.{field} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _distill_float(field, value, lo, hi, *, lo_open=False, hi_open=True):
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and \
+        (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise ValueError(f"distill.{field} must be a number in {'(' if lo_open else '['}{lo}, {hi}"
+                         f"{')' if hi_open else ']'}, got {value!r}")
+    return float(value)
+
+
+def distill_rounds(config) -> int:
+    """The number of progressive-distillation rounds, ``log2(distill.start_steps / distill.final_steps)``."""
+    d = config.distill
+    return int(round(math.log2(d.start_steps // d.final_steps)))
+
+
+def distill_total_steps(config) -> int:
+    """Optimizer steps of the whole distillation run: ``rounds x steps_per_round`` (progressive), else
+    ``training.n_iters``."""
+    if config.distill.method == "progressive":
+        return distill_rounds(config) * int(config.distill.steps_per_round)
+    return int(config.training.n_iters)
+
+
+def validate_distill(config, *, external_teacher: bool = False) -> None:
+    """Check ``config.distill`` before anything is compiled (``ValueError`` naming the field and the allowed
+    values). ``external_teacher``: the caller passes the teacher as a function (no ``distill.teacher_workdir``)."""
+    d = config.distill
+    _choice("distill.method", d.method, DISTILL_METHODS)
+    if not d.method:
+        raise ValueError("distill.method is empty: set it to one of " + str(list(DISTILL_METHODS[1:])))
+    if num_classes(config):
+        raise ValueError(f"distill.method={d.method!r} distils unconditional models; data.num_classes must be 0, got "
+                         f"{config.data.num_classes!r}")
+    if d.method != "consistency_training" and not external_teacher and not d.teacher_workdir:
+        raise ValueError(f"distill.method={d.method!r} needs distill.teacher_workdir (the teacher's run directory; "
+                         f"its newest checkpoint's EMA parameters are the teacher), got {d.teacher_workdir!r}")
+    _choice("distill.time_grid", d.time_grid, TIME_GRIDS)
+    _choice("distill.metric", d.metric, DISTILL_METRICS)
+    _choice("distill.ode_step", d.ode_step, DISTILL_ODE_STEPS)
+    _choice("distill.weighting", d.weighting, ("",) + tuple(DISTILL_WEIGHTINGS))
+    _choice("distill.parameterization", d.parameterization, DISTILL_PARAMETERIZATIONS)
+    _distill_float("t_eps", d.t_eps, 0.0, 1.0)
+    _distill_int("sample_steps", d.sample_steps, 1)
+    n = int(config.training.n_jitted_steps)
+    if d.method == "progressive":
+        start = _distill_int("start_steps", d.start_steps, 2)
+        final = _distill_int("final_steps", d.final_steps, 1)
+        ratio = start // final
+        if start % final or ratio < 2 or ratio & (ratio - 1):
+            raise ValueError(f"distill.start_steps / distill.final_steps must be a power of 2 >= 2 (each round "
+                             f"halves the steps), got start_steps={start!r}, final_steps={final!r}")
+        spr = _distill_int("steps_per_round", d.steps_per_round, 1)
+        if spr % n:
+            raise ValueError(f"distill.steps_per_round={spr} must be a multiple of training.n_jitted_steps={n}")
+    else:
+        _distill_int("num_scales", d.num_scales, 2)
+        _distill_float("target_ema", d.target_ema, 0.0, 1.0)
+        s0, s1 = _distill_int("s0", d.s0, 1), _distill_int("s1", d.s1, 1)
+        if s1 < s0:
+            raise ValueError(f"distill.s1 must be >= distill.s0={s0}, got {s1!r}")
+        _distill_int("total_steps", d.total_steps, 0)
+        _distill_float("rho", d.rho, 0.0, math.inf, lo_open=True)
+        _distill_float("p_mean", d.p_mean, -math.inf, math.inf, lo_open=True)
+        _distill_float("p_std", d.p_std, 0.0, math.inf, lo_open=True)
+    for name in ("log_freq", "snapshot_freq", "snapshot_freq_for_preemption", "checkpoint_freq"):
+        if config.training[name] % n:
+            raise ValueError(f"training.{name}={config.training[name]} must be a multiple of "
+                             f"training.n_jitted_steps={n}")
+    sde = build_sde(config)
+    try:  # the distillation functions' own checks on abstract values: nothing is compiled
+        from diffjax import distill as _distill
+        x0 = jax.ShapeDtypeStruct(input_shape(config, 2), jnp.float32)
+        ident = lambda x, t: x  # noqa: E731
+        opts = distill_options(config)
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        if d.method == "progressive":
+            for r in range(distill_rounds(config)):
+                jax.eval_shape(lambda k, x: _distill.pd_loss(k, x, ident, ident, sde, num_student_steps=int(
+                    d.start_steps) // 2 ** (r + 1), t_eps=opts["t_eps"], time_grid=opts["time_grid"]), key, x0)
+        elif d.method == "consistency_distillation":
+            jax.eval_shape(lambda k, x: _distill.cd_loss(k, x, ident, ident, ident, sde, **opts["cd"]), key, x0)
+        else:
+            jax.eval_shape(lambda k, x: _distill.ct_loss(k, x, ident, sde, step=0, **opts["ct"]), key, x0)
+        if d.method != "progressive":
+            opts["sample_times"](sde)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"distill.* settings ({d.method!r}) rejected on training.sde={config.training.sde!r}: {e}") \
+            from e
+
+
+def distill_options(config) -> dict:
+    """The keyword arguments of the distillation functions from ``config.distill``, strings resolved:
+    ``t_eps`` (None: the process's), ``time_grid``, ``cd`` (of :func:`~diffjax.distill.cd_loss`), ``ct`` (of
+    :func:`~diffjax.distill.ct_loss` except ``step``) and ``sample_times(process)``, the times of
+    :func:`~diffjax.distill.consistency_sample` (``distill.sample_steps`` of them: ``T`` then the Karras grid)."""
+    from diffjax import distill as _distill
+    d = config.distill
+    t_eps = float(d.t_eps) or None
+    default_weight = "unit" if d.method == "consistency_distillation" else "ict"
+    weighting = getattr(_distill, DISTILL_WEIGHTINGS[d.weighting or default_weight])
+    metric = getattr(_distill, DISTILL_METRICS[d.metric])
+    cd = dict(num_scales=int(d.num_scales), ode_step=DISTILL_ODE_STEPS[d.ode_step], metric=metric,
+              weighting=weighting, t_eps=t_eps)
+    ct = dict(total_steps=int(d.total_steps) or int(config.training.n_iters), s0=int(d.s0), s1=int(d.s1),
+              rho=float(d.rho), p_mean=float(d.p_mean), p_std=float(d.p_std), metric=metric, weighting=weighting,
+              t_eps=t_eps)
+    k = int(d.sample_steps)
+
+    def sample_times(process):
+        if k == 1:
+            return (float(process.T),)
+        eps = process.t_eps if t_eps is None else t_eps
+        grid = _samplers.karras(process, k, eps)
+        return tuple(float(v) for v in np.asarray(grid)[:k])
+
+    return dict(t_eps=t_eps, time_grid=TIME_GRIDS[d.time_grid], cd=cd, ct=ct, sample_times=sample_times)

@@ -1,6 +1,7 @@
 """Command line: ``python -m diffjax.main --config configs/X.py --workdir DIR --mode MODE``.
 
-Modes: ``train`` (a diffusion model, or the Fashion-MNIST feature classifier when ``config.task="classifier"``),
+Modes: ``train`` (a diffusion model, the Fashion-MNIST feature classifier when ``config.task="classifier"``, or the
+noise-conditional classifier of classifier guidance when ``config.task="noisy_classifier"``),
 ``sample``, ``eval`` (FID-type metrics of EMA samples, resumable), ``likelihood`` (bits/dim through the
 probability-flow ODE, plus the DDPM variational bound for discrete DDPM models; NLL in nats on toy data),
 ``stats`` (cache the reference statistics only) and ``describe``.
@@ -27,7 +28,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
 MODES = ("train", "sample", "eval", "likelihood", "stats", "describe")
-TASKS = ("diffusion", "classifier")
+TASKS = ("diffusion", "classifier", "noisy_classifier")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.mark_flags_as_required(["config"])
@@ -64,6 +65,13 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
         if mode != "train":
             raise ValueError(f"config.task='classifier' supports --mode train only, got --mode {mode}")
         return dr.train_classifier(config, workdir)
+    if config.task == "noisy_classifier":
+        if mode != "train":
+            raise ValueError(f"config.task='noisy_classifier' supports --mode train only, got --mode {mode}")
+        return dr.train_noisy_classifier(config, workdir)
+    if config.get("distill") and config.distill.method and mode in ("train", "sample"):  # few-step student
+        return dr.train_distill(config, workdir, progress=progress) if mode == "train" else dr.sample_distill(
+            config, workdir)
     if mode == "train":
         return dr.train(config, workdir, progress=progress)
     if mode == "sample":

@@ -7,6 +7,8 @@
   (Ho & Salimans 2022): ``(1 + w) s(x, t, y) - w s(x, t, null)``.
 * :func:`with_label` binds ``y`` so that a conditional ``score_fn(x, t, y)`` drives any sampler as
   ``score_fn(x, t)``.
+* :func:`noisy_classifier_loss` trains the noise-conditional classifier of :func:`classifier_guidance` on any
+  process: cross-entropy of ``logits_fn(x_t, t)`` on ``x_t = a(t) x_0 + s(t) eps``, ``t ~ U[t_eps, T)``.
 
 Score-SDE's inpainting and colorization, which sample with the replacement method rather than transform a score,
 are samplers: :func:`diffjax.samplers.inpaint` and :func:`diffjax.samplers.colorize` (also ``dj.inpaint``,
@@ -20,8 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_nonnegative
+from diffjax.core.weighting import uniform_time
 
-__all__ = ["classifier_guidance", "classifier_free_guidance", "with_label"]
+__all__ = ["classifier_guidance", "classifier_free_guidance", "with_label", "noisy_classifier_loss",
+           "noisy_classifier_accuracy"]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -96,3 +100,61 @@ def with_label(score_fn, y):
         return score_fn(x, t, y)
 
     return bound
+
+
+def _check_labels(x0, y):
+    if jnp.ndim(y) != 1 or jnp.shape(y)[0] != x0.shape[0]:
+        raise ValueError(f"y must be integer labels shaped (batch,) = ({x0.shape[0]},), got shape {jnp.shape(y)}")
+
+
+def noisy_classifier_loss(key, x0, y, logits_fn, process, *, t_eps: float | None = None):
+    """Cross-entropy of a noise-conditional classifier on perturbed data (the classifier of
+    :func:`classifier_guidance`; Dhariwal & Nichol 2021), on any process: ``t ~ U[t_eps, T)``,
+    ``x_t = process.perturb(x0, t, eps)``.
+
+    .. math:: L = \\mathbb E_{t, \\epsilon}[-\\log \\mathrm{softmax}(c_\\phi(a_t x_0 + s_t \\epsilon, t))_y]
+
+    Args:
+      key: PRNG key (split once: time, noise).
+      x0: data ``(batch, *dims)``.
+      y: integer labels ``(batch,)``.
+      logits_fn: ``logits_fn(x_t, t) -> (batch, classes)``, ``t`` of shape ``(batch,)``.
+      process: the forward process (only ``marginal`` / ``perturb``, ``T`` and ``t_eps`` are used).
+      t_eps: smallest time; ``None``: the process's ``t_eps``.
+
+    Returns:
+      ``(loss, aux)``: the mean cross-entropy (scalar) and ``{"accuracy": mean top-1 accuracy}``.
+    """
+    _check_callable("logits_fn", logits_fn, "logits_fn(x, t) -> logits")
+    _check_labels(x0, y)
+    k_t, k_eps = jax.random.split(key)
+    t = uniform_time(k_t, x0.shape[0], process, t_eps=t_eps)
+    x_t = process.perturb(x0, t, jax.random.normal(k_eps, x0.shape, x0.dtype))
+    logits = logits_fn(x_t, t)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    labels = jnp.asarray(y, jnp.int32)
+    loss = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == labels)}
+
+
+def noisy_classifier_accuracy(key, x0, y, logits_fn, process, t):
+    """Top-1 accuracy of ``logits_fn`` on ``x_t = process.perturb(x0, t, eps)`` at the given times.
+
+    .. math:: \\mathrm{acc}(t) = \\tfrac1B \\sum_i [\\arg\\max_k c_\\phi(a_t x_{0,i} + s_t \\epsilon_i, t)_k = y_i]
+
+    Args:
+      key: PRNG key of the noise.
+      x0: data ``(batch, *dims)``.
+      y: integer labels ``(batch,)``.
+      logits_fn: ``logits_fn(x_t, t) -> (batch, classes)``.
+      process: the forward process.
+      t: times ``()`` or ``(batch,)``.
+
+    Returns:
+      ``(batch,)`` booleans: whether each example is classified correctly.
+    """
+    _check_callable("logits_fn", logits_fn, "logits_fn(x, t) -> logits")
+    _check_labels(x0, y)
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x0.shape[0],))
+    x_t = process.perturb(x0, t, jax.random.normal(key, x0.shape, x0.dtype))
+    return jnp.argmax(logits_fn(x_t, t), axis=-1) == jnp.asarray(y, jnp.int32)

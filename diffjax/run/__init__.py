@@ -8,13 +8,21 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
 - :func:`evaluate`, :func:`stats_mode`, :func:`likelihood`, :func:`evaluate_images`, :func:`build_feature_net`,
   :func:`reference_statistics`, ... (``diffjax/run/_eval.py``);
 - :func:`train_classifier` and :data:`CLASSIFIER_FILE`, the Fashion-MNIST feature classifier task
-  (``diffjax/run/_classifier.py``).
+  (``diffjax/run/_classifier.py``);
+- :func:`train_noisy_classifier`, the noise-conditional classifier ``p(y | x_t, t)`` for classifier guidance, with
+  :func:`make_noisy_classifier_step` and :func:`noisy_classifier_accuracy_by_time`
+  (``diffjax/run/_noisy_classifier.py``).
 """
 from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
+from diffjax.run._noisy_classifier import (NOISY_CLASSIFIER_JSON, init_noisy_classifier, make_noisy_classifier_step,
+                                           noisy_classifier_accuracy_by_time, train_noisy_classifier)
 from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_samples, evaluate, evaluate_images,
                                feature_net_name, likelihood, reference_statistics, stats_mode, validate_eval)
 from diffjax.run._run import Run, describe, sample, train
+from diffjax.run._distill import DistillState, Distiller, sample_distill, train_distill
 
-__all__ = ["Run", "train", "sample", "describe", "train_classifier", "CLASSIFIER_FILE", "FEATURE_NETS",
+__all__ = ["Run", "train", "sample", "describe", "Distiller", "DistillState", "train_distill", "sample_distill", "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
+           "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",
+           "NOISY_CLASSIFIER_JSON", "FEATURE_NETS",
            "validate_eval", "feature_net_name", "build_feature_net", "reference_statistics", "stats_mode",
            "evaluate_images", "eval_samples", "evaluate", "likelihood"]

@@ -27,6 +27,7 @@ class Run:
         self.model = cl.build_model(config)
         self.optimizer = cl.build_optimizer(config)
         self.num_classes = cl.num_classes(config)
+        self.label_classes = cl.sampling_num_classes(config)  # the labels samples cycle through (also: guidance)
         shape = cl.input_shape(config, 1)
         self.posthoc_sigma_rels = cl.posthoc_sigma_rels(config)
         self._create = lambda key: tr.create_state(key, self.model, shape, self.optimizer,
@@ -96,7 +97,7 @@ class Run:
             def run(params, key):
                 k_prior, k_y, k_s = jax.random.split(key, 3)
                 x_T = self.sde.prior_sample(k_prior, cl.input_shape(self.config, n))
-                y = jnp.arange(n) % self.num_classes if self.num_classes else None
+                y = jnp.arange(n) % self.label_classes if self.label_classes else None
                 score_fn = cl.build_sampling_score_fn(self.config, self.model, self.sde, params, y=y)
                 return sampler(k_s, x_T, score_fn, self.sde)
 

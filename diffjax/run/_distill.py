@@ -1,0 +1,438 @@
+"""Few-step generation from the command line: progressive distillation, consistency distillation and consistency
+training (``config.distill.method``), trained with the diffusion run's machinery (:class:`~diffjax.run.Run`'s mesh,
+model, optimizer, EMA schedule and checkpoints, :func:`~diffjax.train.make_train_step`,
+:func:`~diffjax.train.train_loop`, the workdir lock) and sampled with their distilled step counts.
+
+The state is a :class:`DistillState`: the student's :class:`~diffjax.train.TrainState` plus ``aux``, the frozen
+networks the loss reads (``aux["teacher"]``: the round's teacher of progressive distillation, the loaded teacher of
+consistency distillation; ``aux["target"]``: consistency distillation's EMA target when ``distill.target_ema > 0``;
+a scalar placeholder where unused) and ``round`` (progressive). All of it is checkpointed, so a restarted run
+continues the same round and step exactly.
+
+Networks (the student is ``cl.build_model(config)``, the teacher's architecture):
+
+* progressive: the student's data prediction is the network's output through the score bridge
+  (:func:`~diffjax.config_lib.build_score_fn`, with ``distill.parameterization`` or else the teacher's
+  ``model.parameterization``), then :func:`~diffjax.x0_from_score`; with the teacher's parameterization the round-1
+  student, initialised from the teacher, is the teacher exactly. Round ``r`` (0-based) distils ``N_r =
+  start_steps / 2^(r+1)`` student steps; from round 2 on, the previous round's student (its EMA parameters) is the
+  teacher and the new student's initialisation (a fresh optimizer state).
+* consistency models: ``f = distill.consistency_fn(raw, process, sigma_data=model.sigma_data, t_eps)`` with
+  ``raw(x_in, c_noise) = net(x_in, c_noise)``: the network sees EDM's preconditioned input ``c_in(sigma) x / a`` and
+  EDM's noise label ``c_noise = log(sigma) / 4`` (``model.time_input="edm"``'s label), the consistency models'
+  own parameterization (Song et al. 2023, App. C); it is the same for every process (``sigma = s / a``), its input
+  has unit variance at every noise level, and ``c_skip``/``c_out`` make ``f(x, t_eps) = x`` exactly. The student is
+  initialised fresh (``config.seed``), except consistency distillation from an EDM-parameterized teacher
+  (``model.parameterization="edm"``, whose raw network takes the same inputs), which starts from the teacher.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.run._common import _append_metrics, train_lock
+
+__all__ = ["DistillState", "Distiller", "train_distill", "sample_distill", "load_config_file"]
+
+
+@flax.struct.dataclass
+class DistillState:
+    """The student's train state, the frozen networks its loss reads, and the progressive round."""
+
+    train: Any          # TrainState of the student
+    aux: Any            # {"teacher": params | placeholder, "target": params | placeholder}
+    round: jax.Array    # int32: the progressive round the state is in (0 for consistency models)
+
+    @property
+    def step(self):
+        return self.train.step
+
+
+def _placeholder():
+    return jnp.zeros((), jnp.float32)
+
+
+def load_config_file(path: str):
+    """``get_config()`` of a Python config file (``distill.teacher_config``)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"distill.teacher_config={path!r} is not a file")
+    spec = importlib.util.spec_from_file_location(f"_teacher_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+class Distiller:
+    """Everything a distillation run builds from its config.
+
+    Args:
+      config: the run's config (``distill.method`` set).
+      workdir: the run directory.
+      teacher_score_fn: optional pure teacher ``score_fn(x, t)`` (e.g. an exact mixture score) used instead of
+        loading ``distill.teacher_workdir`` (progressive: round 1's teacher, the student then starts from
+        ``config.seed``; consistency distillation: the teacher).
+    """
+
+    def __init__(self, config, workdir, *, teacher_score_fn: Optional[Callable] = None):
+        from diffjax import config_lib as cl
+        from diffjax import train as tr
+        from diffjax.run._run import Run
+        cl.validate_distill(config, external_teacher=teacher_score_fn is not None)
+        self.config, self.workdir, self.d = config, workdir, config.distill
+        self.method = self.d.method
+        self.run = Run(config, workdir)
+        self.sde, self.model, self.optimizer = self.run.sde, self.run.model, self.run.optimizer
+        self.opts = cl.distill_options(config)
+        self.total_steps = cl.distill_total_steps(config)
+        self.rounds = cl.distill_rounds(config) if self.method == "progressive" else 1
+        self.external_teacher = teacher_score_fn
+        self.teacher_config = None
+        if self.method != "consistency_training" and teacher_score_fn is None:
+            path = self.d.teacher_config
+            self.teacher_config = load_config_file(path) if path else config
+            cl.validate(self.teacher_config)
+            if cl.input_shape(self.teacher_config, 1) != cl.input_shape(config, 1):
+                raise ValueError(f"distill.teacher_config's data shape {cl.input_shape(self.teacher_config, 1)} "
+                                 f"differs from this config's {cl.input_shape(config, 1)}")
+            if cl.build_sde(self.teacher_config) != self.sde:
+                raise ValueError(f"distill.teacher_config's process (training.sde="
+                                 f"{self.teacher_config.training.sde!r} and model.* fields) differs from this "
+                                 f"config's (training.sde={config.training.sde!r}); the student uses the teacher's")
+            self.teacher_model = cl.build_model(self.teacher_config)
+        self.student_config = config
+        if self.method == "progressive" and self.d.parameterization:
+            self.student_config = config.copy_and_resolve_references()
+            self.student_config.model.parameterization = self.d.parameterization
+        self._teacher_params = None
+        abstract = jax.eval_shape(self._fresh_abstract)
+        self.shardings = tr.state_shardings(self.run.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
+        self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
+        self._jit_cache = {}
+
+    # ------------------------------------------------------------------------------------------- networks
+
+    def _x0_fn(self, cfg, model, params, *, train=False, rng=None):
+        """The data prediction ``x0(x, t)`` of ``model`` with ``params`` through ``cfg``'s score bridge."""
+        from diffjax import config_lib as cl
+        from diffjax import core
+        score_fn = cl.build_score_fn(cfg, model, self.sde, params, train=train, rng=rng)
+        return lambda x, t: core.x0_from_score(score_fn(x, t), x, t, self.sde)
+
+    def student_x0_fn(self, params, *, train=False, rng=None):
+        """Progressive distillation: the student's ``x0(x, t)``."""
+        return self._x0_fn(self.student_config, self.model, params, train=train, rng=rng)
+
+    def consistency_model(self, params, *, train=False, rng=None):
+        """Consistency models: ``f(x, t)`` of the student network with ``params`` (module docstring)."""
+        from diffjax import distill
+
+        def raw(x_in, c_noise):
+            if train:
+                return self.model.apply({"params": params}, x_in, c_noise, train=True, rngs={"dropout": rng})
+            return self.model.apply({"params": params}, x_in, c_noise, train=False)
+
+        return distill.consistency_fn(raw, self.sde, sigma_data=float(self.config.model.sigma_data),
+                                      t_eps=self.opts["t_eps"])
+
+    def _teacher_score_fn(self, params):
+        from diffjax import config_lib as cl
+        if self.external_teacher is not None:
+            return self.external_teacher
+        return cl.build_score_fn(self.teacher_config, self.teacher_model, self.sde, params)
+
+    def _teacher_x0_fn(self, params, round_index):
+        """The teacher's ``x0(x, t)`` in round ``round_index`` (static)."""
+        from diffjax import core
+        if round_index > 0:
+            return self.student_x0_fn(params)
+        score_fn = self._teacher_score_fn(params)
+        return lambda x, t: core.x0_from_score(score_fn(x, t), x, t, self.sde)
+
+    def num_student_steps(self, round_index: int) -> int:
+        return int(self.d.start_steps) // 2 ** (int(round_index) + 1)
+
+    # --------------------------------------------------------------------------------------------- state
+
+    def _loaded_teacher_params(self):
+        if self._teacher_params is None:
+            from diffjax.run._run import Run
+            run = Run(self.teacher_config, self.d.teacher_workdir)
+            state, step = run.restore()
+            run.checkpoints.close()
+            if state is None:
+                raise ValueError(f"distill.teacher_workdir={self.d.teacher_workdir!r} has no readable checkpoint "
+                                 f"(checkpoints/ or checkpoints-meta/)")
+            print(f"teacher: EMA parameters of step {step} in {self.d.teacher_workdir}", flush=True)
+            self._teacher_params = jax.device_get(state.ema_params)
+        return self._teacher_params
+
+    def _has_loaded_teacher(self):
+        return self.method != "consistency_training" and self.external_teacher is None
+
+    def _init_from_teacher(self):
+        if not self._has_loaded_teacher():
+            return False
+        return self.method == "progressive" or self.teacher_config.model.parameterization == "edm"
+
+    def _fresh_abstract(self):
+        return self._fresh(jax.random.key(0), None)
+
+    def _fresh(self, key, teacher_params):
+        """The state at step 0 (``teacher_params``: the loaded teacher's, or None for shapes / no teacher)."""
+        from diffjax import train as tr
+        train = self.run._create(key)
+        if self._has_loaded_teacher():
+            if teacher_params is None:  # shapes only
+                teacher_params = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                    lambda: tr.init_params(jax.random.key(0), self.teacher_model,
+                                           self._teacher_input_shape())))
+            teacher = teacher_params
+        elif self.method == "progressive":  # a pure teacher function in round 1; later rounds' teachers are students
+            teacher = train.params
+        else:
+            teacher = _placeholder()
+        if self._init_from_teacher():
+            if jax.tree.structure(teacher) != jax.tree.structure(train.params) or any(
+                    a.shape != b.shape for a, b in zip(jax.tree.leaves(teacher), jax.tree.leaves(train.params))):
+                raise ValueError("the student starts from the teacher, so model.* must give the teacher's network "
+                                 "(distill.teacher_config's model.name / model.overrides)")
+            train = self._restart(train, teacher)
+        target = train.params if self.method == "consistency_distillation" and self.d.target_ema > 0 \
+            else _placeholder()
+        return DistillState(train=train, aux={"teacher": teacher, "target": target},
+                            round=jnp.zeros((), jnp.int32))
+
+    def _teacher_input_shape(self):
+        from diffjax import config_lib as cl
+        return cl.input_shape(self.teacher_config, 1)
+
+    def _restart(self, train, params):
+        """``train`` with ``params`` as parameters and EMAs and a fresh optimizer state (step and key kept)."""
+        return train.replace(params=params, ema_params=params, opt_state=self.optimizer.init(params),
+                             phema=tuple(params for _ in train.phema))
+
+    def fresh_state(self):
+        teacher = self._loaded_teacher_params() if self._has_loaded_teacher() else None
+        fn = lambda key, tp: self._fresh(key, tp)  # noqa: E731
+        return jax.jit(fn, out_shardings=self.shardings)(jax.random.key(self.config.seed), teacher)
+
+    def next_round(self, state, round_index: int):
+        """Progressive distillation: enter round ``round_index`` (>= 1): the previous student's EMA parameters
+        become the teacher and the new student's initialisation."""
+        def advance(state):
+            p = state.train.ema_params
+            return DistillState(train=self._restart(state.train, p), aux=dict(state.aux, teacher=p),
+                                round=jnp.asarray(round_index, jnp.int32))
+        return jax.jit(advance, out_shardings=self.shardings)(state)
+
+    def restore(self):
+        state, step, skipped = self.run.checkpoints.restore(self.abstract)
+        for msg in skipped:
+            print(f"WARNING: {msg}", flush=True)
+        return state, step
+
+    # ---------------------------------------------------------------------------------------- the step
+
+    def loss_fn(self, round_index: int = 0) -> Callable:
+        """``loss_fn(params, key, batch) -> (loss, aux)`` with ``batch = {"x", "aux", "step"}``: the distillation
+        objective with ``key_loss, key_dropout = jax.random.split(key)``; ``key_loss`` goes to
+        :func:`~diffjax.distill.pd_loss` / :func:`~diffjax.distill.cd_loss` / :func:`~diffjax.distill.ct_loss`
+        unchanged."""
+        from diffjax import distill
+        o = self.opts
+        if self.method == "progressive":
+            n = self.num_student_steps(round_index)
+
+            def loss_fn(params, key, batch):
+                k_loss, k_drop = jax.random.split(key)
+                student = self.student_x0_fn(params, train=True, rng=k_drop)
+                teacher = self._teacher_x0_fn(batch["aux"]["teacher"], round_index)
+                loss = distill.pd_loss(k_loss, batch["x"], student, teacher, self.sde, num_student_steps=n,
+                                       t_eps=o["t_eps"], time_grid=o["time_grid"])
+                return loss, {"round": jnp.float32(round_index + 1), "student_steps": jnp.float32(n)}
+        elif self.method == "consistency_distillation":
+            def loss_fn(params, key, batch):
+                k_loss, k_drop = jax.random.split(key)
+                student = self.consistency_model(params, train=True, rng=k_drop)
+                target_params = params if self.d.target_ema == 0 else batch["aux"]["target"]
+                target = self.consistency_model(target_params, train=True, rng=k_drop)
+                teacher = self._teacher_score_fn(batch["aux"]["teacher"])
+                return distill.cd_loss(k_loss, batch["x"], student, target, teacher, self.sde, **o["cd"]), {}
+        else:
+            def loss_fn(params, key, batch):
+                k_loss, k_drop = jax.random.split(key)
+                student = self.consistency_model(params, train=True, rng=k_drop)
+                loss = distill.ct_loss(k_loss, batch["x"], student, self.sde, step=batch["step"], **o["ct"])
+                num = distill.ict_num_scales(batch["step"], total_steps=o["ct"]["total_steps"], s0=o["ct"]["s0"],
+                                             s1=o["ct"]["s1"])
+                return loss, {"num_scales": num.astype(jnp.float32)}
+        return loss_fn
+
+    def train_step(self, round_index: int = 0) -> Callable:
+        """``step(state, batch) -> (state, metrics)`` on a :class:`DistillState` (unjitted, one batch)."""
+        from diffjax import config_lib as cl
+        from diffjax import train as tr
+        inner = tr.make_train_step(self.loss_fn(round_index), self.optimizer, ema_rate=cl.build_ema_decay(self.config),
+                                   posthoc_sigma_rels=self.run.posthoc_sigma_rels)
+        mu = float(self.d.target_ema)
+
+        def step(state, batch):
+            batch = {"x": batch["x"], "aux": state.aux, "step": state.train.step}
+            train, metrics = inner(state.train, batch)
+            aux = state.aux
+            if self.method == "consistency_distillation" and mu > 0:
+                aux = dict(aux, target=tr.ema_update(aux["target"], train.params, mu))
+            return state.replace(train=train, aux=aux), metrics
+
+        return step
+
+    def train_steps(self, round_index: int = 0) -> Callable:
+        from diffjax import train as tr
+        if round_index not in self._jit_cache:
+            t = self.config.training
+            self._jit_cache[round_index] = tr.jit_train_step(
+                tr.multi_step(self.train_step(round_index), unroll=t.unroll_jitted_steps), self.run.mesh,
+                self.shardings)
+        return self._jit_cache[round_index]
+
+    # -------------------------------------------------------------------------------------------- sampling
+
+    def sample(self, params, key, n, *, round_index: Optional[int] = None):
+        """``n`` samples (host numpy) of the student with ``params``: progressive: :func:`~diffjax.distill.pd_sample`
+        with the round's student steps (default: the last round's, ``distill.final_steps``); consistency:
+        :func:`~diffjax.distill.consistency_sample` on ``distill.sample_steps`` times (default one step)."""
+        from diffjax import config_lib as cl
+        from diffjax import distill
+        r = self.rounds - 1 if round_index is None else int(round_index)
+        cache_key = ("sample", n, r)
+        if cache_key not in self._jit_cache:
+            shape = cl.input_shape(self.config, n)
+            times = None if self.method == "progressive" else self.opts["sample_times"](self.sde)
+
+            def run(params, key):
+                k_prior, k_s = jax.random.split(key)
+                x_T = self.sde.prior_sample(k_prior, shape)
+                if self.method == "progressive":
+                    return distill.pd_sample(k_s, x_T, self.student_x0_fn(params), self.sde,
+                                             num_steps=self.num_student_steps(r), t_eps=self.opts["t_eps"],
+                                             time_grid=self.opts["time_grid"])
+                return distill.consistency_sample(k_s, x_T, self.consistency_model(params), self.sde, steps=times,
+                                                  t_eps=self.opts["t_eps"])
+
+            self._jit_cache[cache_key] = jax.jit(run)
+        return np.asarray(self._jit_cache[cache_key](params, key))
+
+    def describe_sampler(self, round_index):
+        if self.method == "progressive":
+            return f"{self.num_student_steps(round_index)}-step DDIM (pd_sample)"
+        return f"{int(self.d.sample_steps)}-step consistency sampling"
+
+
+def train_distill(config, workdir, *, progress: bool = True, teacher_score_fn: Optional[Callable] = None):
+    """``--mode train`` with ``distill.method`` set: train (or resume) the few-step student in ``workdir``.
+
+    Progressive distillation runs ``rounds x distill.steps_per_round`` steps; round ``r`` covers steps
+    ``[r s, (r + 1) s)`` and ends with a checkpoint. Consistency models run ``training.n_iters`` steps.
+    ``teacher_score_fn``: see :class:`Distiller`."""
+    with train_lock(workdir):
+        return _train(config, workdir, progress=progress, teacher_score_fn=teacher_score_fn)
+
+
+def _train(config, workdir, *, progress, teacher_score_fn):
+    from diffjax import config_lib as cl
+    from diffjax import train as tr
+    t = config.training
+    dist = Distiller(config, workdir, teacher_score_fn=teacher_score_fn)
+    data = cl.build_dataset(config)
+    state, step = dist.restore()
+    if state is None:
+        state = dist.fresh_state()
+        print(f"starting {config.distill.method} in {workdir}", flush=True)
+    else:
+        print(f"resuming {config.distill.method} from step {step} (round {int(state.round) + 1}) in {workdir}",
+              flush=True)
+
+    def get_batches(step, n):
+        return tr.global_batch(data.batches(step, n), dist.run.mesh)
+
+    key = jax.random.key(config.seed)
+    is_toy = cl.is_toy(config)
+    reference = data.sample(jax.random.fold_in(key, 2), config.sampling.snapshot_num) if is_toy else None
+    spr = int(config.distill.steps_per_round) if dist.method == "progressive" else dist.total_steps
+    for r in range(dist.rounds):
+        end = (r + 1) * spr
+        if int(jax.device_get(state.step)) >= end:
+            continue
+        if int(jax.device_get(state.round)) < r:
+            state = dist.next_round(state, r)
+        if dist.method == "progressive":
+            print(f"round {r + 1}/{dist.rounds}: {2 * dist.num_student_steps(r)} teacher steps -> "
+                  f"{dist.num_student_steps(r)} student steps", flush=True)
+
+        def snapshot(state, step, r=r):
+            x = dist.sample(state.train.ema_params, jax.random.fold_in(jax.random.fold_in(key, 1), step),
+                            config.sampling.snapshot_num, round_index=r)
+            dist.run.write_samples(x, f"iter_{step:08d}", reference=reference,
+                                   title=f"EMA student, {dist.describe_sampler(r)}, step {step}")
+
+        state = tr.train_loop(state, dist.train_steps(r), get_batches, workdir=workdir, num_steps=end,
+                              steps_per_call=t.n_jitted_steps, log_freq=t.log_freq,
+                              checkpoint_freq=t.checkpoint_freq, preemption_freq=t.snapshot_freq_for_preemption,
+                              checkpoints=dist.run.checkpoints, snapshot_freq=t.snapshot_freq if t.snapshot_sampling
+                              else 0, snapshot_fn=snapshot, progress=progress)
+    n = config.sampling.final_num_samples
+    if n:
+        _final_samples(dist, state, data, key, n, reference, workdir)
+    dist.run.checkpoints.close()
+    return state
+
+
+def _final_samples(dist, state, data, key, n, reference, workdir):
+    from diffjax import config_lib as cl
+    r = int(jax.device_get(state.round))
+    x = dist.sample(state.train.ema_params, jax.random.fold_in(key, 3), n, round_index=r)
+    record = {"step": int(jax.device_get(state.step)), "final_samples": n, "sampler": dist.describe_sampler(r)}
+    title = f"final EMA student samples ({dist.describe_sampler(r)})"
+    if cl.is_toy(dist.config):
+        from diffjax.eval.sample_distances import energy_distance
+        truth = data.sample(jax.random.fold_in(key, 4), n)
+        ed = float(energy_distance(x, truth))
+        ed_ref = float(energy_distance(data.sample(jax.random.fold_in(key, 6), n), truth))
+        record.update(energy_distance=ed, energy_distance_data_vs_data=ed_ref)
+        title += f", energy distance {ed:.4f} (data vs data {ed_ref:.4f})"
+        print(f"energy distance of {n} student samples ({dist.describe_sampler(r)}): {ed:.5f} (two independent data "
+              f"draws: {ed_ref:.5f})", flush=True)
+    dist.run.write_samples(x, "final", reference=reference, title=title)
+    _append_metrics(workdir, record)
+
+
+def sample_distill(config, workdir, *, teacher_score_fn: Optional[Callable] = None):
+    """``--mode sample`` with ``distill.method`` set: ``sampling.num_samples`` samples of the newest checkpoint's EMA
+    student with its distilled step count (progressive: the checkpoint's round's; consistency:
+    ``distill.sample_steps``), written to ``samples/samples_STEP.npz`` / ``.png`` like the diffusion sampler."""
+    import time
+    dist = Distiller(config, workdir, teacher_score_fn=teacher_score_fn)
+    state, step = dist.restore()
+    if state is None:
+        raise ValueError(f"--mode sample needs a checkpoint in {workdir}/checkpoints or checkpoints-meta; none found")
+    s = config.sampling
+    r = int(jax.device_get(state.round))
+    key = jax.random.fold_in(jax.random.key(config.seed), 5)
+    xs, done, i = [], 0, 0
+    t0 = time.perf_counter()
+    while done < s.num_samples:
+        n = min(s.batch_size, s.num_samples - done)
+        xs.append(dist.sample(state.train.ema_params, jax.random.fold_in(key, i), n, round_index=r))
+        done, i = done + n, i + 1
+        print(f"sampled {done}/{s.num_samples} with {dist.describe_sampler(r)} ({time.perf_counter() - t0:.1f} s)",
+              flush=True)
+    x = np.concatenate(xs)
+    dist.run.write_samples(x, f"samples_{step:08d}", title=f"EMA student, {dist.describe_sampler(r)}, step {step}")
+    dist.run.checkpoints.close()
+    return x
