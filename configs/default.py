@@ -176,7 +176,7 @@ def get_config():
     dst.final_steps = 1
     dst.steps_per_round = 5000
     dst.time_grid = "uniform"                # the DDIM grid (config_lib.TIME_GRIDS)
-    dst.parameterization = ""                # what the student network predicts; "": the teacher's (round 1 starts
+    dst.parameterization = ""                # the student network's output; "": the teacher's (round 1 starts
                                              # as the teacher exactly); x0 | v (Salimans & Ho's advice) | ...
     # consistency models (Song et al. 2023; iCT, Song & Dhariwal 2024)
     dst.num_scales = 18                      # consistency distillation: N grid times (Karras grid)

@@ -934,7 +934,7 @@ def validate_distill(config, *, external_teacher: bool = False) -> None:
     _choice("distill.ode_step", d.ode_step, DISTILL_ODE_STEPS)
     _choice("distill.weighting", d.weighting, ("",) + tuple(DISTILL_WEIGHTINGS))
     _choice("distill.parameterization", d.parameterization, DISTILL_PARAMETERIZATIONS)
-    _distill_float("t_eps", d.t_eps, 0.0, 1.0)
+    _distill_float("t_eps", d.t_eps, 0.0, math.inf)  # 0: the process's; the functions check it against T below
     _distill_int("sample_steps", d.sample_steps, 1)
     n = int(config.training.n_jitted_steps)
     if d.method == "progressive":

@@ -2,7 +2,6 @@
 distillation objective itself (pd_loss / cd_loss / ct_loss on the same batch and key, with networks built by hand
 here), progressive distillation resumes exactly mid-round, the distilled samplers use the distilled step counts,
 the CLI path loads a trained teacher, and bad distill.* values fail before anything is compiled."""
-import functools
 import os
 
 import chex
@@ -27,10 +26,12 @@ def _config(method="progressive", **distill_fields):
     cfg = toy_ring.get_config()
     t = cfg.training
     t.batch_size = 64
-    t.n_iters = 4
-    t.n_jitted_steps = 2
+    t.n_iters = 2
+    t.n_jitted_steps = 1
     t.unroll_jitted_steps = True
-    t.log_freq = t.checkpoint_freq = t.snapshot_freq = t.snapshot_freq_for_preemption = 2
+    t.log_freq = 1
+    t.checkpoint_freq = t.snapshot_freq = 2
+    t.snapshot_freq_for_preemption = 0
     t.snapshot_sampling = False
     cfg.model.overrides.hidden = (16, 16)
     cfg.model.ema_rate = 0.5
@@ -42,7 +43,7 @@ def _config(method="progressive", **distill_fields):
     s.num_samples = s.batch_size = 32
     d = cfg.distill
     d.method = method
-    d.start_steps, d.final_steps, d.steps_per_round = 4, 1, 4
+    d.start_steps, d.final_steps, d.steps_per_round = 4, 1, 2
     d.num_scales, d.s0, d.s1 = 6, 4, 16
     for k, v in distill_fields.items():
         d[k] = v
@@ -90,15 +91,17 @@ def test_train_step_loss_is_the_distillation_objective(tmp_path, method):
         net_score = make_score_fn(model.apply, params, sde, parameterization="eps")
         student = lambda z, t: dj.x0_from_score(net_score(z, t), z, t, sde)  # noqa: E731
         teacher = lambda z, t: dj.x0_from_score(score(z, t), z, t, sde)  # noqa: E731
-        want = distill.pd_loss(key, x, student, teacher, sde, num_student_steps=2)
+        want = jax.jit(lambda k, x: distill.pd_loss(k, x, student, teacher, sde, num_student_steps=2))(key, x)
     else:
         f = distill.consistency_fn(_raw(model, params), sde, sigma_data=2.85)
         if method == "consistency_distillation":
-            want = distill.cd_loss(key, x, f, f, score, sde, num_scales=6, ode_step=dj.samplers.ode_heun_step,
-                                   metric=distill.pseudo_huber, weighting=distill.unit_weight)
+            want = jax.jit(lambda k, x: distill.cd_loss(
+                k, x, f, f, score, sde, num_scales=6, ode_step=dj.samplers.ode_heun_step, metric=distill.pseudo_huber,
+                weighting=distill.unit_weight))(key, x)
         else:
-            want = distill.ct_loss(key, x, f, sde, step=0, total_steps=4, s0=4, s1=16, p_mean=-1.1, p_std=2.0,
-                                   metric=distill.pseudo_huber, weighting=distill.ict_weight)
+            want = jax.jit(lambda k, x: distill.ct_loss(
+                k, x, f, sde, step=0, total_steps=2, s0=4, s1=16, p_mean=-1.1, p_std=2.0, metric=distill.pseudo_huber,
+                weighting=distill.ict_weight))(key, x)
     new, loss = _one_step(dist, state, x)
     assert np.isfinite(loss) and np.isfinite(float(want))
     np.testing.assert_allclose(loss, float(want), rtol=2e-5)
@@ -110,14 +113,14 @@ def test_train_step_loss_is_the_distillation_objective(tmp_path, method):
 
 
 def test_progressive_resume_mid_round_and_sample(tmp_path, monkeypatch):
-    """Two rounds (4 -> 2 -> 1 student steps) of 4 steps each; a run stopped at step 6 (inside round 2, after the
+    """Two rounds (4 -> 2 -> 1 student steps) of 2 steps each; a run stopped at step 3 (inside round 2, after the
     teacher switch) and restarted ends with the uninterrupted run's parameters, bit for bit; --mode sample draws
     pd_sample with 1 step from the final EMA student."""
     cfg = _config("progressive")
     sde = cl.build_sde(cfg)
     score = _exact_score(sde)
     full = dr.train_distill(cfg, str(tmp_path / "full"), progress=False, teacher_score_fn=score)
-    assert int(full.step) == 8 and int(full.round) == 1
+    assert int(full.step) == 4 and int(full.round) == 1
     _finite(full.train.params)
 
     class Stop(Exception):
@@ -126,8 +129,8 @@ def test_progressive_resume_mid_round_and_sample(tmp_path, monkeypatch):
     real_loop = tr.train_loop
 
     def stopping_loop(state, *args, num_steps, **kw):
-        state = real_loop(state, *args, num_steps=min(num_steps, 6), **kw)
-        if num_steps > 6:
+        state = real_loop(state, *args, num_steps=min(num_steps, 3), **kw)
+        if num_steps > 3:
             raise Stop
         return state
 
@@ -136,23 +139,23 @@ def test_progressive_resume_mid_round_and_sample(tmp_path, monkeypatch):
         dr.train_distill(cfg, str(tmp_path / "resumed"), progress=False, teacher_score_fn=score)
     monkeypatch.setattr(tr, "train_loop", real_loop)
     resumed = dr.train_distill(cfg, str(tmp_path / "resumed"), progress=False, teacher_score_fn=score)
-    assert int(resumed.step) == 8 and int(resumed.round) == 1
+    assert int(resumed.step) == 4 and int(resumed.round) == 1
     chex.assert_trees_all_equal(jax.device_get(resumed.train.params), jax.device_get(full.train.params))
     chex.assert_trees_all_equal(jax.device_get(resumed.aux), jax.device_get(full.aux))
     # round 2's teacher is round 1's final EMA student, not the exact score
     assert jax.tree.structure(full.aux["teacher"]) == jax.tree.structure(full.train.params)
     lines = open(tmp_path / "resumed" / "metrics.jsonl").read().splitlines()
-    assert [int(eval(ln)["step"]) for ln in lines] == [2, 4, 6, 8]
+    assert [int(eval(ln)["step"]) for ln in lines] == [1, 2, 3, 4]
 
     x = dr.sample_distill(cfg, str(tmp_path / "full"), teacher_score_fn=score)
     assert x.shape == (32, 2) and np.all(np.isfinite(x))
-    assert os.path.exists(tmp_path / "full" / "samples" / "samples_00000008.npz")
+    assert os.path.exists(tmp_path / "full" / "samples" / "samples_00000004.npz")
     # the same draw by hand: pd_sample with the final N = 1 step on the EMA student's x0
     model = cl.build_model(cfg)
     net_score = make_score_fn(model.apply, jax.device_get(full.train.ema_params), sde, parameterization="eps")
     k_prior, k_s = jax.random.split(jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 5), 0))
-    want = distill.pd_sample(k_s, sde.prior_sample(k_prior, (32, 2)),
-                             lambda z, t: dj.x0_from_score(net_score(z, t), z, t, sde), sde, num_steps=1)
+    want = jax.jit(lambda k, z: distill.pd_sample(k, z, lambda z, t: dj.x0_from_score(net_score(z, t), z, t, sde), sde,
+                                                  num_steps=1))(k_s, sde.prior_sample(k_prior, (32, 2)))
     np.testing.assert_allclose(x, np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
@@ -176,25 +179,28 @@ def test_cli_progressive_from_a_trained_teacher(tmp_path):
     assert os.path.exists(tmp_path / "student" / "samples" / "samples_00000002.png")
 
 
-@pytest.mark.parametrize("sample_steps", [1, 2])
-def test_cli_consistency_training_samples(tmp_path, sample_steps):
-    cfg = _config("consistency_training", sample_steps=sample_steps)
+def test_cli_consistency_training_samples(tmp_path):
+    """Consistency training through run_mode, then one-step sampling (= f(x_T, T) of the EMA model, by hand) and
+    two-step sampling, finite and written to samples/."""
+    cfg = _config("consistency_training")
     workdir = str(tmp_path / "ct")
     state = dmain.run_mode(cfg, workdir, "train", progress=False)
-    assert int(state.step) == 4
+    assert int(state.step) == 2
     _finite(state.train.params)
     x = dmain.run_mode(cfg, workdir, "sample")
     assert x.shape == (32, 2) and np.all(np.isfinite(x))
-    saved = np.load(os.path.join(workdir, "samples", "samples_00000004.npz"))["x"]
+    saved = np.load(os.path.join(workdir, "samples", "samples_00000002.npz"))["x"]
     np.testing.assert_array_equal(saved, x)
-    # one step is f(x_T, T) of the EMA consistency model
-    if sample_steps == 1:
-        sde = cl.build_sde(cfg)
-        f = distill.consistency_fn(_raw(cl.build_model(cfg), jax.device_get(state.train.ema_params)), sde,
-                                   sigma_data=2.85)
-        k_prior, _ = jax.random.split(jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 5), 0))
-        want = f(sde.prior_sample(k_prior, (32, 2)), sde.T)
-        np.testing.assert_allclose(x, np.asarray(want), rtol=1e-4, atol=1e-4)
+    sde = cl.build_sde(cfg)
+    f = distill.consistency_fn(_raw(cl.build_model(cfg), jax.device_get(state.train.ema_params)), sde,
+                               sigma_data=2.85)
+    k_prior, _ = jax.random.split(jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 5), 0))
+    want = jax.jit(f)(sde.prior_sample(k_prior, (32, 2)), sde.T)
+    np.testing.assert_allclose(x, np.asarray(want), rtol=1e-4, atol=1e-4)
+    cfg.distill.sample_steps = 2
+    x2 = dmain.run_mode(cfg, workdir, "sample")
+    assert x2.shape == (32, 2) and np.all(np.isfinite(x2))
+    assert np.max(np.abs(x2 - x)) > 1e-3  # the second step re-noises and denoises again
 
 
 @pytest.mark.parametrize("field, value, method", [
@@ -204,7 +210,7 @@ def test_cli_consistency_training_samples(tmp_path, sample_steps):
     ("weighting", "snr", "consistency_training"),
     ("time_grid", "cosine", "progressive"),
     ("start_steps", 48, "progressive"),
-    ("steps_per_round", 3, "progressive"),
+    ("steps_per_round", 0, "progressive"),
     ("target_ema", 1.0, "consistency_distillation"),
     ("sample_steps", 0, "consistency_training"),
     ("s1", 2, "consistency_training"),
@@ -220,3 +226,10 @@ def test_bad_distill_values_raise_before_compiling(tmp_path, monkeypatch, field,
         dmain.run_mode(cfg, str(tmp_path / "w"), "train", progress=False)
     assert not compiled
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_distilled_run_rejects_the_diffusion_only_modes(tmp_path):
+    cfg = _config("consistency_training")
+    for mode in ("eval", "likelihood"):
+        with pytest.raises(ValueError, match="distill.method='consistency_training' supports --mode train and sample"):
+            dmain.run_mode(cfg, str(tmp_path), mode)

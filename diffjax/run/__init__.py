@@ -12,6 +12,8 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
 - :func:`train_noisy_classifier`, the noise-conditional classifier ``p(y | x_t, t)`` for classifier guidance, with
   :func:`make_noisy_classifier_step` and :func:`noisy_classifier_accuracy_by_time`
   (``diffjax/run/_noisy_classifier.py``).
+- :func:`train_distill`, :func:`sample_distill`, :class:`Distiller`: few-step students (``config.distill``:
+  progressive distillation, consistency distillation / training) (``diffjax/run/_distill.py``).
 """
 from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
 from diffjax.run._noisy_classifier import (NOISY_CLASSIFIER_JSON, init_noisy_classifier, make_noisy_classifier_step,
@@ -21,7 +23,8 @@ from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_samples, ev
 from diffjax.run._run import Run, describe, sample, train
 from diffjax.run._distill import DistillState, Distiller, sample_distill, train_distill
 
-__all__ = ["Run", "train", "sample", "describe", "Distiller", "DistillState", "train_distill", "sample_distill", "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
+__all__ = ["Run", "train", "sample", "describe", "Distiller", "DistillState", "train_distill", "sample_distill",
+           "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
            "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",
            "NOISY_CLASSIFIER_JSON", "FEATURE_NETS",
            "validate_eval", "feature_net_name", "build_feature_net", "reference_statistics", "stats_mode",

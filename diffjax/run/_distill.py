@@ -54,6 +54,18 @@ class DistillState:
         return self.train.step
 
 
+# (config JSON, teacher config JSON, teacher_score_fn) -> {name: jitted function}: a Distiller re-built for the same
+# run in this process (a resumed run, --mode sample after training, a notebook) reuses the compiled functions
+_JIT_CACHE: dict = {}
+_JIT_CACHE_SIZE = 8
+
+
+def _jit_cache(key) -> dict:
+    if key not in _JIT_CACHE and len(_JIT_CACHE) >= _JIT_CACHE_SIZE:
+        _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+    return _JIT_CACHE.setdefault(key, {})
+
+
 def _placeholder():
     return jnp.zeros((), jnp.float32)
 
@@ -113,7 +125,8 @@ class Distiller:
         abstract = jax.eval_shape(self._fresh_abstract)
         self.shardings = tr.state_shardings(self.run.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
         self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
-        self._jit_cache = {}
+        self._jit_cache = _jit_cache((config.to_json_best_effort(sort_keys=True), None if self.teacher_config is None
+                                      else self.teacher_config.to_json_best_effort(sort_keys=True), teacher_score_fn))
 
     # ------------------------------------------------------------------------------------------- networks
 
@@ -219,8 +232,9 @@ class Distiller:
 
     def fresh_state(self):
         teacher = self._loaded_teacher_params() if self._has_loaded_teacher() else None
-        fn = lambda key, tp: self._fresh(key, tp)  # noqa: E731
-        return jax.jit(fn, out_shardings=self.shardings)(jax.random.key(self.config.seed), teacher)
+        if "fresh" not in self._jit_cache:
+            self._jit_cache["fresh"] = jax.jit(self._fresh, out_shardings=self.shardings)
+        return self._jit_cache["fresh"](jax.random.key(self.config.seed), teacher)
 
     def next_round(self, state, round_index: int):
         """Progressive distillation: enter round ``round_index`` (>= 1): the previous student's EMA parameters
@@ -229,7 +243,9 @@ class Distiller:
             p = state.train.ema_params
             return DistillState(train=self._restart(state.train, p), aux=dict(state.aux, teacher=p),
                                 round=jnp.asarray(round_index, jnp.int32))
-        return jax.jit(advance, out_shardings=self.shardings)(state)
+        if ("advance", round_index) not in self._jit_cache:
+            self._jit_cache["advance", round_index] = jax.jit(advance, out_shardings=self.shardings)
+        return self._jit_cache["advance", round_index](state)
 
     def restore(self):
         state, step, skipped = self.run.checkpoints.restore(self.abstract)
@@ -294,12 +310,12 @@ class Distiller:
 
     def train_steps(self, round_index: int = 0) -> Callable:
         from diffjax import train as tr
-        if round_index not in self._jit_cache:
+        if ("train", round_index) not in self._jit_cache:
             t = self.config.training
-            self._jit_cache[round_index] = tr.jit_train_step(
+            self._jit_cache["train", round_index] = tr.jit_train_step(
                 tr.multi_step(self.train_step(round_index), unroll=t.unroll_jitted_steps), self.run.mesh,
                 self.shardings)
-        return self._jit_cache[round_index]
+        return self._jit_cache["train", round_index]
 
     # -------------------------------------------------------------------------------------------- sampling
 
