@@ -24,7 +24,8 @@ setup(
     extras_require={
         # reading prepared ArrayRecord datasets needs tensorflow-datasets and array_record only; TensorFlow is for
         # preparing them (`tfds build`)
-        "tfds": ["tensorflow-datasets>=4.9.10", "array_record>=0.8", "tensorflow-cpu>=2.16", "importlib_resources>=6.0"],
+        "tfds": ["tensorflow-datasets>=4.9.10", "array_record>=0.8", "tensorflow-cpu>=2.16",
+                 "importlib_resources>=6.0"],
         # the damaged-shard tests write real TFDS shards (tests/test_data_tfds.py)
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nbformat>=5.9", "tensorflow-datasets>=4.9.10",
                  "array_record>=0.8"],

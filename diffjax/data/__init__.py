@@ -4,10 +4,10 @@ Batches are deterministic in ``(seed, step)`` (a resumed run sees the same data)
 only its own rows of the global batch.
 """
 from diffjax.data._images import (FASHION_MNIST_DIR, dequantize, from_unit, load_fashion_mnist, load_tfds,
-                                  random_flip, to_unit)
+                                  random_flip, to_unit, verify_array_record_shard)
 from diffjax.data._pipeline import ImageData, ToyData
 from diffjax.data._toy import TOY_DATASETS, checkerboard, ring8, swiss_roll, toy_sample, two_moons
 
-__all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "to_unit", "from_unit", "random_flip",
-           "dequantize", "ToyData", "ImageData", "TOY_DATASETS", "ring8", "swiss_roll", "checkerboard", "two_moons",
-           "toy_sample"]
+__all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array_record_shard", "to_unit", "from_unit",
+           "random_flip", "dequantize", "ToyData", "ImageData", "TOY_DATASETS", "ring8", "swiss_roll", "checkerboard",
+           "two_moons", "toy_sample"]

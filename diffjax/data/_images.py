@@ -9,8 +9,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array_record_shard", "to_unit", "from_unit", "random_flip",
-           "dequantize"]
+__all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array_record_shard", "to_unit", "from_unit",
+           "random_flip", "dequantize"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.run._common import _append_metrics, train_lock
+from diffjax.run._common import _append_metrics, _toy_energy_distances, train_lock
 
 __all__ = ["DistillState", "Distiller", "train_distill", "sample_distill", "load_config_file"]
 
@@ -416,10 +416,7 @@ def _final_samples(dist, state, data, key, n, reference, workdir):
     record = {"step": int(jax.device_get(state.step)), "final_samples": n, "sampler": dist.describe_sampler(r)}
     title = f"final EMA student samples ({dist.describe_sampler(r)})"
     if cl.is_toy(dist.config):
-        from diffjax.eval.sample_distances import energy_distance
-        truth = data.sample(jax.random.fold_in(key, 4), n)
-        ed = float(energy_distance(x, truth))
-        ed_ref = float(energy_distance(data.sample(jax.random.fold_in(key, 6), n), truth))
+        ed, ed_ref = _toy_energy_distances(data, x, key)
         record.update(energy_distance=ed, energy_distance_data_vs_data=ed_ref)
         title += f", energy distance {ed:.4f} (data vs data {ed_ref:.4f})"
         print(f"energy distance of {n} student samples ({dist.describe_sampler(r)}): {ed:.5f} (two independent data "

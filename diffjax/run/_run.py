@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import _append_metrics, _host_tree, train_lock
+from diffjax.run._common import _append_metrics, _host_tree, _toy_energy_distances, train_lock
 
 
 class Run:
@@ -183,11 +183,7 @@ def _train(config, workdir, *, progress: bool = True):
         record = {"step": int(jax.device_get(state.step)), "final_samples": n}
         title = "final EMA samples"
         if is_toy:
-            from diffjax.eval.sample_distances import energy_distance
-            truth = data.sample(jax.random.fold_in(key, 4), n)
-            ed = float(energy_distance(x, truth))
-            # the unbiased estimate scatters around 0 for equal laws: two independent data draws show how much
-            ed_ref = float(energy_distance(data.sample(jax.random.fold_in(key, 6), n), truth))
+            ed, ed_ref = _toy_energy_distances(data, x, key)
             record.update(energy_distance=ed, energy_distance_data_vs_data=ed_ref)
             title += f", energy distance {ed:.4f} (data vs data {ed_ref:.4f})"
             print(f"energy distance of {n} EMA samples to fresh {config.data.dataset} samples: {ed:.5f} "
