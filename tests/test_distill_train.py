@@ -177,6 +177,8 @@ def test_cli_progressive_from_a_trained_teacher(tmp_path):
     x = dmain.run_mode(cfg, str(tmp_path / "student"), "sample")
     assert x.shape == (32, 2) and np.all(np.isfinite(x))
     assert os.path.exists(tmp_path / "student" / "samples" / "samples_00000002.png")
+    cfg.distill.teacher_workdir = ""  # sampling the student never loads the teacher
+    np.testing.assert_array_equal(dmain.run_mode(cfg, str(tmp_path / "student"), "sample"), x)
 
 
 def test_cli_consistency_training_samples(tmp_path):

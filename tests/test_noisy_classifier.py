@@ -178,7 +178,7 @@ def _cli(config, *args):
 
 DIFFUSION_BODY = """
     o = c.model.overrides
-    o.ch, o.ch_mult, o.attn_resolutions, o.dropout = 8, (1,), (), 0.0
+    o.ch, o.ch_mult, o.attn_resolutions, o.dropout, o.num_res_blocks = 8, (1,), (), 0.0, 1
     c.model.num_scales = 50
     t = c.training
     t.batch_size, t.n_iters, t.n_jitted_steps, t.log_freq = 8, 1, 1, 1

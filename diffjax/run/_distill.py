@@ -89,13 +89,15 @@ class Distiller:
       teacher_score_fn: optional pure teacher ``score_fn(x, t)`` (e.g. an exact mixture score) used instead of
         loading ``distill.teacher_workdir`` (progressive: round 1's teacher, the student then starts from
         ``config.seed``; consistency distillation: the teacher).
+      sampling: build only what sampling the student needs (``distill.teacher_workdir`` may be empty: the teacher
+        is never loaded).
     """
 
-    def __init__(self, config, workdir, *, teacher_score_fn: Optional[Callable] = None):
+    def __init__(self, config, workdir, *, teacher_score_fn: Optional[Callable] = None, sampling: bool = False):
         from diffjax import config_lib as cl
         from diffjax import train as tr
         from diffjax.run._run import Run
-        cl.validate_distill(config, external_teacher=teacher_score_fn is not None)
+        cl.validate_distill(config, external_teacher=teacher_score_fn is not None or sampling)
         self.config, self.workdir, self.d = config, workdir, config.distill
         self.method = self.d.method
         self.run = Run(config, workdir)
@@ -430,7 +432,7 @@ def sample_distill(config, workdir, *, teacher_score_fn: Optional[Callable] = No
     student with its distilled step count (progressive: the checkpoint's round's; consistency:
     ``distill.sample_steps``), written to ``samples/samples_STEP.npz`` / ``.png`` like the diffusion sampler."""
     import time
-    dist = Distiller(config, workdir, teacher_score_fn=teacher_score_fn)
+    dist = Distiller(config, workdir, teacher_score_fn=teacher_score_fn, sampling=True)
     state, step = dist.restore()
     if state is None:
         raise ValueError(f"--mode sample needs a checkpoint in {workdir}/checkpoints or checkpoints-meta; none found")
