@@ -53,26 +53,13 @@ def main():
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--out", default="")
     args = p.parse_args()
-    import importlib.util
-
     import jax
-    import jax.numpy as jnp
     from diffjax import config_lib as cl
     from diffjax import run as dr
     from diffjax.data import from_unit
     import score_samples
 
-    spec = importlib.util.spec_from_file_location("run_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    base = module.get_config()
-    for item in args.override:
-        field, _, value = item.partition("=")
-        node = base
-        *parents, leaf = field.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value.lower() == "true"
+    base = score_samples.load_run_config(args.config, args.override)
     run = dr.Run(base, args.workdir)
     state, step = run.restore()
     if state is None:

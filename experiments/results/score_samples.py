@@ -23,6 +23,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 
+def load_run_config(path, overrides=()):
+    """``get_config()`` of the config file ``path`` with ``FIELD=VALUE`` overrides (each value converted to the
+    field's type; tuples and lists as Python literals): how the experiment scripts rebuild a run's config."""
+    import ast
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_run_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for item in overrides:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"an override is FIELD=VALUE, got {item!r}")
+        node = config
+        *parents, leaf = field.split(".")
+        for name in parents:
+            node = node[name]
+        old = node[leaf]
+        if isinstance(old, bool):
+            node[leaf] = value.lower() == "true"
+        elif isinstance(old, (tuple, list)):
+            node[leaf] = type(old)(ast.literal_eval(value))
+        else:
+            node[leaf] = type(old)(value)
+    return config
+
+
 def fashion_mnist_eval_config(classifier_workdir, stats_dir=""):
     """The evaluation settings every comparison uses (scored identically whatever produced the samples)."""
     from configs import fashion_mnist_classifier
