@@ -136,6 +136,7 @@ def class_grid(rows, kind, path, scales, per_class=6):
     blocks = []
     for s in scales:
         x = np.load(rs[s]["samples"])["x"][..., 0]
+        per_class = min(per_class, len(x) // 10)
         rows_img = [np.concatenate([x[c + 10 * j] for j in range(per_class)], axis=1) for c in range(10)]
         blocks.append(np.concatenate(rows_img, axis=0))
         blocks.append(np.full((blocks[-1].shape[0], 6), 255, np.uint8))
