@@ -247,8 +247,8 @@ def clip_denoised(score_fn, sde, *, x_min: float = -1.0, x_max: float = 1.0):
     the one it would make from the clipped x0: for the ancestral step this is exactly DDPM's ``clip_denoised``
     (Ho et al. 2020's sampler; the posterior mean of ``q(x_{i-1} | x_i, x0')``), for DDIM the step from x0' and
     the eps recomputed from it (GLIDE's; diffusers' ``clip_sample`` with ``use_clipped_model_output=True``; by
-    default diffusers' DDIM keeps the network's eps in the direction term). ``sde`` must be the marginal the network was
-    trained on (for a discrete DDPM model, its :class:`~diffjax.discrete.DDPMGrid`). For sampling only: it
+    default diffusers' DDIM keeps the network's eps in the direction term). ``sde`` must be the marginal the
+    network was trained on (for a discrete DDPM model, its :class:`~diffjax.discrete.DDPMGrid`). For sampling only: it
     changes the model, so likelihoods must use the unclipped score. A :class:`~diffjax.LearnedVarianceScore`
     stays one, with its ``v`` unchanged.
     """

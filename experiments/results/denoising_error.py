@@ -8,9 +8,8 @@ On ``--num-images`` test images (fixed noise draw per image), for each time t of
 the network's data prediction ``x0_hat`` (through the run's score bridge, any parameterization) and the implied
 ``eps_hat = (x_t - a x0_hat) / s``. Printed per t: the log-SNR, the mean squared errors of ``eps_hat`` and ``x0_hat``
 per pixel, the x0 error of the best constant prediction (the data variance: the error of E[x0] when x_t carries no
-information), and the fraction of x0_hat pixels more than 0.1 outside [-1, 1] (saturated: what ``sampling.clip_denoised``
-cuts).
-A network whose x0 error at high noise is far above the data variance hands DDIM saturated, clipped predictions there.
+information), and the fraction of x0_hat pixels more than 0.1 outside [-1, 1] (saturated: what
+``sampling.clip_denoised`` cuts). A network whose x0 error at high noise is far above the data variance hands DDIM saturated, clipped predictions there.
 """
 from __future__ import annotations
 

@@ -90,11 +90,8 @@ def measure(args):
             continue
         path, wall, cmd = sample_at(args, scale, f"{scale:g}")
         images = np.load(path)["x"]
-        m = ss.score(images, config, fnet, ref)
-        _, logits = fnet.fn(images)
-        intended = np.arange(len(images)) % 10
-        acc = float(np.mean(np.asarray(logits).argmax(-1) == intended))
-        row = dict(kind=args.kind, workdir=args.workdir, scale=scale, **m, intended_accuracy=acc,
+        m = ss.score(images, config, fnet, ref, labels=np.arange(len(images)) % 10)
+        row = dict(kind=args.kind, workdir=args.workdir, scale=scale, **m,
                    sample_s=round(wall, 1), command=cmd, samples=path, date=time.strftime("%Y-%m-%d"))
         print(json.dumps({k: row[k] for k in ("kind", "scale", "frechet_distance", "intended_accuracy",
                                               "classifier_score", "sample_s")}), flush=True)

@@ -63,14 +63,20 @@ def fashion_mnist_eval_config(classifier_workdir, stats_dir=""):
     return config
 
 
-def score(images, config, fnet, ref):
+def score(images, config, fnet, ref, *, labels=None):
+    """Frechet distance, KID, classifier score and class fractions of ``images``; with ``labels`` (the class each
+    sample was asked for) also ``intended_accuracy``, the fraction the classifier assigns to that class."""
     from diffjax import run as dr
     config.eval.kid_subset_size = min(1000, len(images))
     m = dr.evaluate_images(config, config.eval.stats_dir, images, feature_net=fnet, reference=ref)
     _, logits = fnet.fn(images)
-    counts = np.bincount(np.asarray(logits).argmax(-1), minlength=10) / len(images)
-    return dict(n=int(len(images)), frechet_distance=float(m["frechet_distance"]), kid=float(m["kid"]),
-                classifier_score=float(m["classifier_score"]), class_fractions=[round(float(c), 3) for c in counts])
+    predicted = np.asarray(logits).argmax(-1)
+    counts = np.bincount(predicted, minlength=10) / len(images)
+    out = dict(n=int(len(images)), frechet_distance=float(m["frechet_distance"]), kid=float(m["kid"]),
+               classifier_score=float(m["classifier_score"]), class_fractions=[round(float(c), 3) for c in counts])
+    if labels is not None:
+        out["intended_accuracy"] = float(np.mean(predicted == np.asarray(labels)))
+    return out
 
 
 def main():
