@@ -88,6 +88,33 @@ def test_clipped_ddim_on_range_data_matches_unclipped_with_exact_score():
     np.testing.assert_allclose(clipped, plain, rtol=1e-5, atol=1e-5)
 
 
+def test_ddim_clip_x0_is_diffusers_default_and_differs_from_clip_denoised():
+    """diffusers' DDIMScheduler(clip_sample=True), eta 0: x' = sqrt(ab') clip(x0) + sqrt(1 - ab') eps, the
+    network's eps kept; clip_denoised recomputes eps from the clipped x0 instead (improved-diffusion / GLIDE)."""
+    grid = SDES["ddpm_grid"]
+    x = 1.5 * jax.random.normal(jax.random.PRNGKey(6), (4, 3, 3))
+    key = jax.random.PRNGKey(7)
+    score = score_of(wild_eps, grid)
+    for i, i_prev in ((999, 979), (500, 480), (19, -1)):
+        ab = grid.alpha_bars[i]
+        ab_prev = grid.alpha_bars[i_prev] if i_prev >= 0 else 1.0
+        eps = wild_eps(x, jnp.full((4,), grid.time(i)))
+        x0 = (x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab)
+        expected = jnp.sqrt(ab_prev) * jnp.clip(x0, -1.0, 1.0) + jnp.sqrt(1 - ab_prev) * eps
+        got, got_x0 = dj.samplers.ddim_step(key, x, i, i_prev, score, grid, clip_x0=True)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got_x0, jnp.clip(x0, -1.0, 1.0), rtol=1e-4, atol=1e-4)
+        if i_prev >= 0:  # on the last step (ab' = 1) both give clip(x0)
+            recomputed, _ = dj.samplers.ddim_step(key, x, i, i_prev, dj.clip_denoised(score, grid), grid)
+            assert np.abs(np.asarray(recomputed - got)).max() > 1e-2
+    sde = dj.vp_sde(0.1, 20.0, N=1000)
+    x_T = jax.random.normal(jax.random.PRNGKey(8), (8, 3, 3))
+    out = dj.samplers.ddim(key, x_T, score, sde, num_steps=10, clip_x0=True)
+    assert np.isfinite(np.asarray(out)).all() and np.abs(np.asarray(out)).max() <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="clip_x0"):
+        dj.samplers.ddim(key, x_T, score, sde, num_steps=10, clip_x0="yes")
+
+
 def test_bad_arguments_name_themselves():
     sde = SDES["vp"]
     with pytest.raises(ValueError, match="x_min < x_max"):

@@ -106,7 +106,8 @@ def ode_heun_step(x, t, t_next, score_fn, sde):
 DDIM_VARIANCES = ("posterior", "beta", "learned")
 
 
-def ddim_step(key, x, i, i_prev, score_fn, grid: DDPMGrid, *, eta: float = 0.0, variance: str = "posterior"):
+def ddim_step(key, x, i, i_prev, score_fn, grid: DDPMGrid, *, eta: float = 0.0, variance: str = "posterior",
+              clip_x0: bool = False):
     """DDIM update (Song, Meng & Ermon 2021, eq. 12) from grid step ``i`` to ``i_prev < i`` (``-1``: the data).
 
     The model is evaluated at step ``i``'s own time ``grid.time(i)``. With ``eps = -sqrt(1 - abar_i) s_theta`` and
@@ -140,6 +141,8 @@ def ddim_step(key, x, i, i_prev, score_fn, grid: DDPMGrid, *, eta: float = 0.0, 
         score = score_fn(x, t)
     eps = -std * score
     x0 = (x - std * eps) / jnp.sqrt(abar)
+    if clip_x0:
+        x0 = jnp.clip(x0, -1.0, 1.0)
     beta = 1.0 - abar / abar_prev
     beta_tilde = (1.0 - abar_prev) / (1.0 - abar) * beta
     sigma = eta * jnp.sqrt(beta_tilde)

@@ -373,8 +373,8 @@ def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=Non
     return _with_nfe(x, num_steps * n_steps_each + denoise, return_nfe)
 
 
-@_jit("score_fn", "sde", "num_steps", "eta", "spacing", "variance")
-def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance):
+@_jit("score_fn", "sde", "num_steps", "eta", "spacing", "variance", "clip_x0")
+def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance, clip_x0):
     grid = _ddpm.ddpm_grid(sde)
     seq = grid.subsequence(num_steps, spacing=spacing)  # static NumPy indices, increasing
     prev = [-1] + list(seq[:-1])  # tau_{j-1}; -1: the data (alpha_bar = 1)
@@ -382,7 +382,8 @@ def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance):
     def body(carry, inputs):
         x, _ = carry
         k, i, i_prev = inputs
-        return ddim_step(jax.random.fold_in(key, k), x, i, i_prev, score_fn, grid, eta=eta, variance=variance), None
+        return ddim_step(jax.random.fold_in(key, k), x, i, i_prev, score_fn, grid, eta=eta, variance=variance,
+                         clip_x0=clip_x0), None
 
     inputs = (jnp.arange(num_steps), jnp.asarray(seq[::-1], jnp.int32), jnp.asarray(prev[::-1], jnp.int32))
     (x, x0), _ = jax.lax.scan(body, (x_T, x_T), inputs)
@@ -390,7 +391,7 @@ def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance):
 
 
 def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float = 0.0, spacing: str = "leading",
-         variance=None, return_nfe: bool = False):
+         variance=None, clip_x0: bool = False, return_nfe: bool = False):
     """DDIM (Song, Meng & Ermon 2021) on a strided sub-sequence ``tau`` of the DDPM grid of a VP SDE.
 
     ``tau`` is ``num_steps`` indices of the ``sde.N``-step grid :func:`diffjax.discrete.ddpm_grid`, chosen by
@@ -417,6 +418,10 @@ def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float
             with that variance; "learned" with ``spacing="linspace"`` is improved DDPM's respaced sampler.
             Default None: "learned" when ``score_fn`` has a learned variance, else "posterior". (guided-diffusion's
             ``ddim_sample`` ignores a learned variance and uses ``sigma_eta``: pass ``variance="posterior"``.)
+        clip_x0: clip the predicted ``x0`` to ``[-1, 1]`` in the step's ``x0`` term only, keeping the network's
+            ``eps`` in the direction term: diffusers' ``DDIMScheduler(clip_sample=True)`` with its default
+            ``use_clipped_model_output=False``. (:func:`~diffjax.clip_denoised` on ``score_fn`` is the other
+            convention: ``eps`` recomputed from the clipped ``x0``, as in improved-diffusion and GLIDE.)
         return_nfe: also return the number of score evaluations (an int32 0-d array).
 
     Returns:
@@ -430,9 +435,10 @@ def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float
     eta = check_nonnegative("eta", eta)
     check_choice("spacing", spacing, _ddpm.DDIM_SPACINGS)
     variance = _resolve_variance(variance, score_fn, DDIM_VARIANCES, "posterior")
+    _check_bool("clip_x0", clip_x0)
     _check_bool("return_nfe", return_nfe)
     x = _ddim(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, eta=eta, spacing=spacing,
-              variance=variance)
+              variance=variance, clip_x0=clip_x0)
     return _with_nfe(x, num_steps, return_nfe)
 
 

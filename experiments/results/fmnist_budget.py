@@ -30,6 +30,9 @@ CONFIG = os.path.join(REPO, "configs", "fashion_mnist_budget.py")
 
 # Samplers (label, overrides), each at most 50 network evaluations.
 DDIM = [("ddim50_clip", {"sampling.method": "ddim", "sampling.num_steps": 50, "sampling.clip_denoised": True}),
+        # diffusers' DDIM clip: x0 clipped in the x0 term, the network's eps kept (clip_denoised recomputes eps)
+        ("ddim50_clip_x0", {"sampling.method": "ddim", "sampling.num_steps": 50, "sampling.clip_denoised": False,
+                            "sampling.options.clip_x0": True}),
         ("ddim50_eta1_clip", {"sampling.method": "ddim", "sampling.num_steps": 50, "sampling.clip_denoised": True,
                               "sampling.options.eta": 1.0})]
 FLOW = [("euler50", {"sampling.method": "ode_euler", "sampling.num_steps": 50, "sampling.clip_denoised": False}),
