@@ -55,7 +55,7 @@ VARIANTS = {
                                                                 "model.ema_schedule": "warmup"}, DDIM[:1]),
     "rectified_flow": ("rectified flow: velocity prediction, flow-matching loss, logit-normal t (SD3)",
                        RECTIFIED_FLOW, FLOW),
-    "edm": ("EDM: sigma process, preconditioning, EDM weighting, log-normal sigma", EDM, FLOW[1:] + KARRAS),
+    "edm": ("EDM: sigma process, preconditioning, EDM weighting, log-normal sigma", EDM, KARRAS + FLOW[1:]),
     "v_prediction": ("v prediction (Salimans & Ho 2022) on the DDPM chain", {"model.parameterization": "v"}, DDIM),
     "min_snr": ("min-SNR-5 weighting (Hang et al. 2023), continuous VP, eps",
                 {"training.continuous": True, "training.loss": "dsm", "training.weighting": "min_snr",

@@ -8,7 +8,8 @@ Each argument is ``LABEL=PATH`` of an ``.npz`` whose ``x`` holds uint8 images ``
 against the 10,000 test images by the same network (the classifier of ``configs/fashion_mnist_classifier.py``): the
 Frechet distance of its 128-d penultimate features, KID, the classifier score, and the fraction of samples the
 classifier assigns to each class. Real training images at the same ``n`` give the floor. Prints one JSON line per
-set and a markdown table; ``--out F`` also writes the rows as JSON.
+set and a markdown table; ``--out F`` also writes the rows as JSON, ``--grid DIR`` an 8 x 8 grid of each set's first
+64 samples as ``DIR/LABEL.png``.
 """
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ def main():
     p.add_argument("--classifier", required=True, help="workdir of configs/fashion_mnist_classifier.py")
     p.add_argument("--real", type=int, default=1, help="add real training images at each n as the floor (0: no)")
     p.add_argument("--out", default="")
+    p.add_argument("--grid", default="", help="also write DIR/LABEL.png: the first 64 samples of each set, 8 x 8")
     p.add_argument("sets", nargs="+", help="LABEL=PATH.npz")
     args = p.parse_args()
     from diffjax import config_lib as cl
@@ -98,6 +100,10 @@ def main():
         if not sep:
             raise SystemExit(f"each set is LABEL=PATH, got {item!r}")
         images = np.load(path)["x"]
+        if args.grid:
+            from diffjax.train.images import save_image_grid
+            os.makedirs(args.grid, exist_ok=True)
+            save_image_grid(os.path.join(args.grid, f"{label}.png"), images[:64], ncol=8)
         rows.append(dict(label=label, path=path, **score(images, config, fnet, ref)))
         print(json.dumps(rows[-1]), flush=True)
     if args.real:
