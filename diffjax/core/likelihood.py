@@ -136,7 +136,7 @@ def _solve(key, x, score_fn, sde, trace, rtol, atol, t_eps, noise, solver, max_s
         eps = jax.random.rademacher(key, x.shape, x.dtype)
 
     def batch_score(y, t):
-        return score_fn(y, jnp.broadcast_to(jnp.asarray(t, jnp.float32), (y.shape[0],)))
+        return score_fn(y, jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(y.dtype, jnp.float32)), (y.shape[0],)))
 
     div_fn = _divergence_fn(probability_flow_ode(sde, batch_score), trace)
 

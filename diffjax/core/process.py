@@ -49,6 +49,13 @@ def bcast(c: jax.Array, x: jax.Array) -> jax.Array:
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
 
+def as_time(t) -> jax.Array:
+    """``t`` (times or log-SNRs) as a float array: float32, or float64 when it is float64 (under ``jax_enable_x64``),
+    so that float64 samples get float64 coefficients and float32 ones float32."""
+    t = jnp.asarray(t)
+    return t if t.dtype == jnp.float64 else t.astype(jnp.float32)
+
+
 def standard_normal_logp(z: jax.Array, std: float | jax.Array = 1.0) -> jax.Array:
     """Log-density of ``N(0, std^2 I)`` summed over all but the first axis."""
     d = math.prod(z.shape[1:])
@@ -75,7 +82,7 @@ class GaussianPath:
 
     def marginal_derivative(self, t):
         """``(da/dt, ds/dt)`` by forward-mode differentiation of :meth:`marginal` (elementwise in ``t``)."""
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return jax.jvp(self.marginal, (t,), (jnp.ones_like(t),))[1]
 
     def perturb(self, x0, t, noise):
@@ -93,7 +100,7 @@ class GaussianPath:
 
         .. math:: t = \\lambda^{-1}(\\lambda)
         """
-        lam = jnp.asarray(log_snr, jnp.float32)
+        lam = as_time(log_snr)
         lo, hi = jnp.zeros_like(lam), jnp.full_like(lam, self.T)
 
         def body(_, bounds):
@@ -160,7 +167,7 @@ class GaussianPath:
         Returns:
             ``alpha`` shaped like ``t``.
         """
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         log_ratio = self._log_mean_coeff(t) - self._log_mean_coeff(jnp.maximum(t - dt, 0.0))
         return jnp.minimum(jnp.exp(2.0 * log_ratio), 1.0)
 
@@ -219,8 +226,8 @@ class CallablePath(GaussianPath):
     N: int = 1000
 
     def marginal(self, t):
-        t = jnp.asarray(t, jnp.float32)
-        return jnp.asarray(self.a_fn(t), jnp.float32), jnp.asarray(self.s_fn(t), jnp.float32)
+        t = as_time(t)
+        return jnp.asarray(self.a_fn(t), t.dtype), jnp.asarray(self.s_fn(t), t.dtype)
 
 
 def gaussian_path(a_fn: Callable, s_fn: Callable, *, T: float = 1.0, prior_std: float | None = None,
@@ -278,30 +285,30 @@ class RectifiedFlow(GaussianPath):
     N: int = 1000
 
     def marginal(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return 1.0 - t, t
 
     def marginal_derivative(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return -jnp.ones_like(t), jnp.ones_like(t)
 
     def log_snr(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return 2.0 * (jnp.log1p(-t) - jnp.log(t))
 
     def t_from_log_snr(self, log_snr):
         """.. math:: t = \\operatorname{sigmoid}(-\\lambda / 2)"""
-        return jax.nn.sigmoid(-0.5 * jnp.asarray(log_snr, jnp.float32))
+        return jax.nn.sigmoid(-0.5 * as_time(log_snr))
 
     def _drift_rate(self, t):
-        return -1.0 / (1.0 - jnp.asarray(t, jnp.float32))
+        return -1.0 / (1.0 - as_time(t))
 
     def _g2(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return 2.0 * t / (1.0 - t)
 
     def _log_mean_coeff(self, t):
-        return jnp.log1p(-jnp.asarray(t, jnp.float32))
+        return jnp.log1p(-as_time(t))
 
 
 def rectified_flow(*, T: float = 1.0 - 1e-3, N: int = 1000) -> RectifiedFlow:
@@ -350,35 +357,35 @@ class EDMProcess(GaussianPath):
         return self.sigma_max
 
     def sigma(self, t):
-        return jnp.asarray(t, jnp.float32)
+        return as_time(t)
 
     def marginal(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return jnp.ones_like(t), t
 
     def marginal_derivative(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return jnp.zeros_like(t), jnp.ones_like(t)
 
     def log_snr(self, t):
-        return -2.0 * jnp.log(jnp.asarray(t, jnp.float32))
+        return -2.0 * jnp.log(as_time(t))
 
     def t_from_log_snr(self, log_snr):
         """.. math:: t = \\sigma = e^{-\\lambda/2}"""
-        return jnp.exp(-0.5 * jnp.asarray(log_snr, jnp.float32))
+        return jnp.exp(-0.5 * as_time(log_snr))
 
     def _drift_rate(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+        return jnp.zeros_like(as_time(t))
 
     def _g2(self, t):
-        return 2.0 * jnp.asarray(t, jnp.float32)
+        return 2.0 * as_time(t)
 
     def forward_chain_step(self, x, t, t_next):
-        t, t_next = jnp.asarray(t, jnp.float32), jnp.asarray(t_next, jnp.float32)
+        t, t_next = as_time(t), as_time(t_next)
         return jnp.zeros_like(x), t**2 - t_next**2
 
     def _log_mean_coeff(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+        return jnp.zeros_like(as_time(t))
 
 
 def edm_sde(sigma_min: float = 0.002, sigma_max: float = 80.0, *, N: int = 1000) -> EDMProcess:

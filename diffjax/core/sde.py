@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_finite, check_int, check_positive
-from diffjax.core.process import GaussianPath, bcast, standard_normal_logp
+from diffjax.core.process import GaussianPath, as_time, bcast, standard_normal_logp
 from diffjax.core.schedules import CosineBeta, LinearBeta
 
 __all__ = [
@@ -102,7 +102,7 @@ class VPSDE(GaussianPath):
         .. math:: t = I^{-1}(\\operatorname{softplus}(F(t_\\epsilon) + u (F(T) - F(t_\\epsilon))))
         """
         def F(t):
-            return jnp.log(jnp.expm1(self.schedule.integral(jnp.asarray(t, jnp.float32))))
+            return jnp.log(jnp.expm1(self.schedule.integral(as_time(t))))
 
         f0, f1 = F(t_eps), F(self.T)
         t = jnp.clip(self.schedule.inverse_integral(jax.nn.softplus(f0 + u * (f1 - f0))), t_eps, self.T)

@@ -62,5 +62,10 @@ def floor_time(score_fn, t_eps: float):
     return floored
 
 
+def time_dtype(x):
+    """The dtype of the times and coefficients of a solve for samples ``x``: float32, float64 for float64 ``x``."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def batch_time(t, x):
-    return jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+    return jnp.broadcast_to(jnp.asarray(t, time_dtype(x)), (x.shape[0],))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
 from diffjax.core.process import bcast
-from diffjax.samplers._common import batch_time, check_common
+from diffjax.samplers._common import batch_time, check_common, time_dtype
 from diffjax.core._jit import jit_static as _jit
 from diffjax.samplers._grids import check_time_grid, uniform_log_snr
 
@@ -110,7 +110,7 @@ def _multistep_update(o, x, d0, d1, d2, l_1, l_2, c, c_next, key, sde_variant):
 @_jit("score_fn", "sde", "num_steps", "t_eps", "orders", "sde_variant", "time_grid", "denoise")
 def _multistep(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, sde_variant, time_grid, denoise):
     D = _data_prediction(score_fn, sde)
-    times = time_grid(sde, num_steps, t_eps)
+    times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
     max_order = max(orders)
 
     def body(carry, inputs):
@@ -124,7 +124,7 @@ def _multistep(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, sde_variant
             else branches[0]((x, d0, d1, d2, l_1, l_2, c, c_next, k))
         return (x_next, d0, d1, c[2], l_1), None
 
-    zero = jnp.zeros((), jnp.float32)
+    zero = jnp.zeros((), times.dtype)
     init = (x_T, jnp.zeros_like(x_T), jnp.zeros_like(x_T), zero, zero)
     xs = (jnp.arange(num_steps), jnp.asarray(orders, jnp.int32), times[:-1], times[1:])
     (x, *_), _ = jax.lax.scan(body, init, xs)
@@ -165,7 +165,7 @@ def _singlestep_update(o, x, t, t_next, D, sde):
 def _singlestep(key, x_T, *, score_fn, sde, t_eps, orders, time_grid, denoise):
     del key
     D = _data_prediction(score_fn, sde)
-    times = time_grid(sde, len(orders), t_eps)
+    times = time_grid(sde, len(orders), t_eps).astype(time_dtype(x_T))
     max_order = max(orders)
 
     def body(x, inputs):

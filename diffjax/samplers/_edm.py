@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_nonnegative
-from diffjax.samplers._common import batch_time, check_common
+from diffjax.samplers._common import batch_time, check_common, time_dtype
 from diffjax.samplers._grids import check_time_grid, karras
 from diffjax.samplers._samplers import _check_bool, _jit
 
@@ -39,11 +39,11 @@ def _levels(time_grid, sde, num_steps, t_eps):
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "s_churn", "s_tmin", "s_tmax", "s_noise", "denoise")
 def _edm_heun(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, s_churn, s_tmin, s_tmax, s_noise, denoise):
-    times = _levels(time_grid, sde, num_steps, t_eps)
+    times = _levels(time_grid, sde, num_steps, t_eps).astype(time_dtype(x_T))
     a_levels, s_levels = sde.marginal(times)
     sigmas = s_levels / a_levels
     gamma = min(s_churn / num_steps, _MAX_GAMMA)
-    gammas = jnp.where((sigmas >= s_tmin) & (sigmas <= s_tmax), gamma, 0.0).astype(jnp.float32)
+    gammas = jnp.where((sigmas >= s_tmin) & (sigmas <= s_tmax), gamma, 0.0).astype(times.dtype)
 
     def slope(y, t, sigma):
         """``dy/dsigma = (y - D(y; sigma)) / sigma`` with the score at time ``t`` (whose ``s/a`` is ``sigma``)."""

@@ -50,7 +50,7 @@ def reverse_diffusion_step(key, x, t, t_next, score_fn, sde):
     whose score-SDE predictor uses the Euler-Maruyama step, it is the exact transition instead).
     """
     tb = batch_time(t, x)
-    F, G2 = sde.forward_chain_step(x, jnp.asarray(t, jnp.float32), jnp.asarray(t_next, jnp.float32))
+    F, G2 = sde.forward_chain_step(x, jnp.asarray(t, tb.dtype), jnp.asarray(t_next, tb.dtype))
     G2 = jnp.asarray(G2, x.dtype)
     x_mean = x - F + G2 * score_fn(x, tb)
     return x_mean + jnp.sqrt(G2) * jax.random.normal(key, x.shape, x.dtype), x_mean

@@ -36,7 +36,7 @@ from diffjax.core.learned_variance import has_learned_variance
 from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
-from diffjax.samplers._common import batch_time, check_common, floor_time, with_steps
+from diffjax.samplers._common import batch_time, check_common, floor_time, time_dtype, with_steps
 from diffjax.samplers._grids import check_time_grid, uniform_time
 from diffjax.samplers._kernels import (
     DDIM_VARIANCES,
@@ -101,7 +101,7 @@ def _kernel_nfe(name, kernel):
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "predictor", "corrector", "denoise")
 def _pc(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, predictor, corrector, denoise):
-    times = time_grid(sde, num_steps, t_eps)
+    times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
 
     def body(carry, inputs):
         x, _ = carry
@@ -454,7 +454,7 @@ def _tweedie(x, t, score_fn, sde):
 @_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "heun", "denoise")
 def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, heun, denoise):
     del key
-    times = time_grid(sde, num_steps, t_eps)
+    times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
     step = ode_heun_step if heun else ode_euler_step
 
     def body(x, inputs):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from diffjax.core._checks import check_choice, check_int
 from diffjax.core._jit import jit_static as _jit
 from diffjax.core.process import bcast
-from diffjax.samplers._common import check_common
+from diffjax.samplers._common import check_common, time_dtype
 from diffjax.samplers._dpm_solver import _check_bool, _coeffs, _data_prediction
 from diffjax.samplers._grids import check_time_grid, uniform_log_snr
 
@@ -63,7 +63,7 @@ def _weights(rks, bs):
     """``rho`` solving ``sum_k r_k^(i-1) rho_k = b_i``, ``i = 1 .. len(rks)``."""
     if len(rks) == 1:
         return [bs[0]]
-    R = jnp.stack([jnp.stack([jnp.asarray(r, jnp.float32) ** i for r in rks]) for i in range(len(rks))])
+    R = jnp.stack([jnp.stack([jnp.asarray(r) ** i for r in rks]) for i in range(len(rks))])
     rho = jnp.linalg.solve(R, jnp.stack(bs))
     return [rho[k] for k in range(len(rks))]
 
@@ -98,7 +98,7 @@ def _step(o, x, m0, older, l_older, c, c_next, model_next, variant):
 def _unipc(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, variant, time_grid, denoise):
     del key
     D = _data_prediction(score_fn, sde)
-    times = time_grid(sde, num_steps, t_eps)
+    times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
     max_order = max(orders)
     predictors = [lambda op, o=o: _step(o, *op, None, variant) for o in range(1, max_order + 1)]
     # corrector branch 0: no correction (step 0); branch o: UniC after a UniP-o step
@@ -116,7 +116,7 @@ def _unipc(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, variant, time_g
         x_next = jax.lax.switch(o - 1, predictors, (x, d0, (d1, d2), (l_1, l_2), c, c_next))
         return (x_next, x, d0, d1, d2, c[2], l_1, l_2), None
 
-    zero, zeros = jnp.zeros((), jnp.float32), jnp.zeros_like(x_T)
+    zero, zeros = jnp.zeros((), times.dtype), jnp.zeros_like(x_T)
     init = (x_T, x_T, zeros, zeros, zeros, zero, zero, zero)
     xs = (jnp.asarray(orders, jnp.int32), jnp.asarray((0,) + orders[:-1], jnp.int32),
           jnp.concatenate([times[:1], times[:-2]]), times[:-1], times[1:])  # step 0's t_prev: a placeholder
