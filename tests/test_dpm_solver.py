@@ -292,8 +292,8 @@ def test_bad_arguments_raise_before_tracing(kwargs, match):
 @pytest.mark.parametrize("proc", ["vp", "rectified_flow"])
 def test_float64_samples_get_float64_times_and_coefficients(proc):
     """Under x64 a float64 solve evaluates its grid, coefficients and score times in float64: 3M and UniPC (order 3)
-    on Gaussian data (exact endpoint) keep converging at order >= 3 down to 1e-7, where float32 coefficients (the
-    old behaviour) stop near 1e-6."""
+    on Gaussian data (exact endpoint) keep converging at order >= 3 from 96 to 384 steps, to below 3e-7; with float32
+    coefficients (the old behaviour) 3M on VP stopped at 6.3e-7, a ratio below 4^3."""
     mu, s0 = 0.7, 0.5
     with jax.enable_x64(True):
         p = PROCESSES[proc]
@@ -312,4 +312,4 @@ def test_float64_samples_get_float64_times_and_coefficients(proc):
             coarse, fine = solve(96), solve(384)
             assert fine.dtype == jnp.float64
             e_coarse, e_fine = (float(jnp.max(jnp.abs(x - want))) for x in (coarse, fine))
-            assert np.isfinite(e_coarse) and e_fine < 1e-7 and e_coarse / e_fine > 4.0**3, (e_coarse, e_fine)
+            assert np.isfinite(e_coarse) and e_fine < 3e-7 and e_coarse / e_fine > 4.0**3, (e_coarse, e_fine)
