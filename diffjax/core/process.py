@@ -56,6 +56,11 @@ def as_time(t) -> jax.Array:
     return t if t.dtype == jnp.float64 else t.astype(jnp.float32)
 
 
+def time_dtype(x) -> jnp.dtype:
+    """The dtype of the times and coefficients of a solve for samples ``x``: float32, float64 for float64 ``x``."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def standard_normal_logp(z: jax.Array, std: float | jax.Array = 1.0) -> jax.Array:
     """Log-density of ``N(0, std^2 I)`` summed over all but the first axis."""
     d = math.prod(z.shape[1:])

@@ -6,7 +6,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_floating, check_int, check_t_eps
-from diffjax.core.process import check_process
+from diffjax.core.process import check_process, time_dtype
 
 # The discrete chains a process may carry (its ``discrete_chain``), and the processes that have them, for messages.
 CHAIN_PROCESSES = {"ddpm": "VPSDE", "smld": "VESDE"}
@@ -60,11 +60,6 @@ def floor_time(score_fn, t_eps: float):
         return score_fn(x, jnp.maximum(t, t_eps))
 
     return floored
-
-
-def time_dtype(x):
-    """The dtype of the times and coefficients of a solve for samples ``x``: float32, float64 for float64 ``x``."""
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def batch_time(t, x):
