@@ -100,7 +100,8 @@ def test_shipped_configs_and_every_sampler_validate():
     import importlib
     for name in ("tiny", "toy_ring", "default", "fashion_mnist_ddpm", "fashion_mnist_ncsn", "fashion_mnist_vp_cont",
                  "cifar10_ddpm", "cifar10_ddpmpp_cont", "cifar10_ddpmpp_subvp_cont", "cifar10_ncsnpp_cont",
-                 "celeba_ncsnpp", "fashion_mnist_budget", "fashion_mnist_budget_edm", "fashion_mnist_dit"):
+                 "celeba_ncsnpp", "fashion_mnist_budget", "fashion_mnist_budget_edm", "fashion_mnist_budget_rf",
+                 "fashion_mnist_dit"):
         config_lib.validate(importlib.import_module(f"configs.{name}").get_config(), device_count=1)
     for method in config_lib.SAMPLERS:
         cfg = tiny.get_config()
