@@ -1,5 +1,5 @@
-"""Fashion-MNIST at the quality budget with EDM (Karras et al. 2022): the best recipe measured so far
-(experiments/results/README.md, "Fashion-MNIST at the quality budget").
+"""Fashion-MNIST at the quality budget with EDM (Karras et al. 2022): second best at that budget, behind rectified
+flow (configs/fashion_mnist_budget_rf.py; experiments/results/README.md, "The ablation table").
 
 configs/fashion_mnist_budget.py (same UNet, optimizer, EMA, data and 1500 x 64 image budget) with EDM's process
 (``a = 1``, ``s = sigma`` in [0.002, 80]), its preconditioning (``c_skip``, ``c_out``, ``c_in``, ``c_noise``), its loss
