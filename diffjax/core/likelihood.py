@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from diffjax.core._checks import check_batched, check_choice, check_int, check_positive, check_t_eps
 from diffjax.core._jit import jit_static
 from diffjax.core._solvers import check_solver
-from diffjax.core.process import time_dtype
+from diffjax.core.process import batch_time
 from diffjax.core.sde import probability_flow_ode
 
 __all__ = ["log_likelihood", "bits_per_dim"]
@@ -137,7 +137,7 @@ def _solve(key, x, score_fn, sde, trace, rtol, atol, t_eps, noise, solver, max_s
         eps = jax.random.rademacher(key, x.shape, x.dtype)
 
     def batch_score(y, t):
-        return score_fn(y, jnp.broadcast_to(jnp.asarray(t, time_dtype(y)), (y.shape[0],)))
+        return score_fn(y, batch_time(t, y))
 
     div_fn = _divergence_fn(probability_flow_ode(sde, batch_score), trace)
 

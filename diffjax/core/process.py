@@ -61,6 +61,11 @@ def time_dtype(x) -> jnp.dtype:
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
+def batch_time(t, x) -> jax.Array:
+    """Time ``t`` (scalar) as a ``(batch,)`` array for samples ``x``, in :func:`time_dtype`."""
+    return jnp.broadcast_to(jnp.asarray(t, time_dtype(x)), (x.shape[0],))
+
+
 def standard_normal_logp(z: jax.Array, std: float | jax.Array = 1.0) -> jax.Array:
     """Log-density of ``N(0, std^2 I)`` summed over all but the first axis."""
     d = math.prod(z.shape[1:])

@@ -6,7 +6,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_floating, check_int, check_t_eps
-from diffjax.core.process import check_process, time_dtype
+from diffjax.core.process import batch_time, check_process, time_dtype  # noqa: F401 (re-exported)
 
 # The discrete chains a process may carry (its ``discrete_chain``), and the processes that have them, for messages.
 CHAIN_PROCESSES = {"ddpm": "VPSDE", "smld": "VESDE"}
@@ -61,6 +61,3 @@ def floor_time(score_fn, t_eps: float):
 
     return floored
 
-
-def batch_time(t, x):
-    return jnp.broadcast_to(jnp.asarray(t, time_dtype(x)), (x.shape[0],))
