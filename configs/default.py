@@ -175,7 +175,7 @@ def get_config():
     dst.start_steps = 64                     # teacher DDIM steps of round 1 (its student takes half)
     dst.final_steps = 1
     dst.steps_per_round = 5000
-    dst.time_grid = "uniform"                # the DDIM grid (config_lib.TIME_GRIDS)
+    dst.time_grid = "default"                # the DDIM grid (config_lib.TIME_GRIDS; default: the process's own)
     dst.parameterization = ""                # the student network's output; "": the teacher's (round 1 starts
                                              # as the teacher exactly); x0 | v (Salimans & Ho's advice) | ...
     # consistency models (Song et al. 2023; iCT, Song & Dhariwal 2024)

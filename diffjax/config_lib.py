@@ -665,6 +665,7 @@ _OPTION_TYPES = {t.__name__: t for t in (bool, int, float, str)}
 SOLVERS = {"dopri5": "Dopri5", "tsit5": "Tsit5"}
 # sampling.options.time_grid="karras" -> the samplers' time_grid=diffjax.samplers.karras (the same object each time)
 TIME_GRIDS = {
+    "default": _samplers.process_default,
     "uniform": _samplers.uniform_time,
     "log_snr": _samplers.uniform_log_snr,
     "karras": _samplers.karras,

@@ -69,8 +69,9 @@ def test_target_equals_two_teacher_ddim_steps(name):
 
 
 def _grid_student(process, n, teacher):
-    """The exact two-step teacher map as a student: its x0 prediction is pd_target on the teacher's 2n grid."""
-    grid = dj.samplers.uniform_time(process, 2 * n, process.t_eps)
+    """The exact two-step teacher map as a student: its x0 prediction is pd_target on the teacher's 2n grid (the
+    process's own, pd_sample's default: uniform in t on VP, EDM's rho-grid on EDM's process)."""
+    grid = dj.samplers.process_default(process, 2 * n, process.t_eps)
 
     def student(x, t):
         j = jnp.argmin(jnp.abs(grid[None, :] - t[:, None]), axis=1)
@@ -128,7 +129,7 @@ def test_distilled_sampler_equals_teacher_with_twice_the_steps(name):
     student = _grid_student(p, n, f)
     got = distill.pd_sample(jax.random.key(8), x_T, student, p, num_steps=n)
     want = dj.samplers.dpm_solver(jax.random.key(8), x_T, dj.mixture_score_fn(MIX, p), p, num_steps=2 * n, order=1,
-                                  time_grid=dj.samplers.uniform_time)
+                                  time_grid=dj.samplers.process_default)
     assert bool(jnp.all(jnp.isfinite(got)))
     np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
 

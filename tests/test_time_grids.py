@@ -1,6 +1,6 @@
 """Time grids as sampler arguments: every grid against its formula written out by hand, on VP, VE, rectified flow
 and EDM; the DDPM chain's strided steps against diffusers' multistep spacings; the samplers' ``time_grid`` argument
-(used, validated before tracing, default unchanged)."""
+(used, validated before tracing, default the process's own grid)."""
 import functools
 
 import jax
@@ -175,7 +175,7 @@ def test_ode_euler_walks_the_given_grid():
         x = x + (t[k + 1] - t[k]) * (-t[k]) * score_fn(x, jnp.float32(t[k]))
     assert bool(jnp.all(jnp.isfinite(got)))
     np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5)
-    uniform = S.ode_euler(jax.random.key(0), x_T, score_fn, sde, num_steps=9)
+    uniform = S.ode_euler(jax.random.key(0), x_T, score_fn, sde, num_steps=9, time_grid=S.uniform_time)
     assert float(jnp.max(jnp.abs(uniform - got))) > 1e-2  # the grid matters
 
 
@@ -199,12 +199,27 @@ def test_pc_runs_the_grid_of_the_callers_process(name, grid):
     np.testing.assert_allclose(np.asarray(out)[:, 0], want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("n", [1, 12])
+@pytest.mark.parametrize("proc", list(PROCESSES))
+def test_process_default_is_the_process_s_own_grid(proc, n):
+    """Equal steps in t on VP, VE and rectified flow; EDM's rho-grid on EDM's process (whose time is sigma)."""
+    p = PROCESSES[proc]
+    own = S.karras if proc == "edm" else S.uniform_time
+    got = S.process_default(p, n, float(p.t_eps))
+    assert got.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(got)))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(own(p, n, float(p.t_eps))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("proc", ["vp", "edm"])
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "reverse_diffusion", "pc", "ode_euler", "ode_heun"])
-def test_default_grid_is_uniform_time(sampler):
-    sde = dj.vp_sde()
+def test_default_grid_is_process_default(sampler, proc):
+    sde = PROCESSES[proc]
+    own = S.karras if proc == "edm" else S.uniform_time
     score_fn = _gauss_score(sde)
     x_T = sde.prior_sample(jax.random.key(1), (4, 2))
     a = getattr(S, sampler)(jax.random.key(2), x_T, score_fn, sde, num_steps=5)
-    b = getattr(S, sampler)(jax.random.key(2), x_T, score_fn, sde, num_steps=5, time_grid=S.uniform_time)
+    b = getattr(S, sampler)(jax.random.key(2), x_T, score_fn, sde, num_steps=5, time_grid=own)
+    c = getattr(S, sampler)(jax.random.key(2), x_T, score_fn, sde, num_steps=5, time_grid=S.process_default)
     assert bool(jnp.all(jnp.isfinite(a)))
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * float(sde.prior_std))
+    np.testing.assert_array_equal(a, c)

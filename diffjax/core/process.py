@@ -13,6 +13,8 @@ two callables). Samplers, losses, likelihood and guidance call only these method
 * ``forward_chain_step(x, t, t_next) -> (F, G2)``: the exact Gaussian transition ``x_t = x_{t_next} + F + G z``
   (DDPM's step for VP, SMLD's for VE), the step that reverse diffusion inverts.
 * ``langevin_alpha(t, dt)``: the Langevin corrector's step rule; ``prior_sample(key, shape)``, ``prior_logp(z)``.
+* ``default_times(num_steps, t_eps)``: the times the samplers step on when given no grid (equal steps in t; EDM's
+  rho-grid on :class:`EDMProcess`, whose time is sigma).
 * ``discrete_chain``: ``"ddpm"`` (a DDPM beta chain, ``discrete_betas()``), ``"smld"`` (SMLD's sigma chain,
   ``discrete_sigmas()``) or ``None``: what the grid samplers (ancestral, DDIM, annealed Langevin) need.
 
@@ -192,6 +194,11 @@ class GaussianPath:
         """Log-density of the prior, summed over non-batch dims (nats)."""
         return standard_normal_logp(z, self.prior_std)
 
+    def default_times(self, num_steps: int, t_eps: float) -> jax.Array:
+        """The ``num_steps + 1`` decreasing float32 times from ``T`` to ``t_eps`` that the samplers step on by default
+        (:func:`diffjax.samplers.process_default`): equal steps in t, score-SDE's grid."""
+        return jnp.linspace(self.T, t_eps, num_steps + 1, dtype=jnp.float32)
+
     # The uniform grid of N points on [0, T] and score-SDE's Euler-Maruyama discretization (ReverseSDE.discretize).
     def grid(self) -> jax.Array:
         return jnp.linspace(0.0, self.T, self.N, dtype=jnp.float32)
@@ -206,7 +213,8 @@ class GaussianPath:
 
 
 PROTOCOL = ("T", "N", "t_eps", "marginal", "marginal_derivative", "log_snr", "t_from_log_snr", "coefficients",
-            "drift", "diffusion", "forward_chain_step", "langevin_alpha", "prior_sample", "prior_logp", "perturb")
+            "drift", "diffusion", "forward_chain_step", "langevin_alpha", "prior_sample", "prior_logp", "perturb",
+            "default_times")
 
 
 def check_process(process, *, name: str = "sde", where: str = "here"):
@@ -347,7 +355,8 @@ class EDMProcess(GaussianPath):
 
     ``T = sigma_max``, ``t_eps = sigma_min``, ``dx = sqrt(2 t) dw``, prior ``N(0, sigma_max^2 I)``. The
     probability-flow ODE is EDM's eq. 4 ``dx/dsigma = -sigma score``, so :func:`diffjax.samplers.ode_heun` on the
-    grid :func:`karras_time_grid` is EDM's deterministic sampler (Algorithm 1, whose last step is Euler).
+    grid :func:`karras_time_grid` (its default grid, :meth:`default_times`) is EDM's deterministic sampler
+    (Algorithm 1, whose last step is Euler).
     """
 
     sigma_min: float = 0.002
@@ -393,6 +402,11 @@ class EDMProcess(GaussianPath):
     def forward_chain_step(self, x, t, t_next):
         t, t_next = as_time(t), as_time(t_next)
         return jnp.zeros_like(x), t**2 - t_next**2
+
+    def default_times(self, num_steps: int, t_eps: float) -> jax.Array:
+        """EDM's rho = 7 grid (eq. 5) from ``sigma_max`` down to ``t_eps``: equal steps in t = sigma would leave one
+        step from about ``sigma_max / num_steps`` to ``sigma_min``, where the image forms."""
+        return karras_time_grid(self, num_steps, sigma_min=float(t_eps), rho=7.0)
 
     def _log_mean_coeff(self, t):
         return jnp.zeros_like(as_time(t))

@@ -23,7 +23,7 @@ from diffjax.core._checks import check_batched, check_floating, check_int, check
 from diffjax.core.parameterizations import score_from_x0
 from diffjax.core.process import bcast, check_process
 from diffjax.samplers._dpm_solver import dpm_solver
-from diffjax.samplers._grids import check_time_grid, uniform_time
+from diffjax.samplers._grids import check_time_grid, process_default
 
 __all__ = ["ddim_x0_step", "pd_target", "pd_loss", "truncated_snr_weight", "pd_sample"]
 
@@ -101,7 +101,7 @@ def _student_grid(process, num_student_steps, t_eps, time_grid):
 
 
 def pd_loss(key, x0, student_fn: Callable, teacher_x0_fn: Callable, process, *, num_student_steps: int,
-            t_eps: float | None = None, time_grid=uniform_time, weighting: Callable = truncated_snr_weight):
+            t_eps: float | None = None, time_grid=process_default, weighting: Callable = truncated_snr_weight):
     """Progressive-distillation loss (Salimans & Ho 2022, Algorithm 2), averaged over the batch.
 
     The times lie on the teacher's ``2 N``-step grid ``time_grid(process, 2 N, t_eps)`` (``N =
@@ -125,7 +125,7 @@ def pd_loss(key, x0, student_fn: Callable, teacher_x0_fn: Callable, process, *, 
         num_student_steps: ``N >= 1``, the student's number of DDIM steps.
         t_eps: last time of the grid (default ``process.t_eps``).
         time_grid: grid function ``time_grid(process, n, t_eps)`` from :mod:`diffjax.samplers` (default
-            :func:`~diffjax.samplers.uniform_time`, the paper's).
+            :func:`~diffjax.samplers.process_default`: uniform in t, the paper's; EDM's rho-grid on EDM's process).
         weighting: ``w(process, t) -> (batch,)`` (default :func:`truncated_snr_weight`).
 
     Returns:
@@ -154,7 +154,7 @@ def pd_loss(key, x0, student_fn: Callable, teacher_x0_fn: Callable, process, *, 
 
 
 def pd_sample(key, x_T, student_fn: Callable, process, *, num_steps: int, t_eps: float | None = None,
-              time_grid=uniform_time):
+              time_grid=process_default):
     """Sample a distilled student with ``num_steps`` deterministic DDIM steps on ``time_grid`` (what the student
     was distilled for: ``num_steps = num_student_steps`` of :func:`pd_loss`, the same ``time_grid`` and ``t_eps``).
 
@@ -170,7 +170,7 @@ def pd_sample(key, x_T, student_fn: Callable, process, *, num_steps: int, t_eps:
         process: any forward process.
         num_steps: number of DDIM steps (network evaluations).
         t_eps: last time (default ``process.t_eps``).
-        time_grid: grid function (default :func:`~diffjax.samplers.uniform_time`).
+        time_grid: grid function (default :func:`~diffjax.samplers.process_default`).
 
     Returns:
         ``(batch, *dims)`` samples at ``t_eps``.

@@ -10,7 +10,8 @@ Exponential integrators in log-SNR time, on any process: :func:`dpm_solver` (DPM
 singlestep, 2M SDE), :func:`unipc` (UniPC: UniP predictor 1-3 with the UniC corrector, B(h) bh1 / bh2).
 
 Time grids, the ``time_grid`` argument of the continuous-time samplers (``grid(process, num_steps, t_eps)``):
-:func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras` (EDM's rho-grid), :func:`quadratic_time`,
+:func:`process_default` (the process's own, ``process.default_times``: uniform in t; EDM's rho-grid on EDM's
+process), :func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras` (EDM's rho-grid), :func:`quadratic_time`,
 :func:`ddpm_strided` (the DDPM chain's strided steps).
 
 One-step kernels (predictors ``(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, correctors

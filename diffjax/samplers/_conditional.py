@@ -16,7 +16,7 @@ from diffjax.core._checks import check_batched, check_int, check_positive, check
 from diffjax.core._jit import jit_static
 from diffjax.core.process import check_process
 from diffjax.samplers._common import with_steps
-from diffjax.samplers._grids import uniform_time
+from diffjax.samplers._grids import process_default
 from diffjax.samplers._kernels import langevin_corrector_step, reverse_diffusion_step
 
 __all__ = ["inpaint", "colorize"]
@@ -32,7 +32,7 @@ def _replace(key, x, known, mask, t, sde):
 
 def _pc_replacement(key, known, mask, score_fn, sde, *, num_steps, snr, n_corrector_steps, t_eps, denoise):
     # sde carries N = num_steps (with_steps), so the corrector's Langevin step rule is that of this grid, as in pc.
-    times = uniform_time(sde, num_steps, t_eps)
+    times = process_default(sde, num_steps, t_eps)
     key_init, key_loop = jax.random.split(key)
     k_prior, k_known = jax.random.split(key_init)
     x, _ = _replace(k_known, sde.prior_sample(k_prior, known.shape, known.dtype), known, mask, times[0], sde)

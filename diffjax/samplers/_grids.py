@@ -6,6 +6,7 @@ arguments of a jitted sampler.
 Each grid is defined on one of the process's coordinates, so the same grid means the same thing on every process:
 ``uniform_time`` on t, ``uniform_log_snr`` on lambda(t) = log(a^2 / s^2) (DPM-Solver's choice), ``karras`` on the
 noise-to-signal ratio sigma = s / a (EDM's rho-grid), ``quadratic_time`` on t (DDIM's "quadratic" sequence).
+``process_default`` is the process's own choice (``process.default_times``), the samplers' default.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from diffjax.core._checks import check_choice, check_int, check_positive
 from diffjax.core.process import check_process, karras_time_grid
 from diffjax.discrete import ddpm as _ddpm
 
-__all__ = ["uniform_time", "uniform_log_snr", "karras", "quadratic_time", "ddpm_strided"]
+__all__ = ["process_default", "uniform_time", "uniform_log_snr", "karras", "quadratic_time", "ddpm_strided"]
 
 
 def _check(process, num_steps, t_eps, where):
@@ -44,6 +45,14 @@ def uniform_time(process, num_steps: int, t_eps: float) -> jax.Array:
     """
     num_steps, t_eps = _check(process, num_steps, t_eps, "uniform_time")
     return jnp.linspace(process.T, t_eps, num_steps + 1, dtype=jnp.float32)
+
+
+def process_default(process, num_steps: int, t_eps: float) -> jax.Array:
+    """The process's own grid, ``process.default_times(num_steps, t_eps)``: equal steps in t (:func:`uniform_time`)
+    on VP, sub-VP, VE, rectified flow and :func:`~diffjax.gaussian_path`; :func:`karras` on EDM's process, whose time
+    is sigma itself. The default ``time_grid`` of the samplers that step in t."""
+    num_steps, t_eps = _check(process, num_steps, t_eps, "process_default")
+    return _pin_ends(jnp.asarray(process.default_times(num_steps, t_eps)), process, t_eps)
 
 
 def uniform_log_snr(process, num_steps: int, t_eps: float) -> jax.Array:

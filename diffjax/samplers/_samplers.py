@@ -10,11 +10,11 @@ Conventions shared by all samplers:
 * ``num_steps=None`` takes the published default (score-SDE: ``sde.N`` = 1000 steps; DDIM: 50; NCSN: 10
   noise levels x 100 Langevin steps).
 * ``t_eps=None`` takes the process's own ``sde.t_eps`` (score-SDE's 1e-3 for VP / sub-VP, 1e-5 for VE).
-  Continuous-time samplers integrate from ``T`` to ``t_eps`` on ``time_grid`` (default :func:`uniform_time`;
-  the grids of :mod:`diffjax.samplers._grids`, checked before tracing); annealed Langevin runs its sigma
-  grid but never evaluates the score below ``t_eps``. The grid samplers ancestral and DDIM evaluate the model at
-  each grid step's own time (the time whose marginal is that step's alpha-bar / sigma, step 0 included) and take
-  no ``t_eps`` (it must be None). They need a process with a discrete chain (``sde.discrete_chain``: "ddpm" for
+  Continuous-time samplers integrate from ``T`` to ``t_eps`` on ``time_grid`` (default :func:`process_default`:
+  uniform in t, EDM's rho-grid on EDM's process whose time is sigma; the grids of :mod:`diffjax.samplers._grids`,
+  checked before tracing); annealed Langevin runs its sigma grid but never evaluates the score below ``t_eps``.
+  The grid samplers ancestral and DDIM evaluate the model at each grid step's own time (the time whose marginal
+  is that step's alpha-bar / sigma, step 0 included) and take no ``t_eps`` (it must be None). They need a process with a discrete chain (``sde.discrete_chain``: "ddpm" for
   VP, "smld" for VE); any other process raises a ValueError naming the samplers that apply to every process.
 * ``denoise=True`` (score-SDE's ``noise_removal``): stochastic samplers return the noise-free mean of their last
   step; the ODE samplers then add one Tweedie step ``x + std^2 s(x, t_eps)`` (divided by the mean coefficient),
@@ -37,7 +37,7 @@ from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
 from diffjax.samplers._common import batch_time, check_common, floor_time, time_dtype, with_steps
-from diffjax.samplers._grids import check_time_grid, uniform_time
+from diffjax.samplers._grids import check_time_grid, process_default
 from diffjax.samplers._kernels import (
     DDIM_VARIANCES,
     ddim_step,
@@ -136,7 +136,7 @@ def _grid_on_process(time_grid, process):
     return functools.partial(_grid_on, time_grid, process)
 
 
-def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=process_default,
        predictor=reverse_diffusion_step, corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
        denoise: bool = True, return_nfe: bool = False):
     """Predictor-corrector sampler (score-SDE Algorithm 1): at each time, corrector moves then one predictor step.
@@ -149,7 +149,8 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform
         num_steps: predictor steps (default ``sde.N``, score-SDE's 1000).
         t_eps: last time (default ``sde.t_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
         time_grid: the times, ``time_grid(sde, num_steps, t_eps) -> (num_steps + 1,)`` decreasing to ``t_eps``:
-            :func:`uniform_time` (default, score-SDE's), :func:`uniform_log_snr`, :func:`karras`,
+            :func:`process_default` (default: uniform in t, score-SDE's; EDM's rho-grid on :func:`~diffjax.edm_sde`),
+            :func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras`,
             :func:`quadratic_time`, :func:`ddpm_strided` (``diffjax.samplers``) or any such hashable function.
             The Langevin corrector's step rule keeps the spacing ``T / num_steps`` of the uniform grid.
         predictor: ``predictor(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, e.g.
@@ -187,10 +188,10 @@ def pc(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform
     return _with_nfe(x, nfe, return_nfe)
 
 
-def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=process_default,
                    denoise: bool = True, return_nfe: bool = False):
     """Euler-Maruyama on the reverse-time SDE: ``num_steps`` steps (default ``sde.N``) from ``T`` to ``t_eps`` on
-    ``time_grid`` (default uniform in t).
+    ``time_grid`` (default :func:`process_default`).
 
     Args are as in :func:`pc`. Returns (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps`` score
     evaluations.
@@ -204,10 +205,10 @@ def euler_maruyama(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_
     return _with_nfe(x, num_steps, return_nfe)
 
 
-def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=process_default,
                       denoise: bool = True, return_nfe: bool = False):
     """Reverse diffusion (score-SDE eq. 47): the forward chain of DDPM (VP) / SMLD (VE) run backwards, between the
-    times of ``time_grid`` (default uniform in t).
+    times of ``time_grid`` (default :func:`process_default`).
 
     Args are as in :func:`pc`. Returns (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps`` score
     evaluations.
@@ -465,10 +466,10 @@ def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, heun, de
     return _tweedie(x, t_eps, score_fn, sde) if denoise else x
 
 
-def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=uniform_time,
+def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=process_default,
               denoise: bool = False, return_nfe: bool = False):
     """Euler's method on the probability-flow ODE, ``num_steps`` steps (default ``sde.N``) to ``t_eps`` on
-    ``time_grid`` (default uniform in t; see :func:`pc`).
+    ``time_grid`` (default :func:`process_default`; see :func:`pc`).
 
     Deterministic (``key`` is unused, kept for the common signature). ``num_steps`` (+1 if ``denoise``) score
     evaluations; ``return_nfe=True`` returns ``(x, nfe)`` (nfe an int32 0-d array).
@@ -482,11 +483,11 @@ def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=
     return _with_nfe(x, num_steps + denoise, return_nfe)
 
 
-def ode_heun(key, x_T, score_fn, sde, *, num_steps: int = 100, t_eps=None, time_grid=uniform_time,
+def ode_heun(key, x_T, score_fn, sde, *, num_steps: int = 100, t_eps=None, time_grid=process_default,
              denoise: bool = False, return_nfe: bool = False):
     """Heun's method (2nd order) on the probability-flow ODE, ``num_steps`` steps to ``t_eps`` on ``time_grid``
-    (default uniform in t; see :func:`pc`). EDM's Heun sampler with its last step to ``sigma = 0`` and stochastic
-    churn is :func:`edm_heun`.
+    (default :func:`process_default`; see :func:`pc`). EDM's Heun sampler with its last step to ``sigma = 0`` and
+    stochastic churn is :func:`edm_heun`.
 
     Default 100 steps (200 score evaluations): on the exact-score benchmarks of ``experiments/bench`` its
     sample distance is then at the level of the data's own sampling noise. Deterministic; ``2 num_steps``

@@ -39,6 +39,8 @@ FLOW = [("euler50", {"sampling.method": "ode_euler", "sampling.num_steps": 50, "
         ("heun25", {"sampling.method": "ode_heun", "sampling.num_steps": 25, "sampling.clip_denoised": False})]
 KARRAS = [("heun25_karras", {"sampling.method": "ode_heun", "sampling.num_steps": 25,
                              "sampling.clip_denoised": False, "sampling.options.time_grid": "karras"})]
+# EDM's model on equal steps in its time t = sigma (the samplers' default grid until 2026-11-30; now named)
+SIGMA_UNIFORM = [("heun25", dict(FLOW[1][1], **{"sampling.options.time_grid": "uniform"}))]
 
 # The processes / objectives of the Gaussian-path core (issue 17's table), and the levers (issue 18's ablations).
 RECTIFIED_FLOW = {"training.sde": "rectified_flow", "training.continuous": True, "training.loss": "dsm",
@@ -55,7 +57,7 @@ VARIANTS = {
                                                                 "model.ema_schedule": "warmup"}, DDIM[:1]),
     "rectified_flow": ("rectified flow: velocity prediction, flow-matching loss, logit-normal t (SD3)",
                        RECTIFIED_FLOW, FLOW),
-    "edm": ("EDM: sigma process, preconditioning, EDM weighting, log-normal sigma", EDM, KARRAS + FLOW[1:]),
+    "edm": ("EDM: sigma process, preconditioning, EDM weighting, log-normal sigma", EDM, KARRAS + SIGMA_UNIFORM),
     "v_prediction": ("v prediction (Salimans & Ho 2022) on the DDPM chain", {"model.parameterization": "v"}, DDIM),
     "min_snr": ("min-SNR-5 weighting (Hang et al. 2023), continuous VP, eps",
                 {"training.continuous": True, "training.loss": "dsm", "training.weighting": "min_snr",
