@@ -57,8 +57,8 @@ def _parse(*overrides, config="configs/tiny.py"):
     (dict(method="pc", options=dict(corrector="lang")), r"corrector must be one of \('langevin',\)"),
     (dict(method="ode_adaptive", options=dict(solver="rk4")), r"solver must be one of \('dopri5', 'tsit5'\)"),
     (dict(method="ode_heun", options=dict(time_grid="rho7")),
-     r"sampling.options.time_grid must be one of \('uniform', 'log_snr', 'karras', 'quadratic', 'ddpm_leading', "
-     r"'ddpm_trailing', 'ddpm_linspace'\), got 'rho7'"),
+     r"sampling.options.time_grid must be one of \('default', 'uniform', 'log_snr', 'karras', 'quadratic', "
+     r"'ddpm_leading', 'ddpm_trailing', 'ddpm_linspace'\), got 'rho7'"),
     (dict(method="edm_heun", sde="vesde", options=dict(time_grid="ddpm_leading")),
      r"sampling.method='edm_heun' rejects.*process must carry a DDPM chain"),
     (dict(method="edm_heun", options=dict(s_churn=-1.0)), r"s_churn must be a finite number >= 0, got -1.0"),
@@ -209,12 +209,14 @@ def test_time_grid_from_the_command_line_is_the_grid_function():
     x_T = sde.prior_sample(jax.random.key(0), (8, 2))
     got = sample(jax.random.key(1), x_T, score_fn, sde)
     want = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6, time_grid=dj.samplers.karras)
-    uniform = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6)
+    uniform = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6,
+                                   time_grid=dj.samplers.uniform_time)
     assert bool(jnp.all(jnp.isfinite(got)))
     np.testing.assert_array_equal(got, want)
     assert float(jnp.max(jnp.abs(got - uniform))) > 1e-3
-    assert set(config_lib.TIME_GRIDS) == {"uniform", "log_snr", "karras", "quadratic", "ddpm_leading",
+    assert set(config_lib.TIME_GRIDS) == {"default", "uniform", "log_snr", "karras", "quadratic", "ddpm_leading",
                                           "ddpm_trailing", "ddpm_linspace"}
+    assert config_lib.TIME_GRIDS["default"] is dj.samplers.process_default
     for name, grid in config_lib.TIME_GRIDS.items():  # every named grid runs on the tiny config's VP SDE
         times = grid(sde, 4, sde.t_eps)
         assert times.shape == (5,) and bool(jnp.all(jnp.diff(times) < 0)), name
