@@ -110,6 +110,31 @@ def test_shipped_configs_and_every_sampler_validate():
         config_lib.validate(cfg, device_count=1)
 
 
+@pytest.mark.parametrize("name, variant, sampler", [("fashion_mnist_budget_edm", "edm", "heun25_karras"),
+                                                    ("fashion_mnist_budget_rf", "rectified_flow", "heun25")])
+def test_budget_configs_are_the_measured_variants(name, variant, sampler):
+    """The shipped budget configs are, field for field, the ablation variants of
+    experiments/results/fmnist_budget.py that the results README measured (its overrides of the budget config and
+    the sampler of the row)."""
+    import importlib
+    import importlib.util
+    from configs import fashion_mnist_budget
+    spec = importlib.util.spec_from_file_location(
+        "fmnist_budget", os.path.join(REPO, "experiments", "results", "fmnist_budget.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, overrides, samplers = script.VARIANTS[variant]
+    want = fashion_mnist_budget.get_config()
+    for field, value in {**overrides, **dict(samplers)[sampler]}.items():
+        *parents, leaf = field.split(".")
+        node = want
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    got = importlib.import_module(f"configs.{name}").get_config()
+    assert got.to_dict() == want.to_dict()
+
+
 def test_sampler_checks_see_a_learned_variance_model_as_one():
     """The stand-in score of the checks offers score_and_v exactly when the network has a learned variance."""
     from configs import fashion_mnist_ddpm
