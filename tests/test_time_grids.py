@@ -210,7 +210,7 @@ def test_process_default_is_the_process_s_own_grid(proc, n):
     np.testing.assert_allclose(np.asarray(got), np.asarray(own(p, n, float(p.t_eps))), rtol=1e-6)
 
 
-@pytest.mark.parametrize("proc", ["vp", "edm"])
+@pytest.mark.parametrize("proc", list(PROCESSES))
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "reverse_diffusion", "pc", "ode_euler", "ode_heun"])
 def test_default_grid_is_process_default(sampler, proc):
     sde = PROCESSES[proc]
