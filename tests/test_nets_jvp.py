@@ -157,6 +157,9 @@ TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropo
 TINY_NETS = {
     "ddpm": lambda impl: nets.ddpm_cifar10(**TINY, layer_impl=impl),
     "ncsnpp": lambda impl: nets.ncsnpp_cifar10(**TINY, num_head_channels=4, layer_impl=impl),
+    "classifier": lambda impl: nets.noise_classifier_cifar10(**TINY, layer_impl=impl),
+    "dit": lambda impl: nets.dit_s2(hidden_size=16, depth=2, num_heads=2, frequency_embedding_size=16,
+                                   input_size=8, in_channels=1, layer_impl=impl),
 }
 
 
@@ -172,8 +175,8 @@ def _jitted_jvp(f):
 
 
 @pytest.mark.parametrize("family", list(TINY_NETS))
-def test_unet_jvp_fused_equals_reference(family):
-    """A whole tiny UNet with the fused kernels: jax.jvp (in x and in the noise label) equals the reference layers'
+def test_network_jvp_fused_equals_reference(family):
+    """A whole tiny network (UNets, the noise-conditional classifier, DiT) with the fused kernels: jax.jvp (in x and in the noise label) equals the reference layers'
     JVP and finite differences; for DDPM also the parameter gradients equal the reference's."""
     x, dx = _normals(jax.random.key(7), [(2, 8, 8, 1)] * 2)
     labels = jnp.array([0.3, 2.0]) if family == "ncsnpp" else jnp.array([30.0, 700.0])

@@ -38,6 +38,7 @@ SAMPLERS = {
     "unipc_3": ("unipc", lambda nfe: nfe, {"order": 3, "variant": "bh2"}),
     "edm_heun": ("edm_heun", lambda nfe: (nfe + 1) // 2, {}),
     "ode_euler": ("ode_euler", lambda nfe: nfe, {}),
+    "ode_heun": ("ode_heun", lambda nfe: (nfe + 1) // 2, {}),
 }
 
 
