@@ -97,12 +97,15 @@ def test_validate_checks_the_learning_rate_schedule(field, value, match):
 
 
 def test_shipped_configs_and_every_sampler_validate():
+    """Every file in configs/ (distillation configs also through validate_distill, their teacher given apart)."""
     import importlib
-    for name in ("tiny", "toy_ring", "default", "fashion_mnist_ddpm", "fashion_mnist_ncsn", "fashion_mnist_vp_cont",
-                 "cifar10_ddpm", "cifar10_ddpmpp_cont", "cifar10_ddpmpp_subvp_cont", "cifar10_ncsnpp_cont",
-                 "celeba_ncsnpp", "fashion_mnist_budget", "fashion_mnist_budget_edm", "fashion_mnist_budget_rf",
-                 "fashion_mnist_dit"):
-        config_lib.validate(importlib.import_module(f"configs.{name}").get_config(), device_count=1)
+    names = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py") and f != "__init__.py")
+    assert len(names) >= 22 and {"fashion_mnist_progressive", "fashion_mnist_consistency_distillation"} <= set(names)
+    for name in names:
+        cfg = importlib.import_module(f"configs.{name}").get_config()
+        config_lib.validate(cfg, device_count=1)
+        if cfg.distill.method:
+            config_lib.validate_distill(cfg, external_teacher=True)
     for method in config_lib.SAMPLERS:
         cfg = tiny.get_config()
         cfg.sampling.method, cfg.sampling.num_steps = method, 0
