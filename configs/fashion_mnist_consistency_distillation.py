@@ -14,6 +14,8 @@ time and the stop-gradient student at the earlier one (iCT's target, ``target_em
     python -m diffjax.main --config configs/fashion_mnist_consistency_distillation.py --workdir W --mode sample \
         --config.distill.sample_steps=2
 """
+import os
+
 from configs import fashion_mnist_budget_edm
 
 
@@ -33,6 +35,8 @@ def get_config():
     o.warmup = 0
     o.lr_decay = "constant"
     d = config.distill
+    # the teacher run's own config (its checkpoint holds its training state, post-hoc EMA profiles included)
+    d.teacher_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_budget_edm.py")
     d.method = "consistency_distillation"
     d.num_scales = 18
     d.ode_step = "heun"

@@ -16,6 +16,8 @@ round's teacher. Every round's last step is a kept checkpoint (``checkpoint_keep
 (``--mode sample`` draws ``sampling.num_samples`` with the distilled step count of the newest checkpoint's round;
 experiments/results/fmnist_few_step.py scores every round's student.)
 """
+import os
+
 from configs import fashion_mnist_budget_rf
 
 
@@ -34,6 +36,8 @@ def get_config():
     o.warmup = 0
     o.lr_decay = "constant"
     d = config.distill
+    # the teacher run's own config (its checkpoint holds its training state, post-hoc EMA profiles included)
+    d.teacher_config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_budget_rf.py")
     d.method = "progressive"
     d.start_steps = 64
     d.final_steps = 1

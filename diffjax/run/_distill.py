@@ -182,7 +182,9 @@ class Distiller:
             run.checkpoints.close()
             if state is None:
                 raise ValueError(f"distill.teacher_workdir={self.d.teacher_workdir!r} has no readable checkpoint "
-                                 f"(checkpoints/ or checkpoints-meta/)")
+                                 f"(checkpoints/ or checkpoints-meta/) for the train state of distill.teacher_config="
+                                 f"{self.d.teacher_config!r} (empty: this config); a checkpoint written by another "
+                                 f"config (e.g. other training.posthoc_ema_freq) needs that config there")
             print(f"teacher: EMA parameters of step {step} in {self.d.teacher_workdir}", flush=True)
             self._teacher_params = jax.device_get(state.ema_params)
         return self._teacher_params

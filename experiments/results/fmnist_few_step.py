@@ -12,7 +12,8 @@ Progressive distillation: every kept round-end checkpoint (step ``(r + 1) * dist
 for each ``k`` in ``--nfe`` (one step from ``T``, then the Karras times). Samples use the same prior draws as
 ``--mode sample`` (``fold_in(key(seed), 5)``, batches of ``sampling.batch_size``) and are scored like
 experiments/results/score_samples.py. Training cost: the steps, and the training wall time summed from the run's
-metrics.jsonl (``log_freq / steps_per_sec`` per logged interval: compilation and checkpoint writes excluded). Rows
+metrics.jsonl (``log_freq / steps_per_sec`` per logged interval: each round's compilation and the checkpoint writes
+included, start-up before the first step and time between resumed runs not). Rows
 are appended to ``--out`` (default WORKDIR/few_step.jsonl); rows already there are skipped, so the script resumes.
 """
 from __future__ import annotations
