@@ -122,7 +122,7 @@ def dit_fashion_mnist(**overrides) -> DiT:
 
 
 def dit_cifar10_small(**overrides) -> DiT:
-    """A small DiT for 32x32x3: patch 2 (256 tokens), 6 blocks of width 256, 4 heads; about 7.2 M parameters
+    """A small DiT for 32x32x3: patch 2 (256 tokens), 6 blocks of width 256, 4 heads; 7.4 M parameters
     (near :func:`small32`'s 6.5 M)."""
     return _make(DiT, dict(patch_size=2, hidden_size=256, depth=6, num_heads=4, input_size=32, in_channels=3),
                  overrides)
