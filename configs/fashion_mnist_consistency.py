@@ -3,7 +3,8 @@
 The budget UNet (configs/fashion_mnist_budget.py) as the raw network of diffjax.distill.consistency_fn on EDM's
 process (sigma in [0.002, 80], sigma_data = 0.5), trained with ct_loss: pseudo-Huber metric, 1 / (sigma_{i+1} -
 sigma_i) weighting, log-normal noise levels, the discretization curriculum from 10 to 1280 intervals over
-training.n_iters (3000), no EMA teacher (stop-gradient student); Adam 1e-4, batch 64.
+training.n_iters (1500: the budget teacher's training length, so CT and the models it is compared with see the
+same 96,000 training images), no EMA teacher (stop-gradient student); Adam 1e-4, batch 64.
 
     python -m diffjax.main --config configs/fashion_mnist_consistency.py --workdir W
     python -m diffjax.main --config configs/fashion_mnist_consistency.py --workdir W --mode sample
@@ -19,7 +20,7 @@ def get_config():
     t.sde = "edm"
     t.continuous = True
     t.loss = "dsm"
-    t.n_iters = 3000  # twice the budget teacher's 1500 steps (the curriculum doubles its intervals every 375)
+    t.n_iters = 1500  # the budget's length (the curriculum doubles its intervals every 1500 / 8 = 187.5 steps)
     t.posthoc_ema_freq = 0
     t.checkpoint_freq = 500
     t.snapshot_freq = 1000
