@@ -2,6 +2,7 @@
 axis changed, SIGKILL during saves (slow; experiments/faults/kill_during_saves.py has 20 trials). For the full disk
 the file system is a real size-limited tmpfs (root only; skipped elsewhere), so the ENOSPC comes from the kernel
 through orbax / tensorstore, not from a mock."""
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+import tensorboardX
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -73,6 +75,13 @@ def test_full_disk_during_a_save_keeps_earlier_checkpoints_and_resumes_exactly(t
     # 2. no size check: the write itself runs out of space (ENOSPC from the kernel, wrapped by orbax)
     monkeypatch.setattr(ckpt, "SPACE_FACTOR", 0.0)
     monkeypatch.setattr(ckpt, "SPACE_MARGIN", 0)
+    real_close = tensorboardX.SummaryWriter.close
+
+    def close_on_full_disk(writer):  # the event file's last flush fails too when it has data pending
+        real_close(writer)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tensorboardX.SummaryWriter, "close", close_on_full_disk)
     with pytest.raises(tr.CheckpointSpaceError, match=f"at step 30 in {directory}") as e:
         drun.train(_cfg(40), wd, progress=False)
     assert ckpt._is_enospc(e.value.__cause__)

@@ -128,6 +128,7 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
     prefetch = _Prefetch(lambda i: get_batches(start + i * n, n), calls)
     pending = []  # (first step, device metrics) since the last finiteness check
     last_good = None
+    failed = False
     t_log, s_log = time.perf_counter(), start
 
     def check_finite():
@@ -181,10 +182,19 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
                 if freq and step % freq == 0:
                     fn(state, step)
         check_finite()
+    except BaseException:
+        failed = True
+        raise
     finally:
         prefetch.close()
         if bar is not None:
             bar.close()
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError:
+                # A full disk fails the event file's last flush too; that must not replace the error in flight
+                # (the CheckpointSpaceError naming the resumable step).
+                if not failed:
+                    raise
     return state
