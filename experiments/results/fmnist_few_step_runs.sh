@@ -29,38 +29,38 @@ classifier() {
     train --config configs/fashion_mnist_classifier.py --workdir "$CLS" --mode train
 }
 
-teacher() {  # $1 workdir, $2 config, $3 samplers: train, then its rows at 1, 2, 4, 8 and ~50 evaluations
-  train --config "$2" --workdir "$1"
-  python experiments/bench/fmnist_nfe.py --workdir "$1" --config "$2" --classifier "$CLS" --nfe 1,2,4,8,50 \
+teacher() {  # $1 config, $2 workdir, $3 samplers: train, then its rows at 1, 2, 4, 8 and ~50 evaluations
+  train --config "$1" --workdir "$2"
+  python experiments/bench/fmnist_nfe.py --config "$1" --workdir "$2" --classifier "$CLS" --nfe 1,2,4,8,50 \
     --samplers "$3"
+}
+
+student() {  # $1 config, $2 workdir, then FIELD=VALUE overrides: train, then score at 1, 2, 4 and 8 evaluations
+  local config=$1 workdir=$2 flags=() overrides=()
+  shift 2
+  for kv in "$@"; do flags+=("--config.$kv"); overrides+=(--override "$kv"); done
+  train --config "$config" --workdir "$workdir" "${flags[@]}"
+  python experiments/results/fmnist_few_step.py --config "$config" --workdir "$workdir" --classifier "$CLS" \
+    --nfe 1,2,4,8 --grid "$GRID" "${overrides[@]}"
 }
 
 case "${1:-}" in
   ct)
     classifier
-    train --config configs/fashion_mnist_consistency.py --workdir "$RUNS/ct"
-    python experiments/results/fmnist_few_step.py --config configs/fashion_mnist_consistency.py \
-      --workdir "$RUNS/ct" --classifier "$CLS" --nfe 1,2,4,8 --grid "$GRID"
+    student configs/fashion_mnist_consistency.py "$RUNS/ct"
     ;;
   pd)
     classifier
-    teacher "$RUNS/budget/rectified_flow" configs/fashion_mnist_budget_rf.py ode_euler,ode_heun,dpm_solver_2m
-    pd=(--config.distill.teacher_workdir="$RUNS/budget/rectified_flow" --config.distill.start_steps="$PD_START"
-        --config.distill.steps_per_round="$PD_ROUND_STEPS" --config.training.checkpoint_freq="$PD_ROUND_STEPS")
-    train --config configs/fashion_mnist_progressive.py --workdir "$RUNS/pd_rf" "${pd[@]}"
-    python experiments/results/fmnist_few_step.py --config configs/fashion_mnist_progressive.py \
-      --workdir "$RUNS/pd_rf" --classifier "$CLS" --nfe 1,2,4,8 --grid "$GRID" \
-      --override distill.teacher_workdir="$RUNS/budget/rectified_flow" --override distill.start_steps="$PD_START" \
-      --override distill.steps_per_round="$PD_ROUND_STEPS"
+    teacher configs/fashion_mnist_budget_rf.py "$RUNS/budget/rectified_flow" ode_euler,ode_heun,dpm_solver_2m
+    student configs/fashion_mnist_progressive.py "$RUNS/pd_rf" distill.teacher_workdir="$RUNS/budget/rectified_flow" \
+      distill.start_steps="$PD_START" distill.steps_per_round="$PD_ROUND_STEPS" \
+      training.checkpoint_freq="$PD_ROUND_STEPS"
     ;;
   cd)
     classifier
-    teacher "$RUNS/budget/edm" configs/fashion_mnist_budget_edm.py edm_heun,dpm_solver_2m,ode_euler
-    train --config configs/fashion_mnist_consistency_distillation.py --workdir "$RUNS/cd_edm" \
-      --config.distill.teacher_workdir="$RUNS/budget/edm" --config.training.n_iters="$CD_STEPS"
-    python experiments/results/fmnist_few_step.py --config configs/fashion_mnist_consistency_distillation.py \
-      --workdir "$RUNS/cd_edm" --classifier "$CLS" --nfe 1,2,4,8 --grid "$GRID" \
-      --override distill.teacher_workdir="$RUNS/budget/edm" --override training.n_iters="$CD_STEPS"
+    teacher configs/fashion_mnist_budget_edm.py "$RUNS/budget/edm" edm_heun,dpm_solver_2m,ode_euler
+    student configs/fashion_mnist_consistency_distillation.py "$RUNS/cd_edm" \
+      distill.teacher_workdir="$RUNS/budget/edm" training.n_iters="$CD_STEPS"
     ;;
   *)
     echo "usage: $0 ct|pd|cd (got '${1:-}')" >&2
