@@ -7,8 +7,9 @@ the trained-model half of the sampler-efficiency table in experiments/bench/READ
 The model is the run in ``--workdir`` (its config: ``--config``, default configs/fashion_mnist_budget.py, plus
 ``--override FIELD=VALUE``); its EMA parameters of the newest checkpoint are sampled by each sampler at each NFE with
 the same prior draws, ``sampling.clip_denoised`` as in the config. NFE is what the sampler reports
-(``return_nfe=True``); a sampler whose NFE cannot hit a target exactly (Heun: ``2 steps - 1``) takes the largest
-count not above it. Wall time: the sampling of all samples after compilation (compilation reported apart), on
+(``return_nfe=True``); a sampler whose NFE cannot hit a target exactly (``edm_heun``: ``2 steps - 1``, ``ode_heun``:
+``2 steps``) takes the largest count not above it, and a target below a sampler's least count (two for ``ode_heun``
+and ``dpm_solver_2m``: one step of a second-order multistep solver is not one) is skipped with a message. Wall time: the sampling of all samples after compilation (compilation reported apart), on
 this machine's CPUs. Every set is scored like experiments/results/score_samples.py (the same feature classifier,
 against the 10,000 test images). Rows are appended to ``--out`` (default WORKDIR/nfe_table.jsonl); rows already
 there are skipped, so the script resumes.
@@ -28,17 +29,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "experiments", "results"))
 
-# label: (sampling.method, steps for a target NFE, sampling.options)
+# label: (sampling.method, steps for a target NFE, sampling.options, least NFE)
 SAMPLERS = {
-    "ddim": ("ddim", lambda nfe: nfe, {}),
-    "dpm_solver_2m": ("dpm_solver", lambda nfe: nfe, {"order": 2}),
-    "dpm_solver_3m": ("dpm_solver", lambda nfe: nfe, {"order": 3}),
-    "dpm_solver_2m_trailing": ("dpm_solver", lambda nfe: nfe, {"order": 2, "time_grid": "ddpm_trailing"}),
-    "unipc": ("unipc", lambda nfe: nfe, {"order": 2, "variant": "bh2"}),
-    "unipc_3": ("unipc", lambda nfe: nfe, {"order": 3, "variant": "bh2"}),
-    "edm_heun": ("edm_heun", lambda nfe: (nfe + 1) // 2, {}),
-    "ode_euler": ("ode_euler", lambda nfe: nfe, {}),
-    "ode_heun": ("ode_heun", lambda nfe: (nfe + 1) // 2, {}),
+    "ddim": ("ddim", lambda nfe: nfe, {}, 1),
+    "dpm_solver_2m": ("dpm_solver", lambda nfe: nfe, {"order": 2}, 2),
+    "dpm_solver_3m": ("dpm_solver", lambda nfe: nfe, {"order": 3}, 3),
+    "dpm_solver_2m_trailing": ("dpm_solver", lambda nfe: nfe, {"order": 2, "time_grid": "ddpm_trailing"}, 2),
+    "unipc": ("unipc", lambda nfe: nfe, {"order": 2, "variant": "bh2"}, 1),
+    "unipc_3": ("unipc", lambda nfe: nfe, {"order": 3, "variant": "bh2"}, 1),
+    "edm_heun": ("edm_heun", lambda nfe: (nfe + 1) // 2, {}, 1),
+    "ode_euler": ("ode_euler", lambda nfe: nfe, {}, 1),
+    "ode_heun": ("ode_heun", lambda nfe: nfe // 2, {}, 2),
 }
 
 
@@ -80,9 +81,12 @@ def main():
     print(f"step {step}: {n} samples per set, batches of {bs}, {jax.device_count()} device(s) {jax.devices()[0]}",
           flush=True)
     for label in args.samplers.split(","):
-        method, steps_for, options = SAMPLERS[label]
+        method, steps_for, options, least = SAMPLERS[label]
         for target in (int(v) for v in args.nfe.split(",")):
             if (label, target) in done:
+                continue
+            if target < least:
+                print(f"{label} at NFE {target}: skipped, it takes at least {least} evaluations", flush=True)
                 continue
             config = copy.deepcopy(base)
             config.sampling.method, config.sampling.num_steps = method, steps_for(target)
