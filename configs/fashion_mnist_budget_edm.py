@@ -4,7 +4,7 @@ flow (configs/fashion_mnist_budget_rf.py; experiments/results/README.md, "The ab
 configs/fashion_mnist_budget.py (same UNet, optimizer, EMA, data and 1500 x 64 image budget) with EDM's process
 (``a = 1``, ``s = sigma`` in [0.002, 80]), its preconditioning (``c_skip``, ``c_out``, ``c_in``, ``c_noise``), its loss
 weighting ``lambda(sigma)`` and log-normal ``sigma`` (P_mean -1.2, P_std 1.2); sampled with Heun's method on
-Karras' rho = 7 grid, 25 steps (49 network evaluations), no clipping.
+Karras' rho = 7 grid, 25 steps (50 network evaluations), no clipping.
 
     python -m diffjax.main --config configs/fashion_mnist_budget_edm.py --workdir W
     python -m diffjax.main --config configs/fashion_mnist_budget_edm.py --workdir W --mode sample

@@ -4,7 +4,7 @@ the best recipe measured so far (experiments/results/README.md, "The ablation ta
 configs/fashion_mnist_budget.py (same UNet, optimizer, EMA, data and 1500 x 64 image budget) on the straight path
 ``x_t = (1 - t) x_0 + t eps``, the network predicting the velocity ``eps - x_0`` with the conditional flow-matching
 loss and logit-normal times (SD3, Esser et al. 2024); sampled by Heun's method on the flow ODE, 25 uniform steps
-(49 network evaluations; Euler's 50 steps, rectified flow's own sampler, scores a little worse), no clipping.
+(50 network evaluations; Euler's 50 steps, rectified flow's own sampler, scores a little worse), no clipping.
 
     python -m diffjax.main --config configs/fashion_mnist_budget_rf.py --workdir W
     python -m diffjax.main --config configs/fashion_mnist_budget_rf.py --workdir W --mode sample
