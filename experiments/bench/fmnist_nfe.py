@@ -10,9 +10,9 @@ the same prior draws, ``sampling.clip_denoised`` as in the config. NFE is what t
 (``return_nfe=True``); a sampler whose NFE cannot hit a target exactly (``edm_heun``: ``2 steps - 1``, ``ode_heun``:
 ``2 steps``) takes the largest count not above it, and a target below a sampler's least count (``ode_heun``: 2;
 ``dpm_solver`` takes at least ``order`` steps) is skipped with a message. Wall time: the sampling of all samples
-after compilation (compilation reported apart), on this machine's CPUs. Every set is scored like experiments/results/score_samples.py (the same feature classifier,
-against the 10,000 test images). Rows are appended to ``--out`` (default WORKDIR/nfe_table.jsonl); rows already
-there are skipped, so the script resumes.
+after compilation (compilation reported apart), on this machine's CPUs. Every set is scored like
+experiments/results/score_samples.py (the same feature classifier, against the 10,000 test images). Rows are
+appended to ``--out`` (default WORKDIR/nfe_table.jsonl); rows already there are skipped, so the script resumes.
 """
 from __future__ import annotations
 
