@@ -8,8 +8,8 @@
 #   bash experiments/results/fmnist_few_step_runs.sh pd   # rectified-flow teacher (54 min), its rows (~25 min),
 #                                                         # progressive distillation (PD_START -> 1 in rounds of
 #                                                         # PD_ROUND_STEPS steps)
-#   bash experiments/results/fmnist_few_step_runs.sh cd   # EDM teacher (~55 min), its rows, consistency distillation
-#                                                         # (CD_STEPS steps)
+#   bash experiments/results/fmnist_few_step_runs.sh cd   # EDM teacher (~55 min), consistency distillation
+#                                                         # (CD_STEPS steps), the teacher's rows (~17 min)
 #
 # RUNS (default /work/runs) holds the workdirs; GRID (default experiments/results) receives the sample grids.
 # Timings: s/step of this machine alone (teacher 2.0-2.3, CT 2.5-2.7, PD 3.4); every stage first trains the feature
@@ -20,7 +20,7 @@ RUNS=${RUNS:-/work/runs}
 GRID=${GRID:-experiments/results}
 PD_START=${PD_START:-32}
 PD_ROUND_STEPS=${PD_ROUND_STEPS:-200}
-CD_STEPS=${CD_STEPS:-1000}
+CD_STEPS=${CD_STEPS:-800}
 CLS=$RUNS/fmnist_classifier
 
 train() { python -m diffjax.main --noprogress "$@"; }
@@ -30,10 +30,13 @@ classifier() {
     train --config configs/fashion_mnist_classifier.py --workdir "$CLS" --mode train
 }
 
+rows() {  # $1 config, $2 workdir, $3 samplers, $4 evaluation counts: a teacher's Frechet distances
+  python experiments/bench/fmnist_nfe.py --config "$1" --workdir "$2" --classifier "$CLS" --nfe "$4" --samplers "$3"
+}
+
 teacher() {  # $1 config, $2 workdir, $3 samplers: train, then its rows at 1, 2, 4, 8 and ~50 evaluations
   train --config "$1" --workdir "$2"
-  python experiments/bench/fmnist_nfe.py --config "$1" --workdir "$2" --classifier "$CLS" --nfe 1,2,4,8,50 \
-    --samplers "$3"
+  rows "$1" "$2" "$3" 1,2,4,8,50
 }
 
 student() {  # $1 config, $2 workdir, then FIELD=VALUE overrides: train, then score at 1, 2, 4 and 8 evaluations
@@ -59,9 +62,12 @@ case "${1:-}" in
     ;;
   cd)
     classifier
-    teacher configs/fashion_mnist_budget_edm.py "$RUNS/budget/edm" edm_heun,dpm_solver_2m,ode_euler
+    train --config configs/fashion_mnist_budget_edm.py --workdir "$RUNS/budget/edm"
     student configs/fashion_mnist_consistency_distillation.py "$RUNS/cd_edm" \
       distill.teacher_workdir="$RUNS/budget/edm" training.n_iters="$CD_STEPS"
+    # the teacher's rows; at 50 evaluations only its best sampler (Heun on the Karras grid, ablation table)
+    rows configs/fashion_mnist_budget_edm.py "$RUNS/budget/edm" edm_heun,dpm_solver_2m,ode_euler 1,2,4,8
+    rows configs/fashion_mnist_budget_edm.py "$RUNS/budget/edm" edm_heun 50
     ;;
   *)
     echo "usage: $0 ct|pd|cd (got '${1:-}')" >&2
