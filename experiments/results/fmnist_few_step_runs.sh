@@ -20,7 +20,7 @@ RUNS=${RUNS:-/work/runs}
 GRID=${GRID:-experiments/results}
 PD_START=${PD_START:-32}
 PD_ROUND_STEPS=${PD_ROUND_STEPS:-200}
-CD_STEPS=${CD_STEPS:-800}
+CD_STEPS=${CD_STEPS:-600}
 CLS=$RUNS/fmnist_classifier
 
 train() { python -m diffjax.main --noprogress "$@"; }
