@@ -20,7 +20,7 @@ RUNS=${RUNS:-/work/runs}
 GRID=${GRID:-experiments/results}
 PD_START=${PD_START:-32}
 PD_ROUND_STEPS=${PD_ROUND_STEPS:-200}
-CD_STEPS=${CD_STEPS:-600}
+CD_STEPS=${CD_STEPS:-400}
 CLS=$RUNS/fmnist_classifier
 
 train() { python -m diffjax.main --noprogress "$@"; }
