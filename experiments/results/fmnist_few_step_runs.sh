@@ -12,8 +12,8 @@
 #                                                         # (CD_STEPS steps), the teacher's rows (~17 min)
 #
 # RUNS (default /work/runs) holds the workdirs; GRID (default experiments/results) receives the sample grids.
-# Timings: s/step of this machine alone (teacher 2.0-2.3, CT 2.5-2.7, PD 3.4); every stage first trains the feature
-# classifier of the Frechet distance (~5 min; deterministic: 91.07% test accuracy on every retrain so far).
+# Timings: s/step of this machine alone (teachers 2.0-2.3, CT 2.5-2.7, PD 3.4, CD 3.6); every stage first trains the
+# feature classifier of the Frechet distance (~5 min; deterministic: 91.07% test accuracy on every retrain so far).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-/work/runs}
