@@ -119,7 +119,7 @@ def get_config():
     evaluate.allow_random_inception = False  # no weights: random-weight Inception (tests / smoke runs only)
     evaluate.classifier_workdir = ""         # workdir of a --config configs/fashion_mnist_classifier.py run
     evaluate.num_samples = 10000             # samples generated for FID / KID / IS
-    evaluate.batch_size = 500                # samples per sampler call (one eval/samples_STEP_*.npz each)
+    evaluate.batch_size = 500                # samples per sampler call (one eval/samples_STEP_LABEL_*.npz each)
     evaluate.feature_batch_size = 100        # images per feature-network call
     evaluate.stats_dir = ""                  # cache of reference statistics; "": WORKDIR/stats
     evaluate.reference_split = "test"
@@ -181,8 +181,10 @@ def get_config():
     # consistency models (Song et al. 2023; iCT, Song & Dhariwal 2024)
     dst.num_scales = 18                      # consistency distillation: N grid times (Karras grid)
     dst.ode_step = "heun"                    # consistency distillation: teacher ODE step, euler | heun
-    dst.target_ema = 0.0                     # consistency distillation: EMA rate mu of the target; 0: stop-gradient
-                                             # student (iCT's choice)
+    dst.target_ema = 0.0                     # consistency distillation: EMA rate mu of the target f_theta^-; 0: the
+                                             # stop-gradient student (iCT's choice, Song & Dhariwal 2024). Unlike
+                                             # Song et al. 2023, whose CD keeps an EMA target (mu = 0.95, Table 3):
+                                             # set 0.95 to follow the paper
     dst.s0 = 10                              # consistency training: iCT's curriculum N(k) from s0 to s1 intervals
     dst.s1 = 1280
     dst.total_steps = 0                      # consistency training: K of the curriculum; 0: training.n_iters

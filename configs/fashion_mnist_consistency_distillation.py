@@ -6,7 +6,8 @@ preconditioned input and noise label, so it starts from the teacher's EMA parame
 the rectified-flow teacher's velocity network takes other inputs, so EDM is the teacher here). Each step: a Karras
 time pair of N = 18 on EDM's grid, one Heun step of the teacher's probability-flow ODE between them, the
 pseudo-Huber distance (LPIPS needs pretrained weights, not available offline) between the student at the later
-time and the stop-gradient student at the earlier one (iCT's target, ``target_ema = 0``); Adam 1e-4, batch 64.
+time and the stop-gradient student at the earlier one (iCT's target, ``target_ema = 0``; Song et al. 2023's CD
+uses an EMA target instead, ``target_ema = 0.95``); Adam 1e-4, batch 64.
 
     python -m diffjax.main --config configs/fashion_mnist_budget_edm.py --workdir T
     python -m diffjax.main --config configs/fashion_mnist_consistency_distillation.py --workdir W \

@@ -6,6 +6,8 @@ config (unknown names raise ``ValueError`` listing the allowed values, before an
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import inspect
 import json
@@ -27,9 +29,11 @@ from diffjax.discrete import ncsn as _ncsn
 __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "SOLVERS", "TIME_GRIDS",
            "TOY_DATASETS",
            "IMAGE_DATASETS", "validate",
-           "build_sde", "build_model", "build_optimizer", "build_loss_fn", "build_score_fn", "build_sampling_score_fn",
+           "build_sde", "build_model", "build_optimizer", "build_learning_rate", "build_loss_fn", "build_score_fn",
+           "build_sampling_score_fn",
            "build_sampler", "sampler_options", "sampler_options_config", "SamplerOptions",
-           "build_dataset", "input_shape", "is_toy", "num_classes",
+           "build_dataset", "input_shape", "is_toy", "num_classes", "check_field_path", "SCORE_SDE_FIELDS",
+           "SCORE_SDE_VALUES",
            "NOISY_CLASSIFIER_PARAMS", "NOISY_CLASSIFIER_CONFIG", "validate_noisy_classifier", "build_noisy_classifier",
            "noisy_classifier_num_classes", "noisy_classifier_logits_fn", "noisy_classifier_record",
            "load_noisy_classifier", "sampling_num_classes"]
@@ -96,7 +100,103 @@ _TIME_INPUTS = ("", "continuous", "index", "t", "sigma", "log_sigma", "edm")
 
 def _choice(field, value, allowed):
     if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not known; allowed values: {sorted(allowed)}")
+        raise ValueError(f"{field}={value!r} is not known; allowed values: {sorted(allowed)}"
+                         f"{_did_you_mean(field, value, allowed)}")
+
+
+# score_sde's names (yang-song/score_sde, configs/) for values that diffjax names differently
+SCORE_SDE_VALUES = {
+    ("model.name", "ncsnpp"): "ncsnpp_cifar10",
+    ("model.name", "ddpm"): "ddpm_cifar10",
+    ("sampling.method", "ode"): "ode_adaptive",
+    ("data.dataset", "CIFAR10"): "cifar10",
+    ("data.dataset", "CELEBA"): "celeb_a",
+    ("data.dataset", "SVHN"): "svhn",
+}
+
+
+def _did_you_mean(field: str, value, allowed) -> str:
+    """``"; did you mean X?"`` for score_sde's name of a value or a close spelling of an allowed one, else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    if (field, value) in SCORE_SDE_VALUES:
+        return f"; did you mean {field}={SCORE_SDE_VALUES[field, value]!r} (score_sde's {value!r})?"
+    close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# score_sde's config fields (yang-song/score_sde, configs/) that diffjax names differently or does not have:
+# {score_sde's field: (diffjax's field or None, a note)}. The message of an unknown --config.FIELD points here.
+SCORE_SDE_FIELDS = {
+    "sampling.snr": ("sampling.options.snr", "pc's Langevin corrector"),
+    "sampling.n_steps_each": ("sampling.options.n_corrector_steps",
+                              "pc's; annealed_langevin's is sampling.options.n_steps_each"),
+    "sampling.noise_removal": ("sampling.options.denoise", ""),
+    "sampling.corrector": ("sampling.options.corrector", "pc's, 'langevin'; no corrector: "
+                                                         "sampling.method='reverse_diffusion' (a predictor alone)"),
+    "sampling.predictor": ("sampling.method", "pc's predictor is reverse diffusion; a predictor alone: "
+                                              "sampling.method='reverse_diffusion' | 'euler_maruyama' | 'ancestral'"),
+    "sampling.probability_flow": ("sampling.method", "the probability-flow ODE: sampling.method='ode_adaptive' "
+                                                     "(score_sde's RK45) | 'ode_heun' | 'ode_euler' | 'dpm_solver' ..."),
+    "training.likelihood_weighting": ("training.weighting", "training.weighting='likelihood'"),
+    "model.nf": ("model.overrides.ch", "the network's base width"),
+    "model.normalization": (None, "diffjax's UNets use GroupNorm (model.overrides.norm_groups)"),
+    "model.nonlinearity": (None, "diffjax's UNets use swish"),
+    "eval.enable_sampling": (None, "samples and their FID / KID / IS: --mode eval"),
+    "eval.enable_bpd": (None, "bits/dim: --mode likelihood"),
+    "eval.enable_loss": (None, "the training loss is in WORKDIR/metrics.jsonl"),
+    "eval.bpd_dataset": ("eval.bpd_num_examples", "bits/dim are measured on the test split"),
+    "eval.begin_ckpt": (None, "--mode eval scores the newest checkpoint"),
+    "eval.end_ckpt": (None, "--mode eval scores the newest checkpoint"),
+}
+
+
+def _network_fields(config) -> tuple:
+    """The dataclass fields of ``model.name``'s network (what ``model.overrides`` may set), or () if unknown."""
+    if config.get("model") is None or config.model.get("name") not in MODELS:
+        return ()
+    return tuple(f.name for f in dataclasses.fields(MODELS[config.model.name]()) if f.name not in ("parent", "name"))
+
+
+def check_field_path(config, path: str) -> None:
+    """Check that ``path`` (``"training.batch_size"``, as in ``--config.training.batch_size=8``) names a field of
+    ``config``. ``ValueError`` naming the path, the fields that exist where it fails, and diffjax's field where
+    ``path`` is score_sde's name for it (:data:`SCORE_SDE_FIELDS`) or close to an existing one."""
+    holder, done = config, []
+    for part in path.split("."):
+        name = part.split("[", 1)[0]  # ml_collections' "a.b[0]": index into a sequence field
+        if not isinstance(holder, ml_collections.ConfigDict):
+            return  # into a value (a tuple, a dataclass): ml_collections checks it
+        if name not in holder:
+            break
+        holder = holder[name]
+        done.append(name)
+    else:
+        return
+    where = ".".join(done)
+    full = ".".join(done + [name])
+    msg = f"unknown config field {path!r}" + (f" (there is no {full!r})" if full != path else "")
+    hints = []
+    if full in SCORE_SDE_FIELDS:
+        target, note = SCORE_SDE_FIELDS[full]
+        hints.append(f"did you mean {target}? (score_sde's name{'; ' + note if note else ''})" if target else
+                     f"a score_sde field that diffjax does not have: {note}")
+    elif where == "model" and name in _network_fields(config):
+        hints.append(f"did you mean model.overrides.{name}? (a field of model.name={config.model.name!r})")
+    else:
+        close = difflib.get_close_matches(name, [k for k in holder.keys()], n=1)
+        if close:
+            hints.append(f"did you mean {'.'.join(done + close)}?")
+    if isinstance(holder, SamplerOptions):
+        hints.append(f"the options of each sampling.method: {_options_listing()}")
+    elif where == "model.overrides":
+        named = ", ".join(sorted(holder.keys())) or "none"
+        hints.append(f"on the command line, model.overrides takes the fields the config file names ({named}); "
+                     f"set others in a config file; model.name={config.model.name!r} has: "
+                     f"{', '.join(_network_fields(config))}")
+    else:
+        hints.append(f"{where or 'the config'} has: {', '.join(sorted(holder.keys()))}")
+    raise ValueError("; ".join([msg] + hints))
 
 
 def is_toy(config) -> bool:
@@ -237,12 +337,33 @@ def build_optimizer(config):
     decay_name = o.get("lr_decay", "constant")
     _choice("optim.lr_decay", decay_name, LR_DECAYS)
     try:
-        decay = {"constant": lambda: None,
-                 "cosine": lambda: tr.cosine_decay(int(config.training.n_iters), warmup=int(o.warmup),
-                                                   final=float(o.get("lr_final", 0.0))),
-                 "inverse_sqrt": lambda: tr.inverse_sqrt_decay(int(o.get("lr_ref_steps", 0)))}[decay_name]()
         return tr.make_optimizer(lr=o.lr, beta1=o.beta1, beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
-                                 warmup=o.warmup, grad_clip=o.grad_clip, optimizer=o.optimizer, decay=decay)
+                                 warmup=o.warmup, grad_clip=o.grad_clip, optimizer=o.optimizer,
+                                 decay=_lr_decay(config))
+    except ValueError as e:
+        raise ValueError(f"optim.* (lr_decay={decay_name!r}): {e}") from None
+
+
+def _lr_decay(config):
+    """The factor ``d(k)`` of ``optim.lr_decay`` (None: constant)."""
+    from diffjax import train as tr
+    o = config.optim
+    return {"constant": lambda: None,
+            "cosine": lambda: tr.cosine_decay(int(config.training.n_iters), warmup=int(o.warmup),
+                                              final=float(o.get("lr_final", 0.0))),
+            "inverse_sqrt": lambda: tr.inverse_sqrt_decay(int(o.get("lr_ref_steps", 0)))}[o.get("lr_decay",
+                                                                                               "constant")]()
+
+
+def build_learning_rate(config):
+    """The learning rate of :func:`build_optimizer` at optimizer step ``k`` (``step -> rate``; optax's count, so the
+    update that makes step ``k + 1`` uses rate ``k``), for logging."""
+    from diffjax import train as tr
+    o = config.optim
+    decay_name = o.get("lr_decay", "constant")
+    _choice("optim.lr_decay", decay_name, LR_DECAYS)
+    try:
+        return tr.learning_rate_schedule(lr=o.lr, warmup=o.warmup, decay=_lr_decay(config))
     except ValueError as e:
         raise ValueError(f"optim.* (lr_decay={decay_name!r}): {e}") from None
 

@@ -6,13 +6,20 @@ noise-conditional classifier of classifier guidance when ``config.task="noisy_cl
 probability-flow ODE, plus the DDPM variational bound for discrete DDPM models; NLL in nats on toy data),
 ``stats`` (cache the reference statistics only) and ``describe``.
 
-Config fields can be overridden on the command line: ``--config.training.batch_size=8``. This module holds the
-flags and the mode dispatch only; what each mode does is in :mod:`diffjax.run` (callable from Python), and
-:mod:`diffjax.config_lib` resolves the config (the entry layer).
+Config fields can be overridden on the command line: ``--config.training.batch_size=8``. The config file may lie
+anywhere: its ``from configs import default`` finds the ``configs`` package the file belongs to (see
+:func:`_config_import_path`). This module holds the flags, the mode dispatch and the error reporting only; what
+each mode does is in :mod:`diffjax.run` (callable from Python), and :mod:`diffjax.config_lib` resolves the config
+(the entry layer).
+
+A user error (a bad flag or config value, an unknown config field, a missing file) prints one line,
+``diffjax: error: ...``, to stderr and exits with status 2; ``DIFFJAX_TRACEBACK=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -20,9 +27,6 @@ from ml_collections import config_flags
 
 import diffjax.run as dr
 from diffjax.run._common import _choice
-
-if os.getcwd() not in sys.path:  # config files import ``configs.default``
-    sys.path.insert(0, os.getcwd())
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
@@ -77,15 +81,129 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
     if mode == "train":
         return dr.train(config, workdir, progress=progress)
     if mode == "sample":
-        return dr.sample(config, workdir)
+        return dr.sample(config, workdir, progress=progress)
     if mode == "eval":
-        return dr.evaluate(config, workdir)
+        return dr.evaluate(config, workdir, progress=progress)
     if mode == "likelihood":
         return dr.likelihood(config, workdir)
     return dr.stats_mode(config, workdir)
 
 
+TRACEBACK_ENV = "DIFFJAX_TRACEBACK"  # set (not "0"): user errors raise with their traceback
+USER_ERROR_EXIT = 2
+# errors raised on purpose for the user: bad flag or config values, unknown config fields, missing files or packages
+_USER_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OSError, ImportError, SyntaxError, flags.Error,
+                app.UsageError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    # diffjax's own error classes (a workdir in use by another run, a full disk, a diverged loss) carry their message
+    return isinstance(e, _USER_ERRORS) or type(e).__module__.startswith("diffjax.")
+
+
+def _one_line(e: BaseException, config_file: str | None = None) -> str:
+    """``e``'s message on one line; the type first (and how to see the traceback) unless ``e`` is a ``ValueError``,
+    a flag error or one of diffjax's own error classes, whose messages are written for the user."""
+    prefix = ""
+    while "Error whilst parsing config file" in str(e) and e.__context__ is not None:
+        e = e.__context__  # ml_collections / absl wrap an error of the config file's get_config() in a traceback
+        prefix = f"--config {config_file}: " if config_file else "the config file: "
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+    text = prefix + " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
+    if isinstance(e, ModuleNotFoundError) and e.name == "configs":
+        text += (" (a config file imports its siblings as configs.NAME: keep it in a folder configs/ with an "
+                 "__init__.py, next to default.py, e.g. the repository's configs/)")
+    if isinstance(e, (ValueError, flags.Error, app.UsageError)) or type(e).__module__.startswith("diffjax."):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text} ({TRACEBACK_ENV}=1 shows the traceback)"
+
+
+@contextlib.contextmanager
+def _user_errors(diagnose=lambda: None, config_file=None):
+    """Turn a user error into ``diffjax: error: <one line>`` on stderr and exit status 2 (unless
+    ``DIFFJAX_TRACEBACK`` is set); ``diagnose()`` may give a better line (or None)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 (re-raised unless it is a user error)
+        if not _is_user_error(e) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        sys.stderr.write(f"diffjax: error: {diagnose() or _one_line(e, config_file)}\n")
+        sys.stderr.flush()
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _config_arg(argv) -> str | None:
+    """The value of ``--config`` in ``argv`` (``PATH`` or ml_collections' ``PATH:ARGUMENT``), or None."""
+    for i, arg in enumerate(argv[1:], 1):
+        m = re.match(r"^--?config(=|$)", arg)
+        if m:
+            return arg[m.end():] if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else "")
+    return None
+
+
+def _config_import_path(config_file: str) -> None:
+    """Let the config file's ``from configs import default`` work from any working directory: the folder above the
+    file's package (``REPO`` for ``REPO/configs/X.py``) goes first on ``sys.path``; then the working directory;
+    last, as a fallback for a config file kept outside a ``configs/`` package, the source checkout diffjax is
+    installed from (``pip install -e``) where it has ``configs/``."""
+    import diffjax
+    folder = os.path.dirname(os.path.abspath(config_file))
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(diffjax.__file__)))  # the folder holding diffjax/
+    first = [os.path.dirname(folder)] if os.path.isfile(os.path.join(folder, "__init__.py")) else []
+    for path in reversed(first + [os.getcwd()]):
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    if os.path.isfile(os.path.join(checkout, "configs", "default.py")) and checkout not in sys.path:
+        sys.path.append(checkout)
+
+
+def _unknown_override(argv, config_arg) -> str | None:
+    """The message of the first ``--config.FIELD=...`` of ``argv`` that names no field of the config file's config
+    (:func:`diffjax.config_lib.check_field_path`), or None."""
+    import importlib.util
+
+    from diffjax import config_lib as cl
+    fields = [re.sub(r"^--?(no)?config\.", "", a).split("=", 1)[0] for a in argv[1:]
+              if re.match(r"^--?(no)?config\.", a)]
+    if not fields or not config_arg:
+        return None
+    try:  # the config as the flag loads it (ml_collections: get_config(ARGUMENT) for PATH:ARGUMENT)
+        path, *argument = config_arg.split(":", 1)
+        spec = importlib.util.spec_from_file_location("_diffjax_config_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*argument)
+    except Exception:  # noqa: BLE001 (the original error is reported)
+        return None
+    for field in fields:
+        try:
+            cl.check_field_path(config, field)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
+def parse_flags(argv):
+    """``app.run``'s flags parser: ``FLAGS(argv)`` (which loads the config file and applies the ``--config.*``
+    overrides) after :func:`_config_import_path`; a bad flag, a missing config file or an unknown config field is
+    a one-line user error (:func:`_user_errors`)."""
+    config_arg = _config_arg(argv)
+    config_file = config_arg.split(":", 1)[0] if config_arg is not None else None
+    with _user_errors(lambda: _unknown_override(argv, config_arg), config_file):
+        if config_file is not None:
+            if not os.path.isfile(config_file):
+                raise ValueError(f"--config {config_file}: no such file (working directory {os.getcwd()})")
+            _config_import_path(config_file)
+        return FLAGS(argv)
+
+
 def main(argv):
+    with _user_errors():
+        _main(argv)
+
+
+def _main(argv):
     del argv
     from diffjax import reuse_freed_host_memory
     reuse_freed_host_memory()  # before JAX starts; this process is ours (diffjax/_host_memory.py)
@@ -95,9 +213,9 @@ def main(argv):
     _choice("task", config.task, TASKS)
     _init_distributed(config)
     if FLAGS.mode != "describe" and not FLAGS.workdir:
-        raise app.UsageError(f"--workdir is required for --mode {FLAGS.mode}")
+        raise ValueError(f"--workdir is required for --mode {FLAGS.mode}")
     run_mode(config, FLAGS.workdir, FLAGS.mode, progress=FLAGS.progress)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -113,8 +113,10 @@ def test_notebook_runs_on_cpu_with_tiny_overrides(tmp_path, monkeypatch):
     assert cfg.data.dataset == "fashion_mnist" and cfg.model.overrides.ch == 8 and cfg.training.n_iters == 2
     assert int(ns["state"].step) == 2
     samples = os.path.join(workdir, "samples")
-    assert os.path.exists(os.path.join(samples, "samples_00000002.png"))
-    x = np.load(os.path.join(samples, "samples_00000002.npz"))["x"]
+    from diffjax.run import sampler_label
+    name = f"samples_00000002_{sampler_label(cfg)}"  # named by the sampler and its steps
+    assert os.path.exists(os.path.join(samples, name + ".png"))
+    x = np.load(os.path.join(samples, name + ".npz"))["x"]
     assert x.shape == (8, 28, 28, 1) and x.dtype == np.uint8
     assert ns["images"].shape == (8, 28, 28, 1) and ns["grid"].ndim == 3
     assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))

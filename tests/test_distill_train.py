@@ -235,3 +235,44 @@ def test_distilled_run_rejects_the_diffusion_only_modes(tmp_path):
     for mode in ("eval", "likelihood"):
         with pytest.raises(ValueError, match="distill.method='consistency_training' supports --mode train and sample"):
             dmain.run_mode(cfg, str(tmp_path), mode)
+
+
+def test_progressive_round_restarts_the_emas(tmp_path):
+    """Issue 35, item 3: a progressive round resets the EMA student (and the power EMAs) to the round's
+    initialisation, and the EMA then is a fresh one: after k steps of round 2 it equals the EMA of the round's k
+    parameter sets that the decay schedules give from update 0 (none of its weight on the initialisation). Before,
+    the decay was evaluated at the global step, where the debiased EMA keeps ~rate^k of the initialisation."""
+    spr, k = 20, 3
+    cfg = _config("progressive", steps_per_round=spr)
+    cfg.model.ema_rate = 0.9
+    cfg.training.posthoc_ema_freq = 1  # the state tracks the power EMAs of model.posthoc_sigma_rels too
+    dist = dr.Distiller(cfg, str(tmp_path), teacher_score_fn=_exact_score(cl.build_sde(cfg)))
+    state = dist.fresh_state()
+    # round 1 done (its last step is spr): enter round 2 the way train_distill does
+    state = state.replace(train=state.train.replace(step=jnp.asarray(spr, jnp.int32)))
+    state = dist.next_round(state, 1)
+    init = jax.device_get(state.train.params)
+    chex.assert_trees_all_equal(jax.device_get(state.train.ema_params), init)
+    params = []
+    for i in range(k):
+        x = RING.sample(jax.random.key(10 + i), 64)
+        state, _ = dist.train_steps(1)(state, tr.global_batch({"x": np.asarray(x)[None]}, dist.run.mesh))
+        params.append(jax.device_get(state.train.params))
+    assert int(state.train.step) == spr + k
+
+    def fresh_ema(decay):
+        ema = init
+        for j, p in enumerate(params):
+            ema = tr.ema_update(ema, p, decay(j))
+        return ema
+
+    from diffjax.train import ema as E
+    want = fresh_ema(E.debiased_decay(0.9))
+    # the weighted mean of the round's parameter sets (weights 0.9^(k-1-j), normalised): no initialisation in it
+    w = np.array([0.9 ** (k - 1 - j) for j in range(k)])
+    by_hand = jax.tree.map(lambda *ps: sum(wi * np.asarray(p) for wi, p in zip(w / w.sum(), ps)), *params)
+    chex.assert_trees_all_close(want, by_hand, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(jax.device_get(state.train.ema_params), want, rtol=1e-5, atol=1e-6)
+    for sigma_rel, phema in zip(cfg.model.posthoc_sigma_rels, state.train.phema):
+        chex.assert_trees_all_close(jax.device_get(phema), fresh_ema(E.power_decay(sigma_rel)), rtol=1e-5,
+                                    atol=1e-6)

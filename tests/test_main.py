@@ -47,9 +47,9 @@ def test_tiny_trains_checkpoints_and_samples(tmp_path):
     # sample mode restores the EMA params; the same seed gives the same samples
     r = _cli("--workdir", wd, "--mode", "sample")
     assert r.returncode == 0, r.stderr[-3000:]
-    s = np.load(os.path.join(wd, "samples", "samples_00000008.npz"))["x"]
+    s = np.load(os.path.join(wd, "samples", "samples_00000008_euler_maruyama_10.npz"))["x"]  # sampler and steps
     assert s.shape == (32, 2) and np.all(np.isfinite(s))
-    assert os.path.exists(os.path.join(wd, "samples", "samples_00000008.png"))
+    assert os.path.exists(os.path.join(wd, "samples", "samples_00000008_euler_maruyama_10.png"))
 
 
 def test_describe(capsys):

@@ -35,6 +35,78 @@ def _short_training(cfg, steps=2):
     return cfg
 
 
+def test_eval_samples_are_keyed_by_the_sampler_settings(tmp_path, capsys):
+    """Issue 35 item 1: a second --mode eval with another sampler draws its own samples (it reused the first one's
+    and reported their metrics under the new label); the same settings resume from the files, which hold them."""
+    cfg = _short_training(tiny.get_config())
+    cfg.eval.num_samples, cfg.eval.batch_size = 16, 8
+    wd = str(tmp_path / "toy")
+    dmain.run_mode(cfg, wd, "train", progress=False)
+    first = dmain.run_mode(cfg, wd, "eval", progress=False)
+    assert first["num_reused"] == 0 and first["sampler"] == "euler_maruyama"
+    cfg.sampling.method, cfg.sampling.num_steps = "ddim", 5
+    second = dmain.run_mode(cfg, wd, "eval", progress=False)
+    assert second["num_reused"] == 0 and second["sampler"] == "ddim" and second["nfe"] == 5
+    assert second["energy_distance"] != first["energy_distance"] and second["mmd"] != first["mmd"]
+    assert second["sampler_label"].startswith("ddim_5_") and second["sampler_label"] != first["sampler_label"]
+    ev = os.path.join(wd, "eval")
+    a, b = (np.concatenate([np.load(os.path.join(ev, f"samples_00000002_{r['sampler_label']}_{i:05d}.npz"))["x"]
+                            for i in range(2)]) for r in (first, second))
+    assert a.shape == b.shape == (16, 2) and not np.allclose(a, b)
+    # each setting keeps its own metrics file, with the settings
+    for r, method in ((first, "euler_maruyama"), (second, "ddim")):
+        saved = json.load(open(os.path.join(ev, f"metrics_00000002_{r['sampler_label']}.json")))
+        assert saved["energy_distance"] == r["energy_distance"]
+        assert saved["settings"]["config"]["sampling"]["method"] == method
+    # another option of the same sampler (eta) is another setting too; the same settings are reused
+    cfg.sampling.options.eta = 1.0
+    third = dmain.run_mode(cfg, wd, "eval", progress=False)
+    assert third["num_reused"] == 0 and third["sampler_label"] not in (first["sampler_label"],
+                                                                       second["sampler_label"])
+    cfg.sampling.options.eta = None
+    again = dmain.run_mode(cfg, wd, "eval", progress=False)
+    assert again["num_reused"] == 16 and again["energy_distance"] == second["energy_distance"]
+    # the stored settings are checked: a file with another setting's samples under this name is drawn again
+    path = os.path.join(ev, f"samples_00000002_{second['sampler_label']}_00000.npz")
+    with np.load(path) as z:
+        settings = json.loads(str(z["settings"]))
+    assert settings == drun.eval_settings(cfg, 2)
+    settings["config"]["sampling"]["method"] = "euler_maruyama"
+    np.savez(path, x=np.zeros((8, 2), np.float32), nfe=np.int32(5), settings=np.array(json.dumps(settings)))
+    capsys.readouterr()
+    again = dmain.run_mode(cfg, wd, "eval", progress=False)
+    assert again["num_reused"] == 8 and again["energy_distance"] == second["energy_distance"]
+    assert "holds samples of other settings" in capsys.readouterr().out
+
+
+def test_eval_settings_hold_what_changes_the_samples():
+    """The cache key covers the sampler, steps, t_eps, options, EMA choice, guidance, x0 control, seed and batch size,
+    and leaves out counts and schedules that do not change the samples (so more samples resume from fewer)."""
+    base = _short_training(tiny.get_config())
+    key = drun.eval_label(base, drun.eval_settings(base, 2))
+    assert key.startswith("euler_maruyama_10_")
+
+    def label(field, value, step=2):
+        cfg = _short_training(tiny.get_config())
+        *parents, name = field.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[name] = value
+        return drun.eval_label(cfg, drun.eval_settings(cfg, step))
+
+    for field, value in [("sampling.method", "ode_euler"), ("sampling.num_steps", 20), ("sampling.t_eps", 1e-2),
+                         ("sampling.options.eta", 0.5), ("sampling.ema_sigma_rel", 0.1),
+                         ("sampling.guidance_scale", 2.0), ("sampling.classifier_scale", 1.0),
+                         ("sampling.clip_denoised", True), ("seed", 7), ("eval.batch_size", 7),
+                         ("model.ema_rate", 0.5), ("training.sde", "vesde")]:
+        assert label(field, value) != key, field
+    assert drun.eval_label(base, drun.eval_settings(base, 4)) != key  # another checkpoint
+    for field, value in [("eval.num_samples", 99), ("sampling.num_samples", 99), ("training.n_iters", 99),
+                         ("training.log_freq", 99), ("optim.lr", 0.5), ("eval.kid_subsets", 3)]:
+        assert label(field, value) == key, field
+
+
 def test_toy_eval_and_likelihood(tmp_path):
     cfg = _short_training(tiny.get_config(), steps=4)
     cfg.eval.num_samples, cfg.eval.batch_size = 32, 16
@@ -42,10 +114,12 @@ def test_toy_eval_and_likelihood(tmp_path):
     cfg.eval.likelihood_trace, cfg.eval.likelihood_rtol, cfg.eval.likelihood_atol = "exact", 1e-3, 1e-3
     wd = str(tmp_path / "toy")
     dmain.run_mode(cfg, wd, "train", progress=False)
-    rec = dmain.run_mode(cfg, wd, "eval")
+    rec = dmain.run_mode(cfg, wd, "eval", progress=False)
     assert rec["num_samples"] == 32 and _finite(rec, ["energy_distance", "mmd"])
+    label = rec["sampler_label"]
+    assert label.startswith("euler_maruyama_10_") and rec["nfe"] == 10
     assert sorted(os.listdir(os.path.join(wd, "eval"))) == [
-        "metrics_00000004.json", "samples_00000004_00000.npz", "samples_00000004_00001.npz"]
+        f"metrics_00000004_{label}.json", f"samples_00000004_{label}_00000.npz", f"samples_00000004_{label}_00001.npz"]
     rec = dmain.run_mode(cfg, wd, "likelihood")
     assert _finite(rec, ["nll_nats", "nfe_mean"]) and rec["num_examples"] == 16
     assert json.load(open(os.path.join(wd, "eval", "bpd_00000004.json")))["nll_nats"] == rec["nll_nats"]
@@ -109,30 +183,35 @@ def test_image_eval_resumes_likelihood_and_stats(tmp_path, classifier_dir, capsy
     wd = str(tmp_path / "img")
     # a checkpoint of the initial state at step 2 (compiling the UNet's train step on CPU takes over a minute;
     # train -> eval through main is covered by the toy test)
-    run = drun.Run(cfg, wd)
+    run = drun.Run(cfg, wd, read_only=False)
     run.checkpoints.save(2, run.fresh_state())
     run.checkpoints.close()
     ref = dmain.run_mode(cfg, wd, "stats")
     assert int(ref["count"]) == 64 and ref["features"].shape == (64, 128)
     assert len(os.listdir(os.path.join(wd, "stats"))) == 1
-    rec = dmain.run_mode(cfg, wd, "eval")
+    rec = dmain.run_mode(cfg, wd, "eval", progress=False)
     keys = ["frechet_distance", "kid", "classifier_score"]
     assert _finite(rec, keys) and rec["num_samples"] == 16 and rec["num_reused"] == 0
     assert "loaded from" in capsys.readouterr().out  # the reference statistics were cached by --mode stats
-    ev = os.path.join(wd, "eval")
-    assert json.load(open(os.path.join(ev, "metrics_00000002.json")))["frechet_distance"] == rec["frechet_distance"]
+    ev, label = os.path.join(wd, "eval"), rec["sampler_label"]
+    assert label.startswith("ancestral_40_") and rec["nfe"] == 40
+    assert json.load(open(os.path.join(ev, f"metrics_00000002_{label}.json")))["frechet_distance"] == \
+        rec["frechet_distance"]
     # an interrupted eval: batch 0 on disk (marked), batch 1 missing -> batch 0 is reused, batch 1 generated
-    first = os.path.join(ev, "samples_00000002_00000.npz")
-    np.savez(first, x=np.zeros((8, 28, 28, 1), np.uint8))
-    os.remove(os.path.join(ev, "samples_00000002_00001.npz"))
-    rec2 = dmain.run_mode(cfg, wd, "eval")
+    first = os.path.join(ev, f"samples_00000002_{label}_00000.npz")
+    with np.load(first) as z:
+        kept = {k: z[k] for k in ("nfe", "settings")}
+    np.savez(first, x=np.zeros((8, 28, 28, 1), np.uint8), **kept)
+    os.remove(os.path.join(ev, f"samples_00000002_{label}_00001.npz"))
+    rec2 = dmain.run_mode(cfg, wd, "eval", progress=False)
     assert rec2["num_reused"] == 8 and _finite(rec2, keys)
-    assert not np.load(first)["x"].any() and os.path.exists(os.path.join(ev, "samples_00000002_00001.npz"))
+    assert not np.load(first)["x"].any() and os.path.exists(os.path.join(ev, f"samples_00000002_{label}_00001.npz"))
     assert rec2["frechet_distance"] != rec["frechet_distance"]  # the marked batch was used, not regenerated
     # the recorded metrics are those of the samples on disk against the cached reference, recomputed here
     from diffjax.eval import feature_classifier as fc
     from diffjax.eval import metrics as M
-    samples = np.concatenate([np.load(os.path.join(ev, f"samples_00000002_{i:05d}.npz"))["x"] for i in range(2)])
+    samples = np.concatenate([np.load(os.path.join(ev, f"samples_00000002_{label}_{i:05d}.npz"))["x"]
+                              for i in range(2)])
     feats = fc.classifier_features(fc.load_classifier_params(os.path.join(classifier_dir, drun.CLASSIFIER_FILE)),
                                    samples)
     assert rec2["frechet_distance"] == pytest.approx(

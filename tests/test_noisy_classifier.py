@@ -210,7 +210,7 @@ def test_cli_trains_classifier_and_guides_samples_and_cfg_config(tmp_path):
     r = _cli(cfg_cfg, "--workdir", wd, "--mode", "sample", "--config.sampling.guidance_scale=2.0",
              f"--config.sampling.classifier_workdir={ncl}", "--config.sampling.classifier_scale=3.0")
     assert r.returncode == 0, r.stderr[-3000:]
-    x = np.load(os.path.join(wd, "samples", "samples_00000001.npz"))["x"]
+    x = np.load(os.path.join(wd, "samples", "samples_00000001_ddim_2_cfg2_cg3.npz"))["x"]  # sampler, steps, guidance
     assert x.shape == (8, 28, 28, 1) and x.dtype == np.uint8
     # a process the classifier was not trained on fails before anything is compiled, naming the field
     r = _cli(cfg_cfg, "--workdir", wd, "--mode", "sample", f"--config.sampling.classifier_workdir={ncl}",

@@ -391,3 +391,16 @@ def test_readme_library_names_exist():
                      if not any(hasattr(m, n.split(".")[-1]) for m in (dj, dj.samplers, dj.discrete, dj.nets, sde)))
     assert not missing, missing
     assert math.isfinite(float(dj.linear_betas(10)[-1]))
+
+
+def test_chain_error_lists_every_sampler_that_works_on_every_process():
+    """The "needs a discrete chain" message lists the samplers for every process, computed from the public
+    samplers (all of config_lib.SAMPLERS but the three that need a chain)."""
+    from diffjax.samplers import _common
+    need_chain = {"ancestral", "annealed_langevin", "ddim"}
+    assert set(_common.any_process_samplers()) == set(config_lib.SAMPLERS) - need_chain
+    for name in need_chain:
+        with pytest.raises(ValueError, match="needs a discrete chain") as e:
+            getattr(dj.samplers, name)(jax.random.key(0), jnp.zeros((2, 2)), lambda x, t: x, dj.rectified_flow())
+        listed = str(e.value).split("the samplers for every process are ")[1].split(", ")
+        assert set(listed) == set(config_lib.SAMPLERS) - need_chain, listed

@@ -93,7 +93,8 @@ def log_likelihood(key, x, score_fn, sde, *, trace: str = "hutchinson", rtol: fl
       score_fn: ``score_fn(x, t) -> (batch, *dims)``.
       sde: forward process (``vp_sde``, ``subvp_sde``, ``ve_sde``, ``rectified_flow``, ``edm_sde``, ...) that defines
         the ODE and the prior.
-      trace: ``"hutchinson"`` (unbiased, one JVP per step) or ``"exact"`` (``D`` JVPs per step; small ``D``).
+      trace: ``"hutchinson"`` (unbiased, one vector-Jacobian product, reverse mode, per vector-field evaluation)
+        or ``"exact"`` (``D`` VJPs per evaluation, vmapped; small ``D``).
       rtol, atol: tolerances of the adaptive step-size controller.
       t_eps: start time in ``(0, T)``; the result is the log-density of the perturbed data ``p_{t_eps}``.
       noise: Hutchinson's probe, ``"rademacher"`` (score-SDE's default, lower variance) or ``"gaussian"``.

@@ -237,7 +237,10 @@ def cd_loss(key, x0, student_fn: Callable, target_fn: Callable, teacher_score_fn
         key: PRNG key.
         x0: ``(batch, *dims)`` data.
         student_fn: the consistency model ``f_theta(x, t)`` (e.g. :func:`consistency_fn` of the network).
-        target_fn: ``f_theta^-`` (the EMA model, or ``student_fn`` itself); evaluated under ``stop_gradient``.
+        target_fn: ``f_theta^-``, evaluated under ``stop_gradient``: Song et al. 2023's CD uses an EMA of the
+            student's parameters (rate ``mu = 0.95``, their Table 3); ``student_fn`` itself is iCT's choice (Song &
+            Dhariwal 2024, for consistency training) and the default of diffjax's configs
+            (``distill.target_ema = 0``).
         teacher_score_fn: the teacher's ``score_fn(x, t)``.
         process: any forward process.
         num_scales: ``N >= 2``, the number of grid times.

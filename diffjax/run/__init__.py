@@ -18,14 +18,15 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
 from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
 from diffjax.run._noisy_classifier import (NOISY_CLASSIFIER_JSON, init_noisy_classifier, make_noisy_classifier_step,
                                            noisy_classifier_accuracy_by_time, train_noisy_classifier)
-from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_samples, evaluate, evaluate_images,
-                               feature_net_name, likelihood, reference_statistics, stats_mode, validate_eval)
-from diffjax.run._run import Run, describe, sample, train
+from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_label, eval_samples, eval_settings, evaluate,
+                               evaluate_images, feature_net_name, likelihood, reference_statistics, stats_mode,
+                               validate_eval)
+from diffjax.run._run import Run, describe, sample, sampler_label, train
 from diffjax.run._distill import DistillState, Distiller, sample_distill, train_distill
 
-__all__ = ["Run", "train", "sample", "describe", "Distiller", "DistillState", "train_distill", "sample_distill",
+__all__ = ["Run", "train", "sample", "sampler_label", "describe", "Distiller", "DistillState", "train_distill", "sample_distill",
            "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
            "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",
            "NOISY_CLASSIFIER_JSON", "FEATURE_NETS",
            "validate_eval", "feature_net_name", "build_feature_net", "reference_statistics", "stats_mode",
-           "evaluate_images", "eval_samples", "evaluate", "likelihood"]
+           "evaluate_images", "eval_settings", "eval_label", "eval_samples", "evaluate", "likelihood"]

@@ -36,6 +36,8 @@ def _train_classifier(config, workdir):
     if not float(c.epochs) > 0:
         raise ValueError(f"classifier.epochs must be > 0, got {c.epochs!r}")
     _check_classifier_data(config, "config.task='classifier'")
+    from diffjax.run._workdir_config import claim_workdir
+    claim_workdir(config, workdir)  # refuses a workdir trained by another config
     t0 = time.perf_counter()
     x, y = _split_rows(config, "train", int(c.num_train_examples))
     xt, yt = _split_rows(config, "test", int(c.num_test_examples))

@@ -16,7 +16,8 @@ Networks (the student is ``cl.build_model(config)``, the teacher's architecture)
   ``model.parameterization``), then :func:`~diffjax.x0_from_score`; with the teacher's parameterization the round-1
   student, initialised from the teacher, is the teacher exactly. Round ``r`` (0-based) distils ``N_r =
   start_steps / 2^(r+1)`` student steps; from round 2 on, the previous round's student (its EMA parameters) is the
-  teacher and the new student's initialisation (a fresh optimizer state).
+  teacher and the new student's initialisation (a fresh optimizer state, and fresh EMAs: their decay schedules
+  count the round's steps, :meth:`Distiller.train_step`).
 * consistency models: ``f = distill.consistency_fn(raw, process, sigma_data=model.sigma_data, t_eps)`` with
   ``raw(x_in, c_noise) = net(x_in, c_noise)``: the network sees EDM's preconditioned input ``c_in(sigma) x / a`` and
   EDM's noise label ``c_noise = log(sigma) / 4`` (``model.time_input="edm"``'s label), the consistency models'
@@ -100,7 +101,7 @@ class Distiller:
         cl.validate_distill(config, external_teacher=teacher_score_fn is not None or sampling)
         self.config, self.workdir, self.d = config, workdir, config.distill
         self.method = self.d.method
-        self.run = Run(config, workdir)
+        self.run = Run(config, workdir, read_only=sampling)
         self.sde, self.model, self.optimizer = self.run.sde, self.run.model, self.run.optimizer
         self.opts = cl.distill_options(config)
         self.total_steps = cl.distill_total_steps(config)
@@ -172,19 +173,32 @@ class Distiller:
     def num_student_steps(self, round_index: int) -> int:
         return int(self.d.start_steps) // 2 ** (int(round_index) + 1)
 
+    def round_start(self, round_index: int) -> int:
+        """The step at which round ``round_index`` starts (0 for the consistency models, which have one)."""
+        return int(round_index) * int(self.d.steps_per_round) if self.method == "progressive" else 0
+
     # --------------------------------------------------------------------------------------------- state
 
     def _loaded_teacher_params(self):
         if self._teacher_params is None:
+            from diffjax import train as tr
             from diffjax.run._run import Run
-            run = Run(self.teacher_config, self.d.teacher_workdir)
-            state, step = run.restore()
-            run.checkpoints.close()
+            if not os.path.isdir(self.d.teacher_workdir):
+                raise ValueError(f"distill.teacher_workdir={self.d.teacher_workdir!r} is not a directory (allowed: the "
+                                 f"workdir of a trained diffusion run)")
+            run = Run(self.teacher_config, self.d.teacher_workdir)  # read-only: creates nothing there
+            try:
+                state, step = run.restore(compare_config=False)  # this config differs from the teacher's (distill.*)
+            except tr.CheckpointMismatchError as e:
+                raise tr.CheckpointMismatchError(
+                    f"distill.teacher_workdir={self.d.teacher_workdir!r}: {e}; distill.teacher_config="
+                    f"{self.d.teacher_config!r} (empty: this config) must be the teacher's config") from None
+            finally:
+                run.checkpoints.close()
             if state is None:
-                raise ValueError(f"distill.teacher_workdir={self.d.teacher_workdir!r} has no readable checkpoint "
-                                 f"(checkpoints/ or checkpoints-meta/) for the train state of distill.teacher_config="
-                                 f"{self.d.teacher_config!r} (empty: this config); a checkpoint written by another "
-                                 f"config (e.g. other training.posthoc_ema_freq) needs that config there")
+                raise ValueError(f"distill.teacher_workdir={self.d.teacher_workdir!r} holds no checkpoint "
+                                 f"(checkpoints/ and checkpoints-meta/ are empty or missing): train the teacher "
+                                 f"there first (--mode train with distill.teacher_config's config)")
             print(f"teacher: EMA parameters of step {step} in {self.d.teacher_workdir}", flush=True)
             self._teacher_params = jax.device_get(state.ema_params)
         return self._teacher_params
@@ -230,7 +244,8 @@ class Distiller:
         return cl.input_shape(self.teacher_config, 1)
 
     def _restart(self, train, params):
-        """``train`` with ``params`` as parameters and EMAs and a fresh optimizer state (step and key kept)."""
+        """``train`` with ``params`` as parameters and EMAs and a fresh optimizer state (step and key kept; the
+        round's train step counts the EMA decay from here, ``ema_start``)."""
         return train.replace(params=params, ema_params=params, opt_state=self.optimizer.init(params),
                              phema=tuple(params for _ in train.phema))
 
@@ -252,10 +267,9 @@ class Distiller:
         return self._jit_cache["advance", round_index](state)
 
     def restore(self):
-        state, step, skipped = self.run.checkpoints.restore(self.abstract)
-        for msg in skipped:
-            print(f"WARNING: {msg}", flush=True)
-        return state, step
+        """``(state, step)`` of the newest intact checkpoint (:meth:`diffjax.run.Run.restore` with the
+        :class:`DistillState`)."""
+        return self.run.restore(self.abstract)
 
     # ---------------------------------------------------------------------------------------- the step
 
@@ -295,11 +309,17 @@ class Distiller:
         return loss_fn
 
     def train_step(self, round_index: int = 0) -> Callable:
-        """``step(state, batch) -> (state, metrics)`` on a :class:`DistillState` (unjitted, one batch)."""
+        """``step(state, batch) -> (state, metrics)`` on a :class:`DistillState` (unjitted, one batch).
+
+        The EMAs (``ema_params`` and the power EMAs) restart with each progressive round (:meth:`next_round` resets
+        them to the round's initialisation): their decay schedules count the steps since the round's first,
+        ``round_index x distill.steps_per_round``, so the round's EMA student is a fresh EMA of the round's
+        training, not mostly its initialisation."""
         from diffjax import config_lib as cl
         from diffjax import train as tr
         inner = tr.make_train_step(self.loss_fn(round_index), self.optimizer, ema_rate=cl.build_ema_decay(self.config),
-                                   posthoc_sigma_rels=self.run.posthoc_sigma_rels)
+                                   posthoc_sigma_rels=self.run.posthoc_sigma_rels,
+                                   ema_start=self.round_start(round_index))
         mu = float(self.d.target_ema)
 
         def step(state, batch):

@@ -154,46 +154,163 @@ def _restore_for_eval(config, workdir, mode):
     return run, state, step
 
 
-def eval_samples(run, params, step, *, num_samples, batch_size, seed, workdir):
-    """``num_samples`` EMA samples for evaluation, written batch by batch to ``eval/samples_STEP_IIIII.npz``
-    (uint8 images or float points); batches already on disk are read back, not regenerated, so an interrupted
-    evaluation resumes where it stopped. Batch ``i`` uses ``fold_in(key, i)``: resuming gives the same samples.
+# Config fields that do not change the samples drawn from a checkpoint (counts, logging, the training schedule, the
+# optimizer, file locations, other tasks): every other field keys the eval sample cache, so that a field added later
+# keys it too (a needless recomputation at worst, never another setting's samples). None: the whole section.
+SAMPLE_INDEPENDENT_FIELDS = {
+    "eval": None, "optim": None, "classifier": None, "noisy_classifier": None, "distill": None, "distributed": None,
+    "sampling": ("num_samples", "batch_size", "snapshot_num", "final_num_samples"),
+    "training": ("batch_size", "n_iters", "snapshot_freq", "checkpoint_freq", "snapshot_freq_for_preemption",
+                 "checkpoint_keep", "log_freq", "eval_freq", "n_jitted_steps", "unroll_jitted_steps",
+                 "snapshot_sampling", "posthoc_ema_freq"),
+    "data": ("data_dir", "verify_files", "random_flip", "uniform_dequantization"),
+}
+
+
+def _json_value(v):
+    """A JSON stand-in for a config value JSON lacks: a function by its qualified name and the values it closes over
+    (pc's ``predictor`` or a ``time_grid`` of a Python config), a ``functools.partial`` by its function and
+    arguments, a NumPy scalar by its value, anything else by its repr (one holding an address keys no reuse)."""
+    import functools
+
+    def plain(x):
+        return x if isinstance(x, (str, int, float, bool, type(None))) else _json_value(x)
+
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, functools.partial):
+        return {"partial": _json_value(v.func), "args": [plain(a) for a in v.args],
+                "keywords": {k: plain(a) for k, a in sorted(v.keywords.items())}}
+    if callable(v) and hasattr(v, "__qualname__"):
+        name = f"{getattr(v, '__module__', '')}.{v.__qualname__}"
+        cells = getattr(v, "__closure__", None) or ()
+        if not cells:
+            return name
+        values = []
+        for c in cells:
+            try:
+                values.append(c.cell_contents)
+            except ValueError:  # an empty cell
+                values.append(None)
+        return {"function": name, "closure": [plain(x) for x in values]}
+    return repr(v)
+
+
+def eval_settings(config, step, *, seed=None, batch_size=None) -> dict:
+    """Everything that decides the eval samples of checkpoint ``step``: the step, the seed, the samples per sampler
+    call (batch ``i`` is drawn with ``fold_in(key, i)``) and the config without :data:`SAMPLE_INDEPENDENT_FIELDS`
+    (sampler, steps, t_eps, the options that are set, EMA choice, guidance, x0 control, model, process, ...), as
+    canonical JSON values. It keys the sample files of ``--mode eval`` and is stored in each of them."""
+    import json
+    cfg = config.to_dict()
+    for section, names in SAMPLE_INDEPENDENT_FIELDS.items():
+        if names is None:
+            cfg.pop(section, None)
+        elif isinstance(cfg.get(section), dict):
+            for name in names:
+                cfg[section].pop(name, None)
+    smp = cfg.get("sampling", {})
+    if isinstance(smp.get("options"), dict):
+        smp["options"] = {k: v for k, v in smp["options"].items() if v is not None}
+    if smp.get("classifier_workdir"):
+        smp["classifier_workdir"] = os.path.abspath(smp["classifier_workdir"])
+    settings = {"step": int(step), "seed": int(config.seed if seed is None else seed),
+                "batch_size": int(config.eval.batch_size if batch_size is None else batch_size), "config": cfg}
+    return json.loads(json.dumps(settings, sort_keys=True, default=_json_value))
+
+
+def eval_label(config, settings) -> str:
+    """``SAMPLER_STEPS_HASH`` (e.g. ``ddim_50_3f2a9c1b0d``): the sampler and steps for people, then the first 10 hex
+    digits of the SHA-256 of the canonical JSON of ``settings`` (:func:`eval_settings`) for the cache."""
+    import hashlib
+    import json
+    from diffjax.run._run import sampler_label
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"{sampler_label(config)}_{digest[:10]}"
+
+
+def eval_samples(run, params, step, *, num_samples, batch_size, seed, workdir, progress=False, return_nfe=False):
+    """``num_samples`` EMA samples for evaluation, written batch by batch to ``eval/samples_STEP_LABEL_IIIII.npz``
+    (uint8 images or float points ``x``, the score evaluations ``nfe``, and ``settings``: the JSON of
+    :func:`eval_settings`); LABEL (:func:`eval_label`) names the sampler and steps and hashes the settings, so
+    batches on disk are reused only by an evaluation with the same settings (they are checked against the stored
+    ones too): an interrupted evaluation resumes where it stopped, another sampler or setting draws its own samples.
+    Batch ``i`` uses ``fold_in(key, i)``: resuming gives the same samples. ``progress``: a tqdm bar.
 
     Returns:
-        ``(samples, num_reused)``.
+        ``(samples, num_reused)``, with ``return_nfe`` ``(samples, num_reused, nfes)`` (the score evaluations of
+        each batch; None where the sampler does not count them).
     """
+    import json
+
     import jax
+    from tqdm import tqdm
     from diffjax import config_lib as cl
     from diffjax.data import from_unit
     from diffjax.eval.stats import save_npz_atomic
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     toy = cl.is_toy(run.config)
+    settings = eval_settings(run.config, step, seed=seed, batch_size=batch_size)
+    settings_json = json.dumps(settings, sort_keys=True)
+    label = eval_label(run.config, settings)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 6), step)
-    xs, done, reused, i = [], 0, 0, 0
+    xs, nfes, done, reused, i = [], [], 0, 0, 0
     t0 = time.perf_counter()
-    while done < num_samples:
-        path = os.path.join(out, f"samples_{step:08d}_{i:05d}.npz")
-        if os.path.exists(path):
-            with np.load(path) as z:
-                x = z["x"]
-            reused += len(x)
-        else:
-            n = min(batch_size, num_samples - done)
-            x = run.sample(params, jax.random.fold_in(key, i), n)
-            x = x.astype(np.float32) if toy else from_unit(x)
-            if jax.process_index() == 0:
-                save_npz_atomic(path, x=x)
-        xs.append(x)
-        done, i = done + len(x), i + 1
-        print(f"eval samples {done}/{num_samples} ({reused} reused; {time.perf_counter() - t0:.1f} s)", flush=True)
-    return np.concatenate(xs)[:num_samples], reused
+    pattern = os.path.join(out, f"samples_{step:08d}_{label}_*.npz")
+    print(f"eval samples of step {step} with {label}: {pattern}", flush=True)
+    with tqdm(total=num_samples, unit="sample", desc=f"eval samples ({label})", disable=not progress,
+              dynamic_ncols=True) as bar:
+        while done < num_samples:
+            path = os.path.join(out, f"samples_{step:08d}_{label}_{i:05d}.npz")
+            x = None
+            if os.path.exists(path):
+                with np.load(path) as z:
+                    stored = json.loads(str(z["settings"])) if "settings" in z.files else None
+                    if stored == settings:
+                        x, nfe = z["x"], int(z["nfe"]) if "nfe" in z.files else -1
+                if x is None:
+                    print(f"WARNING: {path} holds samples of other settings than these; drawing them again",
+                          flush=True)
+                else:
+                    reused += len(x)
+            if x is None:
+                n = min(batch_size, num_samples - done)
+                x, nfe = run.sample(params, jax.random.fold_in(key, i), n, return_nfe=True)
+                nfe = -1 if nfe is None else nfe
+                x = x.astype(np.float32) if toy else from_unit(x)
+                if jax.process_index() == 0:
+                    save_npz_atomic(path, x=x, nfe=np.int32(nfe), settings=np.array(settings_json))
+            xs.append(x)
+            nfes.append(None if nfe < 0 else nfe)
+            done, i = done + len(x), i + 1
+            bar.update(len(x))
+            bar.set_postfix(reused=reused, refresh=False)
+    print(f"eval samples: {min(done, num_samples)} ({reused} reused from an earlier evaluation with these settings; "
+          f"{time.perf_counter() - t0:.1f} s)", flush=True)
+    x = np.concatenate(xs)[:num_samples]
+    return (x, reused, nfes) if return_nfe else (x, reused)
 
 
-def evaluate(config, workdir):
+def _tensorboard_scalars(workdir, prefix, record, step):
+    """The numbers of ``record`` as TensorBoard scalars ``PREFIX/NAME`` at ``step`` in ``WORKDIR/tensorboard``
+    (process 0)."""
+    import jax
+    if jax.process_index() != 0:
+        return
+    from tensorboardX import SummaryWriter
+    with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and np.isfinite(v):
+                writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
+def evaluate(config, workdir, *, progress: bool = True):
     """``--mode eval``: metrics of ``eval.num_samples`` EMA samples of the latest checkpoint; writes
-    ``eval/metrics_STEP.json`` and a ``metrics.jsonl`` line. Images: Frechet distance, KID and the classifier /
-    Inception score; toy 2-D data: energy distance and MMD to as many fresh draws of the distribution."""
+    ``eval/metrics_STEP_LABEL.json`` (LABEL: the sampler, its steps and a hash of the settings, as the sample files
+    of :func:`eval_samples`; the file holds the settings too), a ``metrics.jsonl`` line and TensorBoard scalars
+    ``eval/LABEL/METRIC``. Images: Frechet distance, KID and the classifier / Inception score; toy 2-D data: energy
+    distance and MMD to as many fresh draws of the distribution. ``progress``: a tqdm bar over the samples."""
     import jax
     from diffjax import config_lib as cl
     from diffjax.eval.evaluate import write_json_atomic
@@ -204,8 +321,9 @@ def evaluate(config, workdir):
     fnet = None if toy else build_feature_net(config)  # fails fast (missing weights) before any sampling
     run, state, step = _restore_for_eval(config, workdir, "eval")
     t0 = time.perf_counter()
-    x, reused = eval_samples(run, run.sampling_params(state, step), step, num_samples=int(e.num_samples),
-                             batch_size=int(e.batch_size), seed=config.seed, workdir=workdir)
+    x, reused, nfes = eval_samples(run, run.sampling_params(state, step), step, num_samples=int(e.num_samples),
+                                   batch_size=int(e.batch_size), seed=config.seed, workdir=workdir,
+                                   progress=progress, return_nfe=True)
     run.checkpoints.close()
     if toy:
         from diffjax.eval.sample_distances import energy_distance, mmd_rbf
@@ -215,11 +333,17 @@ def evaluate(config, workdir):
                    "num_samples": len(x)}
     else:
         metrics = evaluate_images(config, workdir, x, feature_net=fnet)
+    settings = eval_settings(config, step, seed=config.seed, batch_size=int(e.batch_size))
+    label = eval_label(config, settings)
+    known = [n for n in nfes if n is not None]
     record = {"step": int(step), "mode": "eval", **metrics, "sampler": config.sampling.method,
+              "sampler_label": label, "nfe": float(np.mean(known)) if known and len(known) == len(nfes) else None,
               "num_reused": reused, "wall_s": round(time.perf_counter() - t0, 1)}
     if jax.process_index() == 0:
-        write_json_atomic(os.path.join(workdir, "eval", f"metrics_{step:08d}.json"), record)
+        write_json_atomic(os.path.join(workdir, "eval", f"metrics_{step:08d}_{label}.json"),
+                          {**record, "settings": settings})
     _append_metrics(workdir, record)
+    _tensorboard_scalars(workdir, f"eval/{label}", {k: v for k, v in metrics.items() if k != "num_samples"}, step)
     print("eval " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
           flush=True)
     return record

@@ -110,7 +110,9 @@ def _train(config, workdir):
     from diffjax import config_lib as cl
     from diffjax import data as ddata
     from diffjax.eval.evaluate import write_json_atomic
+    from diffjax.run._workdir_config import claim_workdir
     c = config.noisy_classifier
+    claim_workdir(config, workdir)  # refuses a workdir trained by another config
     t0 = time.perf_counter()
     images, labels = _split_rows(config, "train", int(c.num_train_examples))
     x_test, y_test = _split_rows(config, "test", int(c.num_test_examples))

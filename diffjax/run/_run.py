@@ -5,6 +5,7 @@ Part of the entry layer: it reads a ``ConfigDict`` and resolves it through :mod:
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -14,14 +15,26 @@ from diffjax.run._common import _append_metrics, _host_tree, _toy_energy_distanc
 
 
 class Run:
-    """Everything built from a config: mesh, SDE, model, optimizer, step, abstract state and its shardings."""
+    """Everything built from a config: mesh, SDE, model, optimizer, step, abstract state and its shardings.
 
-    def __init__(self, config, workdir):
+    ``read_only`` (default): open the workdir's checkpoints for reading only; nothing is created in ``workdir``
+    (sample, eval, likelihood, a distillation teacher). ``read_only=False`` (training): the config is first compared
+    with the one stored in ``WORKDIR/config.json`` (:func:`~diffjax.run._workdir_config.check_workdir_config`: a
+    ``ValueError`` naming the differing fields when the workdir holds checkpoints of another config), and
+    :meth:`restore` stores it there.
+    """
+
+    def __init__(self, config, workdir, *, read_only: bool = True):
         import jax
         from diffjax import config_lib as cl
         from diffjax import train as tr
-        self.config, self.workdir = config, workdir
+        from diffjax.run._workdir_config import check_workdir_config, workdir_has_state
+        self.config, self.workdir, self.read_only = config, workdir, read_only
         cl.validate(config)
+        if workdir and not read_only:  # before anything is built, compiled or created
+            check_workdir_config(config, workdir, has_state=workdir_has_state(workdir))
+        self.checkpoints = tr.Checkpoints(workdir, keep=config.training.checkpoint_keep,
+                                          read_only=read_only) if workdir else None
         self.mesh = tr.make_mesh(fsdp=config.distributed.fsdp)
         self.sde = cl.build_sde(config)
         self.model = cl.build_model(config)
@@ -36,17 +49,53 @@ class Run:
         abstract = jax.eval_shape(self._create, jax.random.key(0))
         self.shardings = tr.state_shardings(self.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
         self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
-        self.checkpoints = tr.Checkpoints(workdir, keep=config.training.checkpoint_keep) if workdir else None
         self._sample_jit = {}
 
     def fresh_state(self):
         import jax
         return jax.jit(self._create, out_shardings=self.shardings)(jax.random.key(self.config.seed))
 
-    def restore(self):
-        state, step, skipped = self.checkpoints.restore(self.abstract)
+    def restore(self, abstract=None, *, compare_config: bool = True):
+        """``(state, step)`` of the newest intact checkpoint (``(None, None)`` when there is none), restored into
+        ``abstract`` (default: this run's :class:`~diffjax.train.TrainState`).
+
+        A training run (``read_only=False``) then stores its config in ``WORKDIR/config.json``; a read-only one
+        prints a warning naming the fields in which ``config`` differs from the stored one (``compare_config``).
+
+        Raises:
+          CheckpointMismatchError: the newest intact checkpoint was written by another config (its arrays differ
+            from this config's state; the fields of ``config.json`` that differ are named).
+          ValueError: checkpoints are there but every one is damaged.
+        """
+        from diffjax import train as tr
+        from diffjax.run._workdir_config import CONFIG_FILE, check_workdir_config, write_workdir_config
+        stored_diffs = (lambda: check_workdir_config(self.config, self.workdir, has_state=True, resume=False)
+                        if compare_config else [])
+        try:
+            state, step, skipped = self.checkpoints.restore(self.abstract if abstract is None else abstract)
+        except tr.CheckpointMismatchError as e:
+            self.checkpoints.close()
+            diffs = stored_diffs()
+            if diffs:
+                raise tr.CheckpointMismatchError(f"{e}; {os.path.join(self.workdir, CONFIG_FILE)} differs from "
+                                                 f"this config in: {'; '.join(diffs)}") from None
+            raise
         for msg in skipped:
             print(f"WARNING: {msg}", flush=True)
+        if state is None and skipped:
+            self.checkpoints.close()
+            steps = ", ".join(m.split(" in ")[0].replace(" checkpoint at", "") for m in skipped)
+            raise ValueError(f"every checkpoint in {self.workdir} is damaged ({steps}; the warnings above say how); "
+                             f"nothing was restored" + ("" if self.read_only else
+                                                         ". Move checkpoints/ and checkpoints-meta/ away to start "
+                                                         "a new run there"))
+        if not self.read_only:
+            write_workdir_config(self.config, self.workdir)
+        elif state is not None:
+            diffs = stored_diffs()
+            if diffs:
+                print(f"WARNING: this config differs from the one that trained {self.workdir} "
+                      f"({os.path.join(self.workdir, CONFIG_FILE)}) in: {'; '.join(diffs)}", flush=True)
         return state, step
 
     def train_steps(self):
@@ -84,8 +133,10 @@ class Run:
               f"snapshots (steps {min(info['steps'])}..{max(info['steps'])})", flush=True)
         return jax.device_put(params, self.shardings.ema_params)
 
-    def sample(self, params, key, n):
-        """``n`` samples (host numpy, float) from the network with ``params``."""
+    def sample(self, params, key, n, *, return_nfe: bool = False):
+        """``n`` samples (host numpy, float) from the network with ``params``; with ``return_nfe``, ``(samples,
+        nfe)``: ``nfe`` the score evaluations the sampler ran (an int; None where the sampler cannot count them, e.g.
+        pc with a predictor of a Python config). Says "compiling ..." before the first call for ``n``."""
         import jax
         import jax.numpy as jnp
         from jax.experimental import multihost_utils
@@ -94,37 +145,53 @@ class Run:
         if n not in self._sample_jit:
             sampler = cl.build_sampler(self.config)
 
-            def run(params, key):
+            def run(params, key, counted):
                 k_prior, k_y, k_s = jax.random.split(key, 3)
                 x_T = self.sde.prior_sample(k_prior, cl.input_shape(self.config, n))
                 y = jnp.arange(n) % self.label_classes if self.label_classes else None
                 score_fn = cl.build_sampling_score_fn(self.config, self.model, self.sde, params, y=y)
-                return sampler(k_s, x_T, score_fn, self.sde)
+                if counted:
+                    return sampler(k_s, x_T, score_fn, self.sde, return_nfe=True)
+                return sampler(k_s, x_T, score_fn, self.sde), jnp.int32(-1)
 
             out = tr.batch_sharding(self.mesh, stacked=False) if n % self.mesh.size == 0 else tr.replicated(self.mesh)
-            self._sample_jit[n] = jax.jit(run, out_shardings=out)
-        x = self._sample_jit[n](params, key)
-        if jax.process_count() > 1:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
+            self._sample_jit[n] = [jax.jit(functools.partial(run, counted=c), out_shardings=(out, tr.replicated(
+                self.mesh))) for c in (True, False)]
+            from diffjax.train.loop import _say  # a line that leaves a progress bar intact
+            _say(f"compiling the sampler ({sampler_label(self.config, self.sde)}, {n} samples) ...")
+        try:
+            x, nfe = self._sample_jit[n][0](params, key)
+        except ValueError as e:  # a sampler that cannot count its evaluations (pc with a Python-config predictor)
+            if "return_nfe" not in str(e) or len(self._sample_jit[n]) == 1:
+                raise
+            self._sample_jit[n] = self._sample_jit[n][1:]
+            x, nfe = self._sample_jit[n][0](params, key)
+        x = np.asarray(multihost_utils.process_allgather(x, tiled=True)) if jax.process_count() > 1 else np.asarray(x)
+        if not return_nfe:
+            return x
+        nfe = int(np.asarray(nfe))
+        return x, (nfe if nfe >= 0 else None)
 
     def write_samples(self, x, name, *, reference=None, title=""):
-        """Write ``samples/NAME.npz`` (uint8 images or float points) and ``samples/NAME.png``; process 0 only."""
+        """Write ``samples/NAME.npz`` (uint8 images or float points) and ``samples/NAME.png`` (with ``title``);
+        process 0 only. Returns the paths written (``[]`` on the other processes)."""
         import jax
         from diffjax import config_lib as cl
         from diffjax.data import from_unit
         from diffjax.train.images import save_image_grid, save_scatter
         if jax.process_index() != 0:
-            return
+            return []
         out = os.path.join(self.workdir, "samples")
         os.makedirs(out, exist_ok=True)
+        npz, png = os.path.join(out, f"{name}.npz"), os.path.join(out, f"{name}.png")
         if cl.is_toy(self.config):
-            np.savez(os.path.join(out, f"{name}.npz"), x=x.astype(np.float32))
-            save_scatter(os.path.join(out, f"{name}.png"), x, reference=reference, title=title)
+            np.savez(npz, x=x.astype(np.float32))
+            save_scatter(png, x, reference=reference, title=title)
         else:
             images = from_unit(x)
-            np.savez(os.path.join(out, f"{name}.npz"), x=images)
-            save_image_grid(os.path.join(out, f"{name}.png"), images[:256])
+            np.savez(npz, x=images)
+            save_image_grid(png, images[:256], title=title)
+        return [npz, png]
 
 
 def train(config, workdir, *, progress: bool = True):
@@ -149,7 +216,7 @@ def _train(config, workdir, *, progress: bool = True):
     from diffjax import config_lib as cl
     from diffjax import train as tr
     t = config.training
-    run = Run(config, workdir)
+    run = Run(config, workdir, read_only=False)
     data = cl.build_dataset(config)  # missing or damaged data files fail here, before anything is compiled
     state, step = run.restore()
     if state is None:
@@ -166,22 +233,26 @@ def _train(config, workdir, *, progress: bool = True):
     is_toy = cl.is_toy(config)
     reference = data.sample(jax.random.fold_in(key, 2), config.sampling.snapshot_num) if is_toy else None
 
+    method = config.sampling.method
+
     def snapshot(state, step):
-        x = run.sample(state.ema_params, jax.random.fold_in(jax.random.fold_in(key, 1), step),
-                       config.sampling.snapshot_num)
-        run.write_samples(x, f"iter_{step:08d}", reference=reference, title=f"EMA samples, step {step}")
+        x, nfe = run.sample(state.ema_params, jax.random.fold_in(jax.random.fold_in(key, 1), step),
+                            config.sampling.snapshot_num, return_nfe=True)
+        paths = run.write_samples(x, f"iter_{step:08d}", reference=reference,
+                                  title=f"EMA samples, step {step}, {method}, NFE {nfe_text([nfe])}")
+        return _png_array(paths[-1]) if paths else None  # to TensorBoard
 
     callbacks = ((t.posthoc_ema_freq, run.save_posthoc_snapshot),) if t.posthoc_ema_freq else ()
     state = tr.train_loop(state, steps, get_batches, workdir=workdir, num_steps=t.n_iters, callbacks=callbacks,
                           steps_per_call=t.n_jitted_steps, log_freq=t.log_freq, checkpoint_freq=t.checkpoint_freq,
                           preemption_freq=t.snapshot_freq_for_preemption, checkpoints=run.checkpoints,
                           snapshot_freq=t.snapshot_freq if t.snapshot_sampling else 0, snapshot_fn=snapshot,
-                          progress=progress)
+                          progress=progress, learning_rate=cl.build_learning_rate(config))
     n = config.sampling.final_num_samples
     if n:
-        x = run.sample(state.ema_params, jax.random.fold_in(key, 3), n)
+        x, nfe = run.sample(state.ema_params, jax.random.fold_in(key, 3), n, return_nfe=True)
         record = {"step": int(jax.device_get(state.step)), "final_samples": n}
-        title = "final EMA samples"
+        title = f"final EMA samples, {method}, NFE {nfe_text([nfe])}"
         if is_toy:
             ed, ed_ref = _toy_energy_distances(data, x, key)
             record.update(energy_distance=ed, energy_distance_data_vs_data=ed_ref)
@@ -196,11 +267,70 @@ def _train(config, workdir, *, progress: bool = True):
     print(f"process {jax.process_index()}/{jax.process_count()}: step {int(jax.device_get(state.step))}, "
           f"params checksum {float(sum(np.abs(np.asarray(a, np.float64)).sum() for a in leaves)):.10e}", flush=True)
     run.checkpoints.close()
+    if jax.process_index() == 0:
+        print(_written(workdir, int(jax.device_get(state.step))), flush=True)
     return state
 
 
-def sample(config, workdir):
+def _png_array(path):
+    """The picture of a PNG as a uint8 ``(H, W, 3)`` array."""
+    from PIL import Image
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _written(workdir, step):
+    """The line that ends ``--mode train``: where the checkpoint of ``step``, the logs and the samples are."""
+    wd = os.path.abspath(workdir)
+    ckpt = next((p for p in (os.path.join(wd, d, str(step)) for d in ("checkpoints", "checkpoints-meta"))
+                 if os.path.isdir(p)), os.path.join(wd, "checkpoints"))
+    parts = [f"checkpoint {ckpt}", f"metrics {os.path.join(wd, 'metrics.jsonl')}",
+             f"TensorBoard {os.path.join(wd, 'tensorboard')}"]
+    if os.path.isdir(os.path.join(wd, "samples")):
+        parts.append(f"samples {os.path.join(wd, 'samples')}")
+    return f"trained to step {step} in {wd}: " + "; ".join(parts)
+
+
+def sampler_label(config, sde=None) -> str:
+    """``sampling.method`` and its number of steps, e.g. ``"ddim_50"`` (``sampling.num_steps=0``: the sampler's
+    default, for the samplers whose default is the process's grid that grid's ``N``); just the method for a sampler
+    without a step count (``ode_adaptive``)."""
+    import inspect
+    from diffjax import config_lib as cl
+    s = config.sampling
+    params = inspect.signature(cl.SAMPLERS[s.method]).parameters
+    if "num_steps" not in params:
+        return s.method
+    n = s.num_steps or params["num_steps"].default
+    if n is None:
+        n = (cl.build_sde(config) if sde is None else sde).N
+    return f"{s.method}_{int(n)}"
+
+
+def _sample_stem(config, step, label):
+    """``samples_STEP_SAMPLER_STEPS`` plus the EMA length and guidance scales where set (``_ema0.1``, ``_cfg2``,
+    ``_cg3``): one file per setting, so that sampling with another sampler does not overwrite the last one's."""
+    s = config.sampling
+    extra = [f"{tag}{float(v):g}" for tag, v in (("ema", s.ema_sigma_rel), ("cfg", s.guidance_scale),
+                                                  ("cg", s.classifier_scale)) if v]
+    return "_".join([f"samples_{step:08d}", label] + extra)
+
+
+def nfe_text(nfes) -> str:
+    """The score evaluations per sample of a list of batches' counts: ``"50"``, ``"41.5 (mean)"`` where they vary
+    (adaptive solvers), ``"?"`` where a sampler does not count them."""
+    if not nfes or any(n is None for n in nfes):
+        return "?"
+    return str(nfes[0]) if len(set(nfes)) == 1 else f"{float(np.mean(nfes)):.1f} (mean)"
+
+
+def sample(config, workdir, *, progress: bool = True):
+    """``--mode sample``: ``sampling.num_samples`` samples of the newest checkpoint's EMA parameters (or the post-hoc
+    EMA of ``sampling.ema_sigma_rel``), written to ``samples/samples_STEP_SAMPLER_STEPS.npz`` and ``.png`` (e.g.
+    ``samples_00001500_ddim_50.png``, titled with the sampler and its score evaluations); prints the paths.
+    ``progress``: a tqdm bar over the samples. Returns the samples (float, host numpy)."""
     import jax
+    from tqdm import tqdm
     run = Run(config, workdir)
     state, step = run.restore()
     if state is None:
@@ -208,29 +338,68 @@ def sample(config, workdir):
     s = config.sampling
     key = jax.random.fold_in(jax.random.key(config.seed), 5)
     params = run.sampling_params(state, step)
-    xs, done, i = [], 0, 0
+    label = sampler_label(config, run.sde)
+    xs, nfes, done, i = [], [], 0, 0
     t0 = time.perf_counter()
-    while done < s.num_samples:
-        n = min(s.batch_size, s.num_samples - done)
-        xs.append(run.sample(params, jax.random.fold_in(key, i), n))
-        done, i = done + n, i + 1
-        print(f"sampled {done}/{s.num_samples} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    with tqdm(total=s.num_samples, unit="sample", desc=f"sampling ({label})", disable=not progress,
+              dynamic_ncols=True) as bar:
+        while done < s.num_samples:
+            n = min(s.batch_size, s.num_samples - done)
+            x, nfe = run.sample(params, jax.random.fold_in(key, i), n, return_nfe=True)
+            xs.append(x)
+            nfes.append(nfe)
+            done, i = done + n, i + 1
+            bar.update(n)
     x = np.concatenate(xs)
-    run.write_samples(x, f"samples_{step:08d}", title=f"EMA samples, step {step}")
+    nfe = nfe_text(nfes)
+    ema = f"post-hoc EMA sigma_rel={float(s.ema_sigma_rel):g}" if s.ema_sigma_rel else "EMA"
+    paths = run.write_samples(x, _sample_stem(config, step, label),
+                              title=f"{ema} samples, step {step}, {s.method}, NFE {nfe}")
+    print(f"sampled {len(x)} in {time.perf_counter() - t0:.1f} s ({s.method}, NFE {nfe} score evaluations per "
+          f"sample, step {step})" + (f"; wrote {' and '.join(paths)}" if paths else ""), flush=True)
     run.checkpoints.close()
     return x
 
 
 def describe(config):
+    """Print the network that ``config.task`` trains, block by block with parameter counts, and one summary line,
+    after checking the config; compiles nothing (abstract shapes only). The task's network: the score network of
+    a diffusion model (``model.*``; with ``distill.method`` set, the few-step student, the same network), the
+    :class:`~diffjax.eval.feature_classifier.FeatureClassifier` (``task="classifier"``) or the
+    :class:`~diffjax.nets.NoiseConditionalClassifier` of ``noisy_classifier.*`` (``task="noisy_classifier"``)."""
     import jax
     from diffjax import config_lib as cl
-    from diffjax.nets import count_params, model_summary
+    from diffjax.nets import abstract_init, count_params, model_summary
+    shape, d = cl.input_shape(config, 1), config.data
+    if config.task == "classifier":
+        from diffjax.eval.feature_classifier import FeatureClassifier
+        from diffjax.run._classifier import _check_classifier_data
+        _check_classifier_data(config, "config.task='classifier'")
+        model = FeatureClassifier()  # the network train_classifier trains
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32)))["params"]
+        width = max(len(name) for name in params)
+        print(f"{type(model).__name__} on input {shape}")
+        print("\n".join(f"{name:<{width}}  {count_params(p):>12,}" for name, p in params.items()))
+        n = count_params(params)
+        print(f"total parameters: {n:,} ({n / 1e6:.2f} M)")
+        c = config.classifier
+        print(f"task classifier: {type(model).__name__} ({model.num_classes} classes): {n:,} parameters; "
+              f"{c.epochs} epochs of batch {c.batch_size}; dataset {d.dataset}; devices {jax.device_count()}")
+        return
+    if config.task == "noisy_classifier":
+        cl.validate_noisy_classifier(config)
+        model = cl.build_noisy_classifier(config)
+        print(model_summary(model, shape))
+        n = count_params(abstract_init(model, shape)["params"])
+        print(f"task noisy_classifier: {type(model).__name__} p(y | x_t, t) ({model.num_classes} classes): {n:,} "
+              f"parameters; sde {config.training.sde}; {config.noisy_classifier.steps} steps of batch "
+              f"{config.noisy_classifier.batch_size}; dataset {d.dataset}; devices {jax.device_count()}")
+        return
     cl.validate(config)
     model = cl.build_model(config)
-    print(model_summary(model, cl.input_shape(config, 1), num_classes=cl.num_classes(config)))
-    n = count_params(jax.eval_shape(lambda: model.init(
-        {"params": jax.random.key(0), "dropout": jax.random.key(1)},
-        *([np.zeros(cl.input_shape(config, 1), np.float32), np.zeros((1,), np.float32)]
-          + ([np.zeros((1,), np.int32)] if cl.num_classes(config) else [])), train=False))["params"])
-    print(f"model {config.model.name}: {n:,} parameters; sde {config.training.sde}; loss {config.training.loss}; "
-          f"sampler {config.sampling.method}; dataset {config.data.dataset}; devices {jax.device_count()}")
+    print(model_summary(model, shape, num_classes=cl.num_classes(config)))
+    n = count_params(abstract_init(model, shape, num_classes=cl.num_classes(config))["params"])
+    distill = config.get("distill") and config.distill.method
+    print(f"model {config.model.name}: {n:,} parameters; sde {config.training.sde}; "
+          + (f"student of distill.method={distill!r}; " if distill else f"loss {config.training.loss}; ")
+          + f"sampler {config.sampling.method}; dataset {d.dataset}; devices {jax.device_count()}")

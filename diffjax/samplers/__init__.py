@@ -14,6 +14,10 @@ Time grids, the ``time_grid`` argument of the continuous-time samplers (``grid(p
 process), :func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras` (EDM's rho-grid), :func:`quadratic_time`,
 :func:`ddpm_strided` (the DDPM chain's strided steps).
 
+Dtypes: every sampler returns ``x_T``'s dtype and solves in ``promote_types(x_T.dtype, float32)``: bfloat16 /
+float16 input is cast to float32 on entry (carry, times, coefficients and the ``x`` given to ``score_fn`` are
+float32) and the result is cast back at the end.
+
 One-step kernels (predictors ``(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, correctors
 ``(key, x, t, score_fn, sde) -> (x, x_mean)``): :func:`euler_maruyama_step`, :func:`reverse_diffusion_step`,
 :func:`langevin_corrector_step`, :func:`ode_euler_step`, :func:`ode_heun_step`, :func:`ddim_step`; the DDPM and

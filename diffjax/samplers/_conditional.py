@@ -12,10 +12,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diffjax.core._checks import check_batched, check_int, check_positive, check_t_eps
+from diffjax.core._checks import check_batched, check_floating, check_int, check_positive, check_t_eps
 from diffjax.core._jit import jit_static
 from diffjax.core.process import check_process
-from diffjax.samplers._common import with_steps
+from diffjax.samplers._common import from_solve_dtype, to_solve_dtype, with_steps
 from diffjax.samplers._grids import process_default
 from diffjax.samplers._kernels import langevin_corrector_step, reverse_diffusion_step
 
@@ -32,6 +32,8 @@ def _replace(key, x, known, mask, t, sde):
 
 def _pc_replacement(key, known, mask, score_fn, sde, *, num_steps, snr, n_corrector_steps, t_eps, denoise):
     # sde carries N = num_steps (with_steps), so the corrector's Langevin step rule is that of this grid, as in pc.
+    # The solve runs in float32 (float64 for float64 data) and returns the data's dtype (diffjax.samplers._common).
+    known_in, known, mask = known, to_solve_dtype(known), to_solve_dtype(mask)
     times = process_default(sde, num_steps, t_eps)
     key_init, key_loop = jax.random.split(key)
     k_prior, k_known = jax.random.split(key_init)
@@ -51,7 +53,7 @@ def _pc_replacement(key, known, mask, score_fn, sde, *, num_steps, snr, n_correc
         return (x, mean * (1.0 - mask) + known_mean * mask), None
 
     (x, mean), _ = jax.lax.scan(step, (x, x), jnp.arange(num_steps))
-    return mean * (1.0 - mask) + known * mask if denoise else x
+    return from_solve_dtype(mean * (1.0 - mask) + known * mask if denoise else x, known_in)
 
 
 _STATIC = ("score_fn", "sde", "num_steps", "snr", "n_corrector_steps", "t_eps", "denoise")
@@ -61,6 +63,7 @@ _inpaint = jit_static(*_STATIC)(_pc_replacement)
 
 def _check_pc(key, x, score_fn, sde, num_steps, snr, n_corrector_steps, t_eps, denoise, name):
     check_batched(name, x, min_ndim=2)
+    check_floating(name, x)
     if not callable(score_fn):
         raise ValueError(f"score_fn must be a callable score_fn(x, t), got {score_fn!r}")
     check_process(sde, where="inpaint / colorize")
@@ -85,6 +88,13 @@ def inpaint(key, x_known, mask, score_fn, sde, *, num_steps: int | None = None, 
     (:func:`reverse_diffusion_step`) to ``t_{i+1}``; after each move the known entries are set to
 
     .. math:: x_t[\\text{known}] = a(t)\\, x_{\\text{known}} + s(t)\\, z,\\quad z \\sim \\mathcal N(0, I)
+
+    Replacement approximates the conditional; it does not sample it exactly. The unknown entries follow the
+    unconditional score of ``x_t``, evaluated with known entries that are noised afresh, independently of them,
+    not the conditional score ``grad log p_t(x_t[unknown] | x_known)``. So even with the exact score the result
+    is only approximately distributed as ``p(x[unknown] | x_known)``, and worst where the unknown entries depend
+    strongly on the known ones. RePaint's resampling (Lugmayr et al. 2022) and sequential Monte Carlo (Trippe et
+    al. 2023, Wu et al. 2023) reduce this error. They are not implemented here.
 
     Args:
       key: PRNG key.
@@ -128,9 +138,9 @@ def colorize(key, gray, score_fn, sde, *, num_steps: int | None = None, snr: flo
     """Colorization (score-SDE Appendix I.2, ``get_pc_colorizer``): inpainting in a rotated colour basis.
 
     With the orthogonal ``Q`` whose first column is ``(1, 1, 1)/sqrt(3)``, the decoupled image ``z = x Q`` has
-    ``z_0 = sqrt(3) gray``; the known channel ``z_0`` is replaced as in :func:`inpaint`, the chroma channels are
-    generated with the rotated score ``s_z(z, t) = s(z Q^T, t) Q`` (the processes are isotropic, so rotation
-    commutes with them).
+    ``z_0 = sqrt(3) gray``; the known channel ``z_0`` is replaced as in :func:`inpaint` (the same approximation of
+    the conditional), the chroma channels are generated with the rotated score ``s_z(z, t) = s(z Q^T, t) Q`` (the
+    processes are isotropic, so rotation commutes with them).
 
     .. math:: z = x Q,\\quad z_0 = \\sqrt{3}\\,\\mathrm{gray},\\quad x = z Q^\\top
 
@@ -156,6 +166,7 @@ def colorize(key, gray, score_fn, sde, *, num_steps: int | None = None, snr: flo
 
 @jit_static(*_STATIC)
 def _colorize(key, level, *, score_fn, sde, num_steps, snr, n_corrector_steps, t_eps, denoise):
+    level_in, level = level, to_solve_dtype(level)
     q = jnp.asarray(_COLOR_BASIS, level.dtype)
     known = jnp.concatenate([math.sqrt(3.0) * level, jnp.zeros_like(level), jnp.zeros_like(level)], axis=-1)
     mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0], level.dtype), known.shape)
@@ -165,4 +176,4 @@ def _colorize(key, level, *, score_fn, sde, num_steps, snr, n_corrector_steps, t
 
     z = _pc_replacement(key, known, mask, rotated_score, sde, num_steps=num_steps, snr=snr,
                         n_corrector_steps=n_corrector_steps, t_eps=t_eps, denoise=denoise)
-    return z @ q.T
+    return from_solve_dtype(z @ q.T, level_in)

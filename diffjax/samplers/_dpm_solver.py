@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
 from diffjax.core.process import bcast
-from diffjax.samplers._common import batch_time, check_common, time_dtype
+from diffjax.samplers._common import batch_time, check_common, from_solve_dtype, time_dtype, to_solve_dtype
 from diffjax.core._jit import jit_static as _jit
 from diffjax.samplers._grids import check_time_grid, uniform_log_snr
 
@@ -109,6 +109,7 @@ def _multistep_update(o, x, d0, d1, d2, l_1, l_2, c, c_next, key, sde_variant):
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "orders", "sde_variant", "time_grid", "denoise")
 def _multistep(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, sde_variant, time_grid, denoise):
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     D = _data_prediction(score_fn, sde)
     times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
     max_order = max(orders)
@@ -128,7 +129,7 @@ def _multistep(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, sde_variant
     init = (x_T, jnp.zeros_like(x_T), jnp.zeros_like(x_T), zero, zero)
     xs = (jnp.arange(num_steps), jnp.asarray(orders, jnp.int32), times[:-1], times[1:])
     (x, *_), _ = jax.lax.scan(body, init, xs)
-    return D(x, t_eps) if denoise else x
+    return from_solve_dtype(D(x, t_eps) if denoise else x, x_in)
 
 
 # -------------------------------------------------------------------------------------------------- singlestep
@@ -164,6 +165,7 @@ def _singlestep_update(o, x, t, t_next, D, sde):
 @_jit("score_fn", "sde", "t_eps", "orders", "time_grid", "denoise")
 def _singlestep(key, x_T, *, score_fn, sde, t_eps, orders, time_grid, denoise):
     del key
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     D = _data_prediction(score_fn, sde)
     times = time_grid(sde, len(orders), t_eps).astype(time_dtype(x_T))
     max_order = max(orders)
@@ -176,7 +178,7 @@ def _singlestep(key, x_T, *, score_fn, sde, t_eps, orders, time_grid, denoise):
         return jax.lax.switch(o - 1, branches, (x, t, t_next)), None
 
     x, _ = jax.lax.scan(body, x_T, (jnp.asarray(orders, jnp.int32), times[:-1], times[1:]))
-    return D(x, t_eps) if denoise else x
+    return from_solve_dtype(D(x, t_eps) if denoise else x, x_in)
 
 
 def dpm_solver(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, order: int = 2,

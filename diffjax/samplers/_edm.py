@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_nonnegative
-from diffjax.samplers._common import batch_time, check_common, time_dtype
+from diffjax.samplers._common import batch_time, check_common, from_solve_dtype, time_dtype, to_solve_dtype
 from diffjax.samplers._grids import check_time_grid, karras
 from diffjax.samplers._samplers import _check_bool, _jit
 
@@ -39,6 +39,7 @@ def _levels(time_grid, sde, num_steps, t_eps):
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "s_churn", "s_tmin", "s_tmax", "s_noise", "denoise")
 def _edm_heun(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, s_churn, s_tmin, s_tmax, s_noise, denoise):
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     times = _levels(time_grid, sde, num_steps, t_eps).astype(time_dtype(x_T))
     a_levels, s_levels = sde.marginal(times)
     sigmas = s_levels / a_levels
@@ -73,10 +74,10 @@ def _edm_heun(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, s_churn, 
     if last:
         y, _ = jax.lax.scan(heun, y, (jnp.arange(last), times[:-1], times[1:], sigmas[:-1], sigmas[1:], gammas[:-1]))
     if not denoise:
-        return a_levels[last] * y
+        return from_solve_dtype(a_levels[last] * y, x_in)
     # The last step, from sigma_{N-1} to sigma_N = 0, is Euler (EDM line 9): y - sigma_hat d = D(y_hat; sigma_hat).
     y_hat, t_hat, sigma_hat = churn(last, y, times[last], sigmas[last], gammas[last])
-    return y_hat - sigma_hat * slope(y_hat, t_hat, sigma_hat)
+    return from_solve_dtype(y_hat - sigma_hat * slope(y_hat, t_hat, sigma_hat), x_in)
 
 
 def _check_s_tmax(s_tmax, s_tmin):

@@ -16,6 +16,12 @@ Conventions shared by all samplers:
   The grid samplers ancestral and DDIM evaluate the model at each grid step's own time (the time whose marginal
   is that step's alpha-bar / sigma, step 0 included) and take no ``t_eps`` (it must be None). They need a process with a discrete chain (``sde.discrete_chain``: "ddpm" for
   VP, "smld" for VE); any other process raises a ValueError naming the samplers that apply to every process.
+* Dtypes: the output has ``x_T``'s dtype; the solve runs in ``promote_types(x_T.dtype, float32)``. A bfloat16 or
+  float16 ``x_T`` is cast to float32 on entry, the loop carry, times and coefficients are float32, ``score_fn`` is
+  called with float32 ``x`` (a half-precision network casts its input itself, e.g. a Flax module's ``dtype``), and
+  the result is cast back once at the end: the float32 sampler run on ``x_T.astype(float32)``, rounded. float64
+  input (with ``jax_enable_x64``) solves in float64. The same rule holds for :func:`edm_heun`, :func:`dpm_solver`,
+  :func:`unipc`, :func:`inpaint` and :func:`colorize` (:mod:`diffjax.samplers._common`).
 * ``denoise=True`` (score-SDE's ``noise_removal``): stochastic samplers return the noise-free mean of their last
   step; the ODE samplers then add one Tweedie step ``x + std^2 s(x, t_eps)`` (divided by the mean coefficient),
   which costs one extra score evaluation, so it defaults to False there.
@@ -26,6 +32,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -36,7 +43,15 @@ from diffjax.core.learned_variance import has_learned_variance
 from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
-from diffjax.samplers._common import batch_time, check_common, floor_time, time_dtype, with_steps
+from diffjax.samplers._common import (
+    batch_time,
+    check_common,
+    floor_time,
+    from_solve_dtype,
+    time_dtype,
+    to_solve_dtype,
+    with_steps,
+)
 from diffjax.samplers._grids import check_time_grid, process_default
 from diffjax.samplers._kernels import (
     DDIM_VARIANCES,
@@ -101,6 +116,7 @@ def _kernel_nfe(name, kernel):
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "predictor", "corrector", "denoise")
 def _pc(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, predictor, corrector, denoise):
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
 
     def body(carry, inputs):
@@ -115,7 +131,7 @@ def _pc(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, predictor, corr
         return (x, x_mean), None
 
     (x, x_mean), _ = jax.lax.scan(body, (x_T, x_T), (jnp.arange(num_steps), times[:-1], times[1:]))
-    return x_mean if denoise else x
+    return from_solve_dtype(x_mean if denoise else x, x_in)
 
 
 @functools.lru_cache(maxsize=64)
@@ -229,6 +245,9 @@ def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, ti
 def _ancestral(key, x_T, *, score_fn, sde, num_steps, variance):
     # Every step evaluates the model at its own grid time (no t_eps floor): grid.time(i) for DDPM, sigma_i's time
     # for SMLD. The process names its chain (sde.discrete_chain); the chain's step comes from diffjax.discrete.
+    x_in, x_T = x_T, to_solve_dtype(x_T)
+    if num_steps == 1:  # the one exact step from the prior at T to the data (see ancestral)
+        return from_solve_dtype(_tweedie(x_T, sde.T, score_fn, sde), x_in)
     step = _ANCESTRAL_STEPS[sde.discrete_chain](sde, score_fn, variance)
 
     def body(carry, i):
@@ -236,7 +255,7 @@ def _ancestral(key, x_T, *, score_fn, sde, num_steps, variance):
         return step(jax.random.fold_in(key, i), x, i), None
 
     (x, x_mean), _ = jax.lax.scan(body, (x_T, x_T), jnp.arange(num_steps - 1, -1, -1))
-    return x_mean
+    return from_solve_dtype(x_mean, x_in)
 
 
 def _ddpm_chain_step(sde, score_fn, variance):
@@ -271,6 +290,28 @@ def _resolve_variance(variance, score_fn, allowed, fixed_default):
     return variance
 
 
+def _check_ddpm_chain(sde, num_steps: int):
+    """The ``num_steps``-step DDPM chain of ``sde`` exists: its betas are below 1 (``num_steps = 1`` takes the
+    exact step from ``T`` instead, see :func:`ancestral`). Score-SDE's linear betas ``beta(t_i) / N`` reach
+    ``beta_max / N`` at the top, >= 1 for ``N <= beta_max``."""
+    if num_steps == 1:
+        return
+    try:
+        with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit
+            max_beta = float(np.max(np.asarray(with_steps(sde, num_steps).discrete_betas())))
+    except ValueError as e:  # the schedule's own check (LinearBeta: beta_max / num_steps >= 1)
+        detail = str(e)
+    else:
+        if max_beta < 1.0:
+            return
+        detail = f"its DDPM betas reach {max_beta:.3g} >= 1"
+    raise ValueError(f"num_steps={num_steps} is too few for ancestral sampling of {sde!r}, whose {num_steps}-step "
+                     f"DDPM chain does not exist ({detail}); allowed: num_steps=1 (one step from T to the data) or "
+                     f"enough steps that every beta < 1. For fewer steps of DDPM's step use the strided chain of the "
+                     f"sde.N-step grid: ddim(..., num_steps={num_steps}, eta=1.0, variance='beta', "
+                     f"spacing='trailing')")
+
+
 def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=None, return_nfe: bool = False):
     """Ancestral sampling on the model's own discrete chain: DDPM Algorithm 2 for VP, SMLD's (score-SDE eq. 47
     with the posterior variance) for VE, over ``num_steps`` grid steps (default ``sde.N`` = 1000).
@@ -284,7 +325,16 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=N
         key, x_T, score_fn: as in :func:`pc`.
         sde: a :class:`~diffjax.VPSDE` (discretized as :func:`diffjax.discrete.ddpm_grid` with ``N = num_steps``)
             or a :class:`~diffjax.VESDE` (``num_steps`` geometric sigmas). sub-VP has no such chain: ValueError.
-        num_steps: grid steps, each one score evaluation.
+        num_steps: grid steps, each one score evaluation (default ``sde.N``). ``num_steps = 1`` is the one exact
+            step of the chain from the prior at ``T`` to the data: the posterior mean
+            ``E[x_0 | x_T] = (x_T + s(T)^2 score(x_T, T)) / a(T)`` (DDPM's step with ``beta = 1 - alpha_bar(T)``,
+            SMLD's from ``sigma_max`` to 0; no noise on a last step), like a one-step :func:`ddim`. (The chains of
+            score-SDE's discretization at ``N = 1`` hold their lowest level only, ``beta_min`` or ``sigma_min``,
+            and would return about ``x_T``.) On a VP SDE with score-SDE's linear betas ``beta_i = beta(t_i) / N``,
+            ``2 <= num_steps <= beta_max`` (20 for ``vp_sde()``) raises ValueError: the top beta
+            ``beta_max / num_steps`` reaches 1, so no such chain exists; the strided chain of the ``sde.N``-step
+            grid, ``ddim(..., eta=1.0, variance="beta", spacing="trailing")``, is DDPM's step with any number of
+            steps. The cosine VP's clipped betas and VE's sigmas make a chain for every ``num_steps``.
         t_eps: must be None: the grid fixes every evaluation time (step 0 is the lowest; ValueError otherwise).
         variance: DDPM only: "beta" (``sigma_i^2 = beta_i``, DDPM's), "posterior" (``beta_tilde_i``) or "learned"
             (improved DDPM's ``Sigma_theta`` from the model's ``v``; needs a
@@ -302,13 +352,7 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=N
                                 chains=tuple(_ANCESTRAL_STEPS), sampler="ancestral (DDPM for VP, SMLD for VE)")
     if sde.discrete_chain == "ddpm":
         variance = _resolve_variance(variance, score_fn, ("beta", "posterior", "learned"), "beta")
-        import numpy as np
-        with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit
-            max_beta = float(np.max(np.asarray(with_steps(sde, num_steps).discrete_betas())))
-        if not max_beta < 1.0:
-            raise ValueError(f"num_steps={num_steps} is too few for ancestral sampling of this VP SDE: its DDPM betas "
-                             f"beta(t)/num_steps reach {max_beta:.3g} >= 1; allowed: num_steps > beta_max "
-                             f"(use ddim for strided sampling with fewer steps)")
+        _check_ddpm_chain(sde, num_steps)
     elif variance is not None:
         raise ValueError(f"variance is a DDPM (VP) option; SMLD's ancestral step on a VESDE has the posterior "
                          f"variance only: pass variance=None, got {variance!r}")
@@ -320,6 +364,7 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=N
 
 @_jit("score_fn", "sde", "num_steps", "t_eps", "n_steps_each", "step_lr", "denoise")
 def _annealed_langevin(key, x_T, *, score_fn, sde, num_steps, t_eps, n_steps_each, step_lr, denoise):
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     grid = _ncsn.ncsn_grid(sde, num_steps)
     sigmas = grid.sigmas()
     score = floor_time(score_fn, t_eps)
@@ -333,7 +378,7 @@ def _annealed_langevin(key, x_T, *, score_fn, sde, num_steps, t_eps, n_steps_eac
     x, _ = jax.lax.scan(body, x_T, jnp.arange(num_steps))
     if denoise:
         x = x + sigmas[-1] ** 2 * score(x, batch_time(grid.time(num_steps - 1), x))
-    return x
+    return from_solve_dtype(x, x_in)
 
 
 def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=None, n_steps_each: int = 100,
@@ -374,10 +419,21 @@ def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=Non
     return _with_nfe(x, num_steps * n_steps_each + denoise, return_nfe)
 
 
+def _ddim_steps(grid, num_steps: int, spacing: str) -> np.ndarray:
+    """DDIM's sub-sequence ``tau`` (static NumPy indices, increasing): :meth:`~diffjax.discrete.DDPMGrid.subsequence`,
+    except that a single step is the top step ``N - 1`` for every spacing ("leading" and "linspace" pick step 0 for
+    ``num_steps = 1``, as diffusers and the DDIM code do, and that one step from ``alpha_bar_0 = 1 - beta_0`` leaves
+    ``x_T`` all but unchanged)."""
+    if num_steps == 1:
+        return np.asarray([grid.N - 1], np.int32)
+    return grid.subsequence(num_steps, spacing=spacing)
+
+
 @_jit("score_fn", "sde", "num_steps", "eta", "spacing", "variance", "clip_x0")
 def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance, clip_x0):
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     grid = _ddpm.ddpm_grid(sde)
-    seq = grid.subsequence(num_steps, spacing=spacing)  # static NumPy indices, increasing
+    seq = _ddim_steps(grid, num_steps, spacing)
     prev = [-1] + list(seq[:-1])  # tau_{j-1}; -1: the data (alpha_bar = 1)
 
     def body(carry, inputs):
@@ -388,7 +444,7 @@ def _ddim(key, x_T, *, score_fn, sde, num_steps, eta, spacing, variance, clip_x0
 
     inputs = (jnp.arange(num_steps), jnp.asarray(seq[::-1], jnp.int32), jnp.asarray(prev[::-1], jnp.int32))
     (x, x0), _ = jax.lax.scan(body, (x_T, x_T), inputs)
-    return x
+    return from_solve_dtype(x, x_in)
 
 
 def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float = 0.0, spacing: str = "leading",
@@ -406,7 +462,10 @@ def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float
     Args:
         key, x_T, score_fn: as in :func:`pc`.
         sde: a :class:`~diffjax.VPSDE`.
-        num_steps: length of the sub-sequence, 1 .. ``sde.N`` (default 50, DDIM's CIFAR-10 setting).
+        num_steps: length of the sub-sequence, 1 .. ``sde.N`` (default 50, DDIM's CIFAR-10 setting). One step
+            goes from the top step ``N - 1`` to the data, whatever the spacing: the posterior mean ``E[x_0 | x]``
+            there ("leading" and "linspace" would pick step 0, as diffusers and the DDIM code do, and return about
+            ``x_T``).
         t_eps: must be None: the grid fixes every evaluation time (ValueError otherwise).
         eta: 0 deterministic (DDIM), 1 ancestral (DDPM on the sub-sequence).
         spacing: diffusers' ``timestep_spacing``: "leading" (default; ``j * (N // num_steps)``, the DDIM paper's
@@ -455,6 +514,7 @@ def _tweedie(x, t, score_fn, sde):
 @_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "heun", "denoise")
 def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, heun, denoise):
     del key
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
     step = ode_heun_step if heun else ode_euler_step
 
@@ -463,7 +523,7 @@ def _ode_fixed(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, heun, de
         return step(x, t, t_next, score_fn, sde), None
 
     x, _ = jax.lax.scan(body, x_T, (times[:-1], times[1:]))
-    return _tweedie(x, t_eps, score_fn, sde) if denoise else x
+    return from_solve_dtype(_tweedie(x, t_eps, score_fn, sde) if denoise else x, x_in)
 
 
 def ode_euler(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, time_grid=process_default,
@@ -540,7 +600,7 @@ def _ode_adaptive(key, x_T, *, score_fn, sde, t_eps, rtol, atol, solver, max_ste
     vf = probability_flow_ode(sde, score_fn)
     # diffrax's while loop drops an automatic input sharding unless the state is pinned to it.
     pin = (lambda y: y) if sharding is None else (lambda y: jax.lax.with_sharding_constraint(y, sharding))
-    x_T = pin(x_T)
+    x_in, x_T = x_T, pin(to_solve_dtype(x_T))
     term = diffrax.ODETerm(lambda t, y, args: pin(vf(pin(y), batch_time(t, y))))
     sol = diffrax.diffeqsolve(term, solver, t0=sde.T, t1=t_eps, dt0=None, y0=x_T,
                               stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
@@ -550,7 +610,7 @@ def _ode_adaptive(key, x_T, *, score_fn, sde, t_eps, rtol, atol, solver, max_ste
     nfe = nfe_fixed + nfe_per_step * sol.stats["num_steps"]
     if denoise:
         x, nfe = _tweedie(x, t_eps, score_fn, sde), nfe + 1
-    return x, nfe
+    return from_solve_dtype(x, x_in), nfe
 
 
 def ode_adaptive(key, x_T, score_fn, sde, *, t_eps=None, rtol: float = 1e-5, atol: float = 1e-5,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from diffjax.core._checks import check_choice, check_int
 from diffjax.core._jit import jit_static as _jit
 from diffjax.core.process import bcast
-from diffjax.samplers._common import check_common, time_dtype
+from diffjax.samplers._common import check_common, from_solve_dtype, time_dtype, to_solve_dtype
 from diffjax.samplers._dpm_solver import _check_bool, _coeffs, _data_prediction
 from diffjax.samplers._grids import check_time_grid, uniform_log_snr
 
@@ -97,6 +97,7 @@ def _step(o, x, m0, older, l_older, c, c_next, model_next, variant):
 @_jit("score_fn", "sde", "num_steps", "t_eps", "orders", "variant", "time_grid", "denoise")
 def _unipc(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, variant, time_grid, denoise):
     del key
+    x_in, x_T = x_T, to_solve_dtype(x_T)
     D = _data_prediction(score_fn, sde)
     times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
     max_order = max(orders)
@@ -121,7 +122,7 @@ def _unipc(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, variant, time_g
     xs = (jnp.asarray(orders, jnp.int32), jnp.asarray((0,) + orders[:-1], jnp.int32),
           jnp.concatenate([times[:1], times[:-2]]), times[:-1], times[1:])  # step 0's t_prev: a placeholder
     (x, *_), _ = jax.lax.scan(body, init, xs)
-    return D(x, t_eps) if denoise else x
+    return from_solve_dtype(D(x, t_eps) if denoise else x, x_in)
 
 
 def unipc(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, order: int = 2, variant: str = "bh2",

@@ -1,7 +1,11 @@
 """Checkpoints with orbax: periodic ones (keep the last ``keep``) in ``DIR/checkpoints`` and one frequent
 preemption checkpoint in ``DIR/checkpoints-meta`` (score-SDE's layout). Writes are atomic (orbax writes a temporary
 directory and renames it). Restore takes the newest readable checkpoint of either kind, stepping back through all
-saved steps when one is damaged, and says which ones it skipped.
+saved steps when one is damaged, and says which ones it skipped. A checkpoint whose arrays (names, shapes, dtypes,
+read from its metadata) differ from the state it is restored into was written by another config: restore raises
+:class:`CheckpointMismatchError` instead of skipping it, so that a run never starts over (and its keep policy never
+deletes) a workdir that holds another config's checkpoints. ``read_only=True`` opens the directories without creating
+anything (the read-only modes: sample, eval, likelihood, a distillation teacher).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Any, List, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpoints", "CheckpointSpaceError", "abstract_with_shardings"]
+__all__ = ["Checkpoints", "CheckpointSpaceError", "CheckpointMismatchError", "abstract_with_shardings"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,50 @@ class CheckpointSpaceError(OSError):
 
     def __str__(self):
         return self.args[1]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's arrays (names, shapes, dtypes) differ from the train state it is restored into: another config
+    wrote it. Nothing was restored and nothing was deleted."""
+
+
+def _leaf_name(path) -> str:
+    """``params/Dense_0/kernel`` for a tree path of the state or of orbax's metadata tree (same names)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _signature(tree) -> dict:
+    """``{leaf name: (shape, dtype)}`` of a state, an abstract state or orbax's metadata tree."""
+    import numpy as np
+    return {_leaf_name(p): (tuple(x.shape), np.dtype(x.dtype).name)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _describe_mismatch(stored: dict, wanted: dict) -> str:
+    """What differs between a checkpoint's arrays and the wanted state's, in one line (first example of each kind)."""
+    def fmt(sig):
+        return f"{list(sig[0])} {sig[1]}"
+    parts = []
+    differ = [k for k in wanted if k in stored and stored[k] != wanted[k]]
+    if differ:
+        k = differ[0]
+        parts.append(f"{len(differ)} arrays differ in shape or dtype (e.g. {k}: {fmt(stored[k])} in the checkpoint, "
+                     f"{fmt(wanted[k])} in this config)")
+    only_stored = [k for k in stored if k not in wanted]
+    if only_stored:
+        parts.append(f"{len(only_stored)} arrays only in the checkpoint (e.g. {only_stored[0]})")
+    only_wanted = [k for k in wanted if k not in stored]
+    if only_wanted:
+        parts.append(f"{len(only_wanted)} arrays of this config missing from it (e.g. {only_wanted[0]})")
+    return "; ".join(parts)
 
 
 def _state_bytes(state) -> int:
@@ -64,25 +112,37 @@ class Checkpoints:
     Args:
       workdir: run directory.
       keep: number of periodic checkpoints kept.
+      read_only: only read: create no directory (a missing one holds no checkpoints), never save or delete
+        (:meth:`save` raises). orbax's ``CheckpointManagerOptions(read_only=True)`` would log a warning per
+        directory on every open; ``create=False`` without a save does the same without them.
     """
 
-    def __init__(self, workdir: str, *, keep: int = 5):
+    def __init__(self, workdir: str, *, keep: int = 5, read_only: bool = False):
         workdir = os.path.abspath(workdir)
-        opts = dict(create=True, enable_async_checkpointing=False)
-        self.periodic = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                              options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts))
-        self.preemption = ocp.CheckpointManager(os.path.join(workdir, "checkpoints-meta"),
-                                                options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+        self.read_only = read_only
+        opts = dict(create=not read_only, enable_async_checkpointing=False)
+
+        def manager(name, max_to_keep):
+            return ocp.CheckpointManager(
+                os.path.join(workdir, name), item_handlers=ocp.StandardCheckpointHandler(),  # for item_metadata
+                options=ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep, **opts))
+
+        self.periodic = manager("checkpoints", keep)
+        self.preemption = manager("checkpoints-meta", 1)
 
     def save(self, step: int, state: Any, *, preemption: bool = False) -> None:
         """Save ``state`` as step ``step`` (all processes must call it).
 
         Raises:
+          RuntimeError: opened with ``read_only=True``.
           CheckpointSpaceError: the file system lacks the space (checked before writing, from the state's size;
             or the write itself hit ``ENOSPC``). Earlier checkpoints are untouched (orbax renames a finished
             temporary directory into place and deletes old ones only after that), so a restart after freeing
             space resumes from the newest of them.
         """
+        if self.read_only:
+            raise RuntimeError(f"checkpoints of {os.path.dirname(str(self.periodic.directory))} were opened "
+                               f"read-only (Checkpoints(read_only=True)): cannot save step {step}")
         mgr = self.preemption if preemption else self.periodic
         if step in mgr.all_steps():
             return
@@ -119,22 +179,44 @@ class Checkpoints:
         """Restore the newest readable checkpoint into ``abstract_state`` (``ShapeDtypeStruct`` leaves, see
         :func:`abstract_with_shardings`).
 
+        Each checkpoint's metadata (array names, shapes, dtypes) is compared with ``abstract_state`` first: a
+        checkpoint that differs belongs to another config and stops the restore (below); one whose metadata or
+        arrays cannot be read is damaged and skipped for the next older one.
+
         Returns:
-          ``(state, step, skipped)``: ``state`` is ``None`` when there is no readable checkpoint; ``skipped``
-          describes each damaged checkpoint passed over.
+          ``(state, step, skipped)``: ``state`` is ``None`` when no checkpoint could be read (none saved, or all
+          damaged); ``skipped`` describes each damaged checkpoint passed over.
+
+        Raises:
+          CheckpointMismatchError: the newest intact checkpoint does not match ``abstract_state`` (written by another
+            config: another network width, post-hoc EMAs on or off, ...); the message names the step, the directory
+            and the first differing arrays.
         """
         skipped = []
+        wanted = _signature(abstract_state)
         for step, kind in self.all_steps():
             mgr = self.preemption if kind == "preemption" else self.periodic
+            where = f"{kind} checkpoint at step {step} in {mgr.directory}"
             try:
-                state = mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
-            except Exception as e:  # orbax raises assorted errors for truncated / corrupt files
-                msg = f"{kind} checkpoint at step {step} in {mgr.directory} is unreadable and was skipped " \
-                      f"({type(e).__name__}: {str(e)[:200]})"
-                log.warning(msg)
-                skipped.append(msg)
-                continue
-            return state, step, skipped
+                meta = mgr.item_metadata(step)
+                stored = _signature(meta.tree)
+            except Exception as e:  # a missing or garbled metadata file: damaged
+                stored, error = None, e
+            if stored is not None and stored != wanted:
+                raise CheckpointMismatchError(
+                    f"the {where} does not match this config's train state: {_describe_mismatch(stored, wanted)}. "
+                    f"Another config wrote it (another network, post-hoc EMAs on or off, ...); nothing was restored "
+                    f"or deleted. Use the config that wrote it, or another workdir")
+            if stored is not None:
+                try:
+                    state = mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                except Exception as e:  # orbax raises assorted errors for truncated / corrupt files
+                    error = e
+                else:
+                    return state, step, skipped
+            msg = f"{where} is damaged (unreadable) and was skipped ({type(error).__name__}: {str(error)[:200]})"
+            log.warning(msg)
+            skipped.append(msg)
         return None, None, skipped
 
     def close(self) -> None:

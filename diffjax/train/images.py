@@ -25,15 +25,30 @@ def image_grid(images: np.ndarray, *, ncol: Optional[int] = None, pad: int = 2) 
     return grid
 
 
-def save_image_grid(path: str, images_uint8: np.ndarray, **kwargs) -> None:
-    from PIL import Image
+def save_image_grid(path: str, images_uint8: np.ndarray, *, title: str = "", **kwargs) -> None:
+    """Write the :func:`image_grid` of uint8 images ``(N, H, W, C)`` as a PNG; a ``title`` is drawn in a white strip
+    above the grid (widened to fit it) and stored as the PNG's ``Title`` text."""
+    from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
     grid = image_grid(images_uint8, **kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if not title:
+        img.save(path)
+        return
+    font = ImageFont.load_default()
+    left, top, right, bottom = ImageDraw.Draw(img).textbbox((0, 0), title, font=font)
+    white = 255 if img.mode == "L" else (255,) * len(img.getbands())
+    canvas = Image.new(img.mode, (max(img.width, right + 4), img.height + bottom + 4), white)
+    canvas.paste(img, (0, bottom + 4))
+    ImageDraw.Draw(canvas).text((2, 2 - top // 2), title, fill=0 if img.mode == "L" else (0,) * len(white), font=font)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", title)
+    canvas.save(path, pnginfo=info)
 
 
 def save_scatter(path: str, x: np.ndarray, *, reference: Optional[np.ndarray] = None, title: str = "") -> None:
-    """Scatter plot of 2-D points ``x`` (left: ``reference`` data if given, right: ``x``)."""
+    """Scatter plot of 2-D points ``x`` (left: ``reference`` data if given, right: ``x``); ``title`` above the plot
+    and as the PNG's ``Title`` text."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -51,5 +66,5 @@ def save_scatter(path: str, x: np.ndarray, *, reference: Optional[np.ndarray] = 
     if title:
         fig.suptitle(title)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Title": title} if title else None)
     plt.close(fig)

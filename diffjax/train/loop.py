@@ -43,6 +43,15 @@ def truncate_metrics(path: str, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def _say(msg: str) -> None:
+    """Print a line on stdout without breaking a progress bar (tqdm clears and redraws its bars around it)."""
+    import sys
+
+    from tqdm import tqdm
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
 class _Prefetch:
     """Produce ``make(i)`` for i = 0, 1, ... in a background thread, ``depth`` ahead."""
 
@@ -81,9 +90,10 @@ class _Prefetch:
 def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, int], Any], *, workdir: str,
                num_steps: int, steps_per_call: int = 1, log_freq: int = 50, checkpoint_freq: int = 5000,
                preemption_freq: int = 500, checkpoints: Optional[Checkpoints] = None,
-               snapshot_freq: int = 0, snapshot_fn: Optional[Callable[[Any, int], None]] = None,
+               snapshot_freq: int = 0, snapshot_fn: Optional[Callable[[Any, int], Any]] = None,
                callbacks: Sequence[tuple[int, Callable[[Any, int], None]]] = (),
-               progress: bool = True, is_main: Optional[bool] = None) -> Any:
+               progress: bool = True, is_main: Optional[bool] = None,
+               learning_rate: Optional[Callable[[int], Any]] = None) -> Any:
     """Run ``train_steps`` from ``state.step`` to ``num_steps``.
 
     Args:
@@ -91,14 +101,20 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
       train_steps: jitted ``(state, batches) -> (state, metrics)`` taking ``steps_per_call`` stacked batches.
       get_batches: ``get_batches(step, n)`` -> device batches for steps ``step .. step + n - 1`` (built ahead in
         a background thread).
-      workdir: ``metrics.jsonl`` and ``tensorboard/`` go here (process 0 only).
+      workdir: ``metrics.jsonl`` and ``tensorboard/`` go here (process 0 only): the train metrics and steps/s at
+        every log step, the learning rate (``train/learning_rate``, with ``learning_rate``) and the sample grids
+        ``snapshot_fn`` returns (``samples``).
       num_steps: final step. All frequencies must be multiples of ``steps_per_call`` (0 disables).
       checkpoints: where to save; periodic saves every ``checkpoint_freq`` steps and at the end, preemption saves
         every ``preemption_freq``.
       snapshot_fn: called as ``snapshot_fn(state, step)`` every ``snapshot_freq`` steps on all processes (it
-        writes on process 0 only).
+        writes on process 0 only); it may return a picture of the samples, a uint8 ``(H, W, C)`` array, that goes
+        to TensorBoard as the image ``samples``.
       callbacks: more ``(freq, fn)`` pairs, ``fn(state, step)`` called every ``freq`` steps on all processes like
         ``snapshot_fn`` (e.g. the post-hoc EMA snapshots), after that step's checkpoint.
+      progress: a tqdm bar over the steps (process 0).
+      learning_rate: the optimizer's schedule, ``step -> rate`` (optax's count: the update that makes step ``k``
+        uses ``learning_rate(k - 1)``), logged at every log step.
 
     Raises:
       NonFiniteLossError: a NaN/inf loss. Losses are checked at every log step and before every checkpoint, so a
@@ -144,10 +160,19 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
                     f"without saving ({where}). Lower optim.lr, raise optim.warmup or check the data.")
         pending = []
 
+    def say(msg):
+        if is_main:
+            _say(msg)
+
     try:
         for i in range(calls):
             batches = prefetch.get()
+            if i == 0:
+                say(f"compiling the train step ({n} optimizer step{'s' if n > 1 else ''} per call) ...")
+                t_compile = time.perf_counter()
             state, metrics = train_steps(state, batches)
+            if i == 0:
+                say(f"compiled the train step in {time.perf_counter() - t_compile:.1f} s")
             step = start + (i + 1) * n
             pending.append((step - n, metrics))
             if bar is not None:
@@ -164,6 +189,8 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
                     for k, v in last.items():
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/steps_per_sec", rate, step)
+                    if learning_rate is not None:
+                        writer.add_scalar("train/learning_rate", float(learning_rate(step - 1)), step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{last['loss']:.4g}", refresh=False)
             save_periodic = checkpoints is not None and ((checkpoint_freq and step % checkpoint_freq == 0)
@@ -177,7 +204,9 @@ def train_loop(state: Any, train_steps: Callable, get_batches: Callable[[int, in
                     checkpoints.save(step, state, preemption=True)
                 last_good = step
             if snapshot_fn is not None and snapshot_freq and step % snapshot_freq == 0:
-                snapshot_fn(state, step)
+                picture = snapshot_fn(state, step)
+                if writer is not None and picture is not None:
+                    writer.add_image("samples", np.asarray(picture), step, dataformats="HWC")
             for freq, fn in callbacks:
                 if freq and step % freq == 0:
                     fn(state, step)

@@ -13,7 +13,7 @@ from diffjax.core._checks import check_choice, check_int, check_nonnegative, che
 
 from diffjax.train.ema import ema_update
 
-__all__ = ["TrainState", "make_optimizer", "cosine_decay", "inverse_sqrt_decay", "ema_update", "init_params", "create_state"]
+__all__ = ["TrainState", "make_optimizer", "learning_rate_schedule", "cosine_decay", "inverse_sqrt_decay", "ema_update", "init_params", "create_state"]
 
 
 @flax.struct.dataclass
@@ -44,17 +44,30 @@ def make_optimizer(*, lr: float = 2e-4, beta1: float = 0.9, beta2: float = 0.999
     check_positive("lr", lr)
     check_int("warmup", warmup, minimum=0)
     check_nonnegative("weight_decay", weight_decay)
+    schedule = learning_rate_schedule(lr=lr, warmup=warmup, decay=decay)
+    if optimizer == "adam":
+        opt = optax.adam(schedule, b1=beta1, b2=beta2, eps=eps)
+    else:
+        opt = optax.adamw(schedule, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
+
+
+def learning_rate_schedule(*, lr: float, warmup: int = 0, decay: Optional[optax.Schedule] = None) -> optax.Schedule:
+    """:func:`make_optimizer`'s learning rate at optimizer step ``k`` (optax's count: the update that makes step
+    ``k + 1``), for the optimizer and for logging.
+
+    .. math:: \\eta_k = \\eta \\min(k / \\mathrm{warmup}, 1)\\, d(k)
+    """
+    check_positive("lr", lr)
+    check_int("warmup", warmup, minimum=0)
     if decay is not None and not callable(decay):
         raise ValueError(f"decay must be None or a schedule (step -> factor), got {decay!r}")
 
     def schedule(k):
         ramp = jnp.minimum(k / warmup, 1.0) if warmup > 0 else 1.0
         return lr * ramp * (decay(k) if decay is not None else 1.0)
-    if optimizer == "adam":
-        opt = optax.adam(schedule, b1=beta1, b2=beta2, eps=eps)
-    else:
-        opt = optax.adamw(schedule, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay)
-    return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip > 0 else opt
+
+    return schedule
 
 
 def cosine_decay(total_steps: int, *, warmup: int = 0, final: float = 0.0) -> optax.Schedule:

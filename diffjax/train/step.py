@@ -25,7 +25,8 @@ def drop_labels(key, y, *, num_classes: int, rate: float):
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                     ema_rate: Union[float, Callable] = 0.9999, posthoc_sigma_rels: Sequence[float] = (),
-                    num_classes: Optional[int] = None, label_dropout: float = 0.0) -> Callable:
+                    num_classes: Optional[int] = None, label_dropout: float = 0.0,
+                    ema_start: int = 0) -> Callable:
     """One optimizer step.
 
     Args:
@@ -37,6 +38,9 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         must have been created with as many, see :func:`~diffjax.train.create_state`).
       num_classes / label_dropout: with ``label_dropout > 0`` the batch's ``"y"`` is replaced by the null label
         ``num_classes`` with that probability (classifier-free guidance).
+      ema_start: the step at which ``ema_params`` and ``phema`` were last reset to the parameters (a progressive
+        distillation round's first step): the decay schedules see ``state.step - ema_start`` updates, so the EMAs
+        restart like fresh ones (a debiased or power EMA puts no weight on the reset value).
 
     Returns:
       ``train_step(state, batch) -> (state, metrics)`` with metrics ``loss``, ``grad_norm`` and the aux entries.
@@ -45,6 +49,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout!r}")
     if label_dropout > 0 and num_classes is None:
         raise ValueError("label_dropout > 0 needs num_classes (the null label), got num_classes=None")
+    if isinstance(ema_start, bool) or not isinstance(ema_start, int) or ema_start < 0:
+        raise ValueError(f"ema_start must be an int >= 0 (the step of the last EMA reset), got {ema_start!r}")
     ema_decay = ema_rate if callable(ema_rate) else constant_decay(ema_rate)
     phema_decays = tuple(power_decay(s) for s in posthoc_sigma_rels)
 
@@ -59,9 +65,10 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         if len(state.phema) != len(phema_decays):
             raise ValueError(f"the state holds {len(state.phema)} post-hoc EMAs but posthoc_sigma_rels has "
                              f"{len(phema_decays)} entries; create the state with num_posthoc_emas={len(phema_decays)}")
-        phema = tuple(ema_update(e, params, d(state.step)) for e, d in zip(state.phema, phema_decays))
+        k = state.step - ema_start  # updates since the EMAs were (re)started
+        phema = tuple(ema_update(e, params, d(k)) for e, d in zip(state.phema, phema_decays))
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, phema=phema,
-                            ema_params=ema_update(state.ema_params, params, ema_decay(state.step)))
+                            ema_params=ema_update(state.ema_params, params, ema_decay(k)))
         return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
     return train_step

@@ -14,6 +14,7 @@ finished trainings and rows are skipped on a rerun, so the script is resumable a
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -137,9 +138,15 @@ def main():
                     continue
                 extra = {"sampling.ema_sigma_rel": sr} if sr else {}
                 cmd = base + overrides_to_flags({**ov, **sov, **extra}) + ["--mode", "sample"]
+                t_start = time.time()
                 wall = run(cmd, log)
                 out = os.path.join(workdir, "samples", f"{label}{f'_ema{sr}' if sr else ''}.npz")
-                src = os.path.join(workdir, "samples", "samples_00001500.npz")
+                # --mode sample names its file by sampler and steps (samples_STEP_SAMPLER_STEPS[_ema..].npz): the
+                # one this command wrote
+                written = [p for p in glob.glob(os.path.join(workdir, "samples", "samples_00001500_*.npz"))
+                           if os.path.getmtime(p) >= t_start - 1]
+                assert len(written) == 1, written
+                src = written[0]
                 shutil.move(src, out)
                 shutil.move(src[:-4] + ".png", out[:-4] + ".png")
                 if scorer is None:
