@@ -137,7 +137,7 @@ SCORE_SDE_FIELDS = {
     "sampling.predictor": ("sampling.method", "pc's predictor is reverse diffusion; a predictor alone: "
                                               "sampling.method='reverse_diffusion' | 'euler_maruyama' | 'ancestral'"),
     "sampling.probability_flow": ("sampling.method", "the probability-flow ODE: sampling.method='ode_adaptive' "
-                                                     "(score_sde's RK45) | 'ode_heun' | 'ode_euler' | 'dpm_solver' ..."),
+                                                     "(score_sde's RK45) | 'ode_heun' | 'ode_euler' | ..."),
     "training.likelihood_weighting": ("training.weighting", "training.weighting='likelihood'"),
     "model.nf": ("model.overrides.ch", "the network's base width"),
     "model.normalization": (None, "diffjax's UNets use GroupNorm (model.overrides.norm_groups)"),

@@ -22,12 +22,18 @@ to the statistics of the pre-normalisation activations on 64 calibration images 
 not used in the comparison; torch ``BatchNorm2d(momentum=None)`` in training mode), so every BatchNorm actually
 normalises. The classifier head (1008 logits) is normal(0, 1/sqrt(2048)).
 
-Needs torch, torchvision and pytorch-fid (``pip install torch==2.14.1 torchvision==0.29.1`` then
-``pip install --no-deps pytorch-fid``); the library itself never imports torch. Run from the repository root::
+Needs torch, torchvision and pytorch-fid in a separate environment (the library itself never imports torch), e.g.
+``python3 -m venv --system-site-packages /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.13.0 pytorch-fid``.
+Run from the repository root::
 
-    python experiments/parity/fid_vs_pytorch_fid.py --num-images 1000 --out /tmp/fid_parity.json
+    /tmp/torchenv/bin/python experiments/parity/fid_vs_pytorch_fid.py --num-images 1000 --out /tmp/fid_parity.json
 
-The figures of a run are in experiments/results/README.md ("FID parity with pytorch-fid").
+``--torchvision-without-ops`` imports a torchvision whose C extension cannot load next to the installed torch (the
+CUDA torchvision 0.28.0 wheel with torch 2.13.0+cpu fails with "operator torchvision::nms does not exist"):
+pytorch-fid uses none of those operators, only ``torchvision.models.inception``'s modules.
+
+The runs are in experiments/parity/README.md (and the first in experiments/results/README.md, "FID parity with
+pytorch-fid").
 """
 from __future__ import annotations
 
@@ -43,6 +49,20 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+
+def import_torchvision_without_ops():
+    """Import torchvision with its custom operators' fake-kernel registrations skipped, for a torchvision build whose
+    C extension (nms, roi_align, ...) cannot load next to this torch. pytorch-fid uses none of those operators, only
+    ``torchvision.models.inception``'s ``nn`` modules, so nothing it computes changes."""
+    import torch.library
+    register_fake = torch.library.register_fake
+    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+    try:
+        import torchvision  # noqa: F401
+        import torchvision.models  # noqa: F401
+    finally:
+        torch.library.register_fake = register_fake
 
 
 def _torch():
@@ -260,7 +280,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None, help="where to write the random .pth (default: a temporary file)")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--torchvision-without-ops", action="store_true",
+                   help="import torchvision without its C operators (see the module docstring)")
     args = p.parse_args(argv)
+    if args.torchvision_without_ops:
+        import_torchvision_without_ops()
     torch = _torch()
     import jax
     import pytorch_fid
