@@ -22,10 +22,11 @@ def get_config():
     training.checkpoint_keep = 5
     training.log_freq = 50
     training.eval_freq = 100
-    training.n_jitted_steps = 5              # optimizer steps per dispatch
-    training.unroll_jitted_steps = True      # trace them one after another (XLA:CPU runs a conv net's backward
-                                             # ~20x slower inside a loop); False: lax.scan, fast to compile for many
-                                             # small steps (an MLP)
+    training.n_jitted_steps = 5              # optimizer steps per call of the loop (score-SDE's n_jitted_steps)
+    training.multi_step = "auto"             # how they run: dispatch (one compiled step, called n times) | scan
+                                             # (one lax.scan) | unroll (n traced copies, n times the compile time);
+                                             # auto: dispatch on CPU (XLA:CPU runs a conv net's backward 20-40x
+                                             # slower inside a loop), scan on GPU/TPU
     training.snapshot_sampling = True
     training.posthoc_ema_freq = 0            # > 0: write the power EMAs to WORKDIR/posthoc_ema every this many steps
                                              # (EDM2 post-hoc EMA; sampling.ema_sigma_rel picks a length afterwards)

@@ -29,7 +29,7 @@ from diffjax.discrete import ncsn as _ncsn
 __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "SOLVERS", "TIME_GRIDS",
            "TOY_DATASETS",
            "IMAGE_DATASETS", "validate",
-           "build_sde", "build_model", "build_optimizer", "build_learning_rate", "build_loss_fn", "build_score_fn",
+           "build_sde", "build_model", "build_optimizer", "build_learning_rate", "build_train_steps", "MULTI_STEPS", "build_loss_fn", "build_score_fn",
            "build_sampling_score_fn",
            "build_sampler", "sampler_options", "sampler_options_config", "SamplerOptions",
            "build_dataset", "input_shape", "is_toy", "num_classes", "check_field_path", "SCORE_SDE_FIELDS",
@@ -236,6 +236,7 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     for name in ("batch_size", "n_iters", "n_jitted_steps", "log_freq"):
         if int(t[name]) < 1:
             raise ValueError(f"training.{name} must be >= 1, got {t[name]!r}")
+    _choice("training.multi_step", t.get("multi_step", "auto"), MULTI_STEPS)
     n = t.n_jitted_steps
     for name in ("n_iters", "log_freq", "snapshot_freq", "snapshot_freq_for_preemption", "checkpoint_freq"):
         if t[name] % n:
@@ -327,6 +328,24 @@ def build_model(config):
 
 
 LR_DECAYS = ("constant", "cosine", "inverse_sqrt")
+# how the training.n_jitted_steps optimizer steps of one call of the loop run: "dispatch" (one compiled step,
+# dispatched n times), "scan" (one lax.scan), "unroll" (n traced copies); "auto": dispatch on the CPU backend (XLA:CPU
+# runs a network's backward pass inside a loop 20-40x slower; n unrolled copies compile n times longer), scan elsewhere
+MULTI_STEPS = ("auto", "dispatch", "scan", "unroll")
+
+
+def build_train_steps(config, train_step, mesh, shardings):
+    """The loop's ``(state, batches) -> (state, metrics)`` over ``training.n_jitted_steps`` stacked batches, compiled
+    as ``training.multi_step`` says (:data:`MULTI_STEPS`)."""
+    import jax
+    from diffjax import train as tr
+    how = config.training.get("multi_step", "auto")
+    _choice("training.multi_step", how, MULTI_STEPS)
+    if how == "auto":
+        how = "dispatch" if jax.default_backend() == "cpu" else "scan"
+    if how == "dispatch":
+        return tr.dispatch_train_steps(train_step, mesh, shardings)
+    return tr.jit_train_step(tr.multi_step(train_step, unroll=how == "unroll"), mesh, shardings)
 
 
 def build_optimizer(config):

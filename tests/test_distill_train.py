@@ -28,7 +28,7 @@ def _config(method="progressive", **distill_fields):
     t.batch_size = 64
     t.n_iters = 2
     t.n_jitted_steps = 1
-    t.unroll_jitted_steps = True
+    t.multi_step = "unroll"
     t.log_freq = 1
     t.checkpoint_freq = t.snapshot_freq = 2
     t.snapshot_freq_for_preemption = 0

@@ -49,9 +49,10 @@ def _batches(n, batch=16):
     return {"x": (4.0 * np.random.default_rng(7).standard_normal((n, batch, 2))).astype(np.float32)}
 
 
-def _run(mesh, n_calls, per_call, unroll=True, **kw):
+def _run(mesh, n_calls, per_call, unroll=True, dispatch=False, **kw):
     state, step, shardings = _setup(mesh, **kw)
-    fn = tr.jit_train_step(tr.multi_step(step, unroll=unroll), mesh, shardings)
+    fn = (tr.dispatch_train_steps(step, mesh, shardings) if dispatch else
+          tr.jit_train_step(tr.multi_step(step, unroll=unroll), mesh, shardings))
     data = _batches(n_calls * per_call)
     for i in range(n_calls):
         chunk = jax.tree.map(lambda a: a[i * per_call:(i + 1) * per_call], data)
@@ -82,11 +83,27 @@ def test_sharded_step_equals_single_device():
 def test_scan_of_n_steps_equals_n_single_steps():
     mesh = tr.make_mesh(devices=jax.devices()[:1])
     one_by_one, m1 = _run(mesh, 4, 1)
-    for unroll in (True, False):  # traced one after another, and lax.scan
-        scanned, m4 = _run(mesh, 1, 4, unroll=unroll)
+    for kw in (dict(unroll=True), dict(unroll=False), dict(dispatch=True)):  # traced in turn, lax.scan, 4 dispatches
+        scanned, m4 = _run(mesh, 1, 4, **kw)
         chex.assert_trees_all_close(jax.device_get(scanned.params), jax.device_get(one_by_one.params), atol=1e-6)
         chex.assert_shape(m4["loss"], (4,))
+        assert np.isfinite(m4["loss"]).all()
         np.testing.assert_allclose(m4["loss"][-1], m1["loss"][-1], rtol=1e-5)
+        assert int(scanned.step) == 4
+
+
+def test_dispatched_steps_compile_once_and_keep_the_sharding():
+    mesh = tr.make_mesh()  # 8 forced devices
+    state, step, shardings = _setup(mesh)
+    fn = tr.dispatch_train_steps(step, mesh, shardings)
+    data = tr.global_batch(_batches(6), mesh)
+    state, m = fn(state, jax.tree.map(lambda a: a[:3], data))
+    state, m = fn(state, jax.tree.map(lambda a: a[3:], data))
+    assert fn.single._cache_size() == 1
+    assert int(state.step) == 6 and m["loss"].shape == (3,) and np.isfinite(m["loss"]).all()
+    assert jax.tree.leaves(state.params)[0].sharding == jax.tree.leaves(shardings.params)[0]
+    single, _ = _run(tr.make_mesh(devices=jax.devices()[:1]), 6, 1)
+    chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(single.params), atol=1e-5, rtol=0)
 
 
 def test_ema_and_optimizer_step_by_hand():

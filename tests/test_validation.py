@@ -96,6 +96,14 @@ def test_validate_checks_the_learning_rate_schedule(field, value, match):
         config_lib.validate(cfg, device_count=1)
 
 
+def test_validate_checks_the_multi_step_mode():
+    cfg = tiny.get_config()
+    cfg.training.multi_step = "unrolled"
+    with pytest.raises(ValueError, match=r"training.multi_step='unrolled' is not known; allowed values: "
+                                         r"\['auto', 'dispatch', 'scan', 'unroll'\]"):
+        config_lib.validate(cfg, device_count=1)
+
+
 def test_shipped_configs_and_every_sampler_validate():
     """Every file in configs/ (distillation configs also through validate_distill, their teacher given apart)."""
     import importlib

@@ -67,7 +67,7 @@ def _no_compile(monkeypatch):
 
 
 @pytest.mark.parametrize("field, value", [("training.posthoc_ema_freq", 2), ("model.overrides.hidden", (64, 64)),
-                                          ("optim.lr", 0.5), ("training.n_iters", 2)])
+                                          ("optim.lr", 0.5), ("training.batch_size", 8)])
 def test_training_on_a_workdir_of_another_config_is_refused_and_deletes_nothing(workdir, monkeypatch, field, value):
     before = _snapshot(workdir)
     cfg = _cfg()
@@ -160,8 +160,10 @@ def test_config_differences_allow_list():
             "distributed__fsdp": 2, "data__data_dir": "/elsewhere", "distill__sample_steps": 3,
             "classifier__epochs": 9.0, "noisy_classifier__steps": 5}
     assert diffs(**free) == []
-    assert diffs(training__n_iters=2) == ["training.n_iters: 4 -> 2"]  # only a longer run resumes
-    assert diffs(resume=False, training__n_iters=2, seed=3) == []  # read-only modes: training's length, seeds
+    assert diffs(training__n_iters=2) == []  # a run stopped earlier
+    assert diffs(distill__method="consistency_training", training__n_iters=2) == [  # ... unless it sets iCT's
+        'distill.method: "" -> "consistency_training"', "training.n_iters: 4 -> 2"]  # curriculum (total_steps=0)
+    assert diffs(resume=False, seed=3) == []  # read-only modes: the seed
     assert diffs(seed=3) == ["seed: 42 -> 3"]
     assert diffs(training__posthoc_ema_freq=2) == ["training.posthoc_ema_freq: 0 -> 2"]
     assert diffs(model__ema_rate=0.5, optim__lr=0.1, training__batch_size=8) == [

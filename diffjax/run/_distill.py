@@ -333,12 +333,10 @@ class Distiller:
         return step
 
     def train_steps(self, round_index: int = 0) -> Callable:
-        from diffjax import train as tr
+        from diffjax import config_lib as cl
         if ("train", round_index) not in self._jit_cache:
-            t = self.config.training
-            self._jit_cache["train", round_index] = tr.jit_train_step(
-                tr.multi_step(self.train_step(round_index), unroll=t.unroll_jitted_steps), self.run.mesh,
-                self.shardings)
+            self._jit_cache["train", round_index] = cl.build_train_steps(
+                self.config, self.train_step(round_index), self.run.mesh, self.shardings)
         return self._jit_cache["train", round_index]
 
     # -------------------------------------------------------------------------------------------- sampling

@@ -161,7 +161,7 @@ SAMPLE_INDEPENDENT_FIELDS = {
     "eval": None, "optim": None, "classifier": None, "noisy_classifier": None, "distill": None, "distributed": None,
     "sampling": ("num_samples", "batch_size", "snapshot_num", "final_num_samples"),
     "training": ("batch_size", "n_iters", "snapshot_freq", "checkpoint_freq", "snapshot_freq_for_preemption",
-                 "checkpoint_keep", "log_freq", "eval_freq", "n_jitted_steps", "unroll_jitted_steps",
+                 "checkpoint_keep", "log_freq", "eval_freq", "n_jitted_steps", "multi_step",
                  "snapshot_sampling", "posthoc_ema_freq"),
     "data": ("data_dir", "verify_files", "random_flip", "uniform_dequantization"),
 }

@@ -106,7 +106,7 @@ class Run:
         step = tr.make_train_step(loss_fn, self.optimizer, ema_rate=cl.build_ema_decay(self.config),
                                   posthoc_sigma_rels=self.posthoc_sigma_rels, num_classes=self.num_classes,
                                   label_dropout=t.label_dropout)
-        return tr.jit_train_step(tr.multi_step(step, unroll=t.unroll_jitted_steps), self.mesh, self.shardings)
+        return cl.build_train_steps(self.config, step, self.mesh, self.shardings)
 
     @property
     def posthoc_dir(self):

@@ -3,9 +3,9 @@
 The first training run in a workdir writes its resolved config there; a later training run compares its own config
 with it and refuses (``ValueError``, one line naming the differing fields) when a field that changes what the saved
 state means, or how the run continues, differs. Fields that do not (sampling, evaluation, logging, checkpoint and
-dispatch frequencies, the data's location, the device layout, a longer ``training.n_iters``) may differ; the file is
-then rewritten with the new values. Read-only modes only warn. A workdir from before this file existed (checkpoints,
-no ``config.json``) is accepted and the file is written then; the checkpoints' own check
+dispatch frequencies, the data's location, the device layout, the run's length ``training.n_iters``) may differ; the
+file is then rewritten with the new values. Read-only modes only warn. A workdir from before this file existed
+(checkpoints, no ``config.json``) is accepted and the file is written then; the checkpoints' own check
 (:class:`~diffjax.train.CheckpointMismatchError`) still refuses a state of another shape.
 
 Part of the entry layer (it reads a ``ConfigDict``).
@@ -27,7 +27,7 @@ FREE_FIELDS = (
     "sampling.", "eval.", "distributed.",
     "training.log_freq", "training.eval_freq", "training.snapshot_freq", "training.checkpoint_freq",
     "training.snapshot_freq_for_preemption", "training.checkpoint_keep", "training.n_jitted_steps",
-    "training.unroll_jitted_steps", "training.snapshot_sampling",
+    "training.multi_step", "training.snapshot_sampling",
     "data.data_dir", "data.verify_files",
     "distill.teacher_workdir",  # read once, at step 0; the teacher is in the checkpoint from then on
     "distill.sample_steps",     # consistency sampling only
@@ -93,9 +93,9 @@ def config_differences(stored: dict, current: dict, *, resume: bool = True) -> L
     """The fields of ``current`` (a config as ``json.loads(config.to_json_best_effort())``) that differ from the
     workdir's ``stored`` one in a way that matters: ``["model.overrides.hidden: [32, 32] -> [64, 64]", ...]``.
 
-    ``resume``: a training run continuing the stored one (``training.n_iters`` may grow, not shrink; on with
-    consistency training's curriculum over ``training.n_iters`` it may not change); else a read-only mode, which
-    also ignores :data:`READ_ONLY_FREE_FIELDS`.
+    ``resume``: a training run continuing the stored one (``training.n_iters`` may change: a longer run, or a stop
+    earlier; not where it sets consistency training's curriculum, ``distill.total_steps = 0``); else a read-only mode,
+    which also ignores :data:`READ_ONLY_FREE_FIELDS`.
     """
     s, c = _flatten(stored), _flatten(current)
     out = []
@@ -114,10 +114,10 @@ def config_differences(stored: dict, current: dict, *, resume: bool = True) -> L
             old, new = bool(old), bool(new)
         if old == new:
             continue
-        if path == "training.n_iters" and isinstance(old, int) and isinstance(new, int) and new > old:
+        if path == "training.n_iters":
             ct_curriculum = c.get("distill.method") == "consistency_training" and not c.get("distill.total_steps")
             if not ct_curriculum:
-                continue  # a longer run of the same training
+                continue  # the same training, run longer (or stopped earlier)
         out.append(f"{path}: {_short(s[path])} -> {_short(c[path])}")
     return out
 
