@@ -35,6 +35,11 @@ MODES = ("train", "sample", "eval", "likelihood", "stats", "describe")
 TASKS = ("diffusion", "classifier", "noisy_classifier")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_string("compile_cache", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                                  "diffjax", "jax_compilation_cache"),
+                    "JAX's persistent compilation cache: a resumed run, --mode sample and --mode eval reuse the "
+                    "programs an earlier run compiled (jax keys them on the program, devices and jax version). "
+                    "'' turns it off; JAX_COMPILATION_CACHE_DIR in the environment wins.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -198,6 +203,12 @@ def parse_flags(argv):
         return FLAGS(argv)
 
 
+def _use_compile_cache(path: str) -> None:
+    import jax
+    if path and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
 def main(argv):
     with _user_errors():
         _main(argv)
@@ -212,6 +223,7 @@ def _main(argv):
     config = FLAGS.config
     _choice("task", config.task, TASKS)
     _init_distributed(config)
+    _use_compile_cache(FLAGS.compile_cache)
     if FLAGS.mode != "describe" and not FLAGS.workdir:
         raise ValueError(f"--workdir is required for --mode {FLAGS.mode}")
     run_mode(config, FLAGS.workdir, FLAGS.mode, progress=FLAGS.progress)

@@ -46,3 +46,20 @@ def test_the_run_shares_one_cache():
     """conftest.py put the cache directory into the environment every worker and subprocess inherits."""
     assert os.environ.get("JAX_COMPILATION_CACHE_DIR")
     assert os.path.isdir(os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+def test_main_uses_a_persistent_cache_unless_the_environment_names_one(monkeypatch, tmp_path):
+    import jax
+    from diffjax import main
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+        main._use_compile_cache(str(tmp_path / "flag"))
+        assert jax.config.jax_compilation_cache_dir == before  # the environment's choice stands
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        main._use_compile_cache("")
+        assert jax.config.jax_compilation_cache_dir == before  # '' turns it off
+        main._use_compile_cache(str(tmp_path / "flag"))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "flag")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
