@@ -20,7 +20,7 @@ def get_config():
     t = config.training
     t.batch_size = 64
     t.n_iters = 1500
-    t.n_jitted_steps = 1  # five unrolled copies of this UNet's step take 20+ min to compile on 2 cores; one ~1 min
+    t.n_jitted_steps = 1  # one step per call (with training.multi_step='unroll', five copies took 20+ min to compile)
     t.log_freq = 50
     t.snapshot_freq = 500
     t.checkpoint_freq = 500
