@@ -1,6 +1,7 @@
 """The CLI's evaluation modes: eval (resumable sample metrics), likelihood, stats; the feature classifier task."""
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -35,13 +36,27 @@ def _short_training(cfg, steps=2):
     return cfg
 
 
-def test_eval_samples_are_keyed_by_the_sampler_settings(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def toy_trained(tmp_path_factory):
+    """The tiny config trained for 4 steps through main (train -> eval through main); the tests evaluate copies of
+    it (:func:`_copy_of`: eval and likelihood write into the workdir), so no test sees another's files."""
+    wd = str(tmp_path_factory.mktemp("toy_trained") / "toy")
+    dmain.run_mode(_short_training(tiny.get_config(), steps=4), wd, "train", progress=False)
+    return wd
+
+
+def _copy_of(trained, tmp_path):
+    wd = str(tmp_path / "toy")
+    shutil.copytree(trained, wd)
+    return wd
+
+
+def test_eval_samples_are_keyed_by_the_sampler_settings(tmp_path, capsys, toy_trained):
     """Issue 35 item 1: a second --mode eval with another sampler draws its own samples (it reused the first one's
     and reported their metrics under the new label); the same settings resume from the files, which hold them."""
-    cfg = _short_training(tiny.get_config())
+    cfg = _short_training(tiny.get_config(), steps=4)
     cfg.eval.num_samples, cfg.eval.batch_size = 16, 8
-    wd = str(tmp_path / "toy")
-    dmain.run_mode(cfg, wd, "train", progress=False)
+    wd = _copy_of(toy_trained, tmp_path)
     first = dmain.run_mode(cfg, wd, "eval", progress=False)
     assert first["num_reused"] == 0 and first["sampler"] == "euler_maruyama"
     cfg.sampling.method, cfg.sampling.num_steps = "ddim", 5
@@ -50,12 +65,12 @@ def test_eval_samples_are_keyed_by_the_sampler_settings(tmp_path, capsys):
     assert second["energy_distance"] != first["energy_distance"] and second["mmd"] != first["mmd"]
     assert second["sampler_label"].startswith("ddim_5_") and second["sampler_label"] != first["sampler_label"]
     ev = os.path.join(wd, "eval")
-    a, b = (np.concatenate([np.load(os.path.join(ev, f"samples_00000002_{r['sampler_label']}_{i:05d}.npz"))["x"]
+    a, b = (np.concatenate([np.load(os.path.join(ev, f"samples_00000004_{r['sampler_label']}_{i:05d}.npz"))["x"]
                             for i in range(2)]) for r in (first, second))
     assert a.shape == b.shape == (16, 2) and not np.allclose(a, b)
     # each setting keeps its own metrics file, with the settings
     for r, method in ((first, "euler_maruyama"), (second, "ddim")):
-        saved = json.load(open(os.path.join(ev, f"metrics_00000002_{r['sampler_label']}.json")))
+        saved = json.load(open(os.path.join(ev, f"metrics_00000004_{r['sampler_label']}.json")))
         assert saved["energy_distance"] == r["energy_distance"]
         assert saved["settings"]["config"]["sampling"]["method"] == method
     # another option of the same sampler (eta) is another setting too; the same settings are reused
@@ -67,10 +82,10 @@ def test_eval_samples_are_keyed_by_the_sampler_settings(tmp_path, capsys):
     again = dmain.run_mode(cfg, wd, "eval", progress=False)
     assert again["num_reused"] == 16 and again["energy_distance"] == second["energy_distance"]
     # the stored settings are checked: a file with another setting's samples under this name is drawn again
-    path = os.path.join(ev, f"samples_00000002_{second['sampler_label']}_00000.npz")
+    path = os.path.join(ev, f"samples_00000004_{second['sampler_label']}_00000.npz")
     with np.load(path) as z:
         settings = json.loads(str(z["settings"]))
-    assert settings == drun.eval_settings(cfg, 2)
+    assert settings == drun.eval_settings(cfg, 4)
     settings["config"]["sampling"]["method"] = "euler_maruyama"
     np.savez(path, x=np.zeros((8, 2), np.float32), nfe=np.int32(5), settings=np.array(json.dumps(settings)))
     capsys.readouterr()
@@ -107,13 +122,12 @@ def test_eval_settings_hold_what_changes_the_samples():
         assert label(field, value) == key, field
 
 
-def test_toy_eval_and_likelihood(tmp_path):
+def test_toy_eval_and_likelihood(tmp_path, toy_trained):
     cfg = _short_training(tiny.get_config(), steps=4)
     cfg.eval.num_samples, cfg.eval.batch_size = 32, 16
     cfg.eval.bpd_num_examples, cfg.eval.bpd_batch_size, cfg.eval.bpd_num_repeats = 16, 16, 1
     cfg.eval.likelihood_trace, cfg.eval.likelihood_rtol, cfg.eval.likelihood_atol = "exact", 1e-3, 1e-3
-    wd = str(tmp_path / "toy")
-    dmain.run_mode(cfg, wd, "train", progress=False)
+    wd = _copy_of(toy_trained, tmp_path)
     rec = dmain.run_mode(cfg, wd, "eval", progress=False)
     assert rec["num_samples"] == 32 and _finite(rec, ["energy_distance", "mmd"])
     label = rec["sampler_label"]
@@ -177,6 +191,17 @@ def _tiny_image_config(classifier_dir):
     return cfg
 
 
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _fresh_state_fast(run):
+    """``run.fresh_state()`` (the same program: the same initial state, bit for bit), compiled without XLA's
+    backend optimisations: the UNet's init runs once, and the optimised compile took 17 s of this test, this 4 s."""
+    import jax
+    key = jax.random.key(run.config.seed)
+    return jax.jit(run._create, out_shardings=run.shardings).lower(key).compile(compiler_options=FAST_COMPILE)(key)
+
+
 @needs_fmnist
 def test_image_eval_resumes_likelihood_and_stats(tmp_path, classifier_dir, capsys):
     cfg = _tiny_image_config(classifier_dir)
@@ -184,7 +209,7 @@ def test_image_eval_resumes_likelihood_and_stats(tmp_path, classifier_dir, capsy
     # a checkpoint of the initial state at step 2 (compiling the UNet's train step on CPU takes over a minute;
     # train -> eval through main is covered by the toy test)
     run = drun.Run(cfg, wd, read_only=False)
-    run.checkpoints.save(2, run.fresh_state())
+    run.checkpoints.save(2, _fresh_state_fast(run))
     run.checkpoints.close()
     ref = dmain.run_mode(cfg, wd, "stats")
     assert int(ref["count"]) == 64 and ref["features"].shape == (64, 128)
