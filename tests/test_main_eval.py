@@ -15,6 +15,10 @@ from diffjax import main as dmain  # noqa: E402
 from diffjax import run as drun  # noqa: E402
 from diffjax.data import FASHION_MNIST_DIR  # noqa: E402
 
+# the module-scoped fixture is built once: every test of this file runs on one pytest-xdist worker
+# (`--dist loadgroup` in .ci/run)
+pytestmark = pytest.mark.xdist_group("test_main_eval")
+
 needs_fmnist = pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
                                   reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
 

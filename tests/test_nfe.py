@@ -14,6 +14,10 @@ import pytest
 
 import diffjax as dj
 
+# the module-scoped fixture is built once: every test of this file runs on one pytest-xdist worker
+# (`--dist loadgroup` in .ci/run)
+pytestmark = pytest.mark.xdist_group("test_nfe")
+
 S = dj.samplers
 VP, VE, EDM = dj.vp_sde(), dj.ve_sde(), dj.edm_sde()
 MU, S0 = 0.7, 0.5

@@ -22,6 +22,10 @@ from diffjax import config_lib as cl  # noqa: E402
 from diffjax import run as drun  # noqa: E402
 from diffjax.discrete import ddpm_grid  # noqa: E402
 
+# the module-scoped fixture is built once: every test of this file runs on one pytest-xdist worker
+# (`--dist loadgroup` in .ci/run)
+pytestmark = pytest.mark.xdist_group("test_noisy_classifier")
+
 # one CPU device and XLA's backend optimisations off: the fastest compiles. The CLI test checks what the processes
 # write (files, names, shapes, errors), not the speed of the code: its UNet's train-step process took 69 s with the
 # default optimisation and 38 s without it, for the same HLO program

@@ -16,6 +16,10 @@ from diffjax import main as dmain
 from diffjax import run as dr
 from diffjax import train as tr
 
+# the module-scoped fixture is built once: every test of this file runs on one pytest-xdist worker
+# (`--dist loadgroup` in .ci/run)
+pytestmark = pytest.mark.xdist_group("test_workdir_config")
+
 CONFIG_FILE = "config.json"
 
 
