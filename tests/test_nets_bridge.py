@@ -119,7 +119,13 @@ def test_unet_score_fn_runs_under_jit():
     params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), jnp.float32), shapes)
     sde = SDES["vp"]
     score_fn = nets.make_score_fn(model.apply, params, sde, time_input="index")
-    s = jax.jit(score_fn)(x, jnp.array([0.1, 0.9]))
-    out = model.apply({"params": params}, x, jnp.array([100.0, 899.0]), train=False)
+    # the jitted score_fn and the network's output at the matching labels, in one compiled program (the network
+    # applied eagerly, op by op, compiles each primitive separately)
+    # (XLA:CPU's LLVM backend at -O0: this one-shot program compiles ~2.5x faster, the same math)
+    s, out = jax.jit(lambda x, t: (score_fn(x, t), model.apply({"params": params}, x, jnp.array([100.0, 899.0]),
+                                                                  train=False)),
+                     compiler_options={"xla_backend_optimization_level": 0})(x, jnp.array([0.1, 0.9]))
+    assert bool(jnp.all(jnp.isfinite(s))) and bool(jnp.all(jnp.isfinite(out)))
+    assert float(jnp.std(out)) > 1e-3
     chex.assert_trees_all_close(s, -out / sde.marginal(jnp.array([0.1, 0.9]))[1][:, None, None, None],
                                 rtol=1e-5, atol=1e-6)

@@ -82,6 +82,17 @@ def _random_params(model, x, labels, y=None, seed=0):
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
+# Every compiled function of this file: XLA:CPU's LLVM backend at -O0 compiles these tiny programs ~2.5x faster
+# (the networks' math, float rounding aside, is the same; their run time here is milliseconds).
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _finite(tree):
+    """chex's comparisons treat NaN == NaN: every compared value must also be finite."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        assert bool(jnp.all(jnp.isfinite(leaf))), "non-finite values"
+
+
 def _counts():
     return {name: nets.count_params(_abstract(name, (2, 32, 32, 3))[1]["params"])
             for name in PRESETS if name != "fashion_mnist_small"}
@@ -137,7 +148,7 @@ def test_tiny_family_runs(family, shape):
     x = jax.random.normal(jax.random.key(1), shape)
     labels = jnp.array([3.0, 500.0]) if model.embedding_type == "positional" else jnp.array([-3.0, 3.0])
     variables = _random_params(model, x, labels)
-    apply = jax.jit(functools.partial(model.apply, train=False))
+    apply = _jit(functools.partial(model.apply, train=False))
     out = apply(variables, x, labels)
     assert out.shape == shape and out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out))) and float(jnp.std(out)) > 1e-3
@@ -155,12 +166,12 @@ def test_learn_sigma_and_class_labels_with_null_label():
     labels = jnp.array([10.0, 20.0])
     variables = _random_params(model, x, labels, jnp.array([1, 2]))
     assert variables["params"]["label_embed"]["embedding"].shape == (11, 4 * 8)  # + the null label
-    apply = jax.jit(lambda v, y: model.apply(v, x, labels, y, train=False))
+    apply = _jit(lambda v, y: model.apply(v, x, labels, y, train=False))
     out = apply(variables, jnp.array([1, 2]))
     assert out.shape == (2, 8, 8, 6)  # learned-variance head: channels doubled
     eps, v = nets.split_learned_sigma(out)
     assert eps.shape == v.shape == x.shape
-    null = jax.jit(lambda v: model.apply(v, x, labels, None, train=False))(variables)
+    null = _jit(lambda v: model.apply(v, x, labels, None, train=False))(variables)
     chex.assert_trees_all_close(null, apply(variables, jnp.array([10, 10])), atol=1e-5)  # y=None is label 10
     assert float(jnp.max(jnp.abs(out - apply(variables, jnp.array([3, 4]))))) > 1e-3
 
@@ -170,8 +181,8 @@ def test_dropout_changes_outputs_only_in_training():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     labels = jnp.array([3.0, 500.0])
     variables = _random_params(model, x, labels)
-    apply_eval = jax.jit(functools.partial(model.apply, train=False))
-    apply_train = jax.jit(lambda v, x, l, k: model.apply(v, x, l, train=True, rngs={"dropout": k}))
+    apply_eval = _jit(functools.partial(model.apply, train=False))
+    apply_train = _jit(lambda v, x, l, k: model.apply(v, x, l, train=True, rngs={"dropout": k}))
     a = apply_train(variables, x, labels, jax.random.key(2))
     b = apply_train(variables, x, labels, jax.random.key(3))
     chex.assert_trees_all_equal(a, apply_train(variables, x, labels, jax.random.key(2)))  # same key, same output
@@ -190,8 +201,8 @@ def test_bfloat16_compute_close_to_float32():
     variables = _random_params(m32, x, labels)
     chex.assert_trees_all_equal_shapes_and_dtypes(
         variables, jax.eval_shape(lambda: m16.init(jax.random.key(0), x, labels, train=False)))  # float32 params
-    out32 = jax.jit(functools.partial(m32.apply, train=False))(variables, x, labels)
-    out16 = jax.jit(functools.partial(m16.apply, train=False))(variables, x, labels)
+    out32 = _jit(functools.partial(m32.apply, train=False))(variables, x, labels)
+    out16 = _jit(functools.partial(m16.apply, train=False))(variables, x, labels)
     assert out16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
     assert 0 < rel < 0.05, rel  # bf16 really ran (not bit-identical) and stays close
@@ -208,27 +219,35 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride)))
 
     ref, got = nets._layers.conv_xla, nets._layers.conv_matmul_grad
-    direct = jax.lax.conv_general_dilated(x, w, (stride,) * 2, ((k // 2, k // 2),) * 2,
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    chex.assert_trees_all_equal(ref(x, w, stride), direct)
-    chex.assert_trees_all_equal(got(x, w, stride), direct)
-    chex.assert_trees_all_close(nets._layers.conv_shifted_matmuls(x, w, stride), direct, rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(jax.value_and_grad(loss(got), (0, 1))(x, w),
-                                jax.value_and_grad(loss(ref), (0, 1))(x, w), rtol=1e-5, atol=1e-5)
-    tangents = (0.3 * x, 0.2 * w)
-    chex.assert_trees_all_close(jax.jvp(lambda x, w: got(x, w, stride), (x, w), tangents),
-                                jax.jvp(lambda x, w: ref(x, w, stride), (x, w), tangents), rtol=1e-5, atol=1e-5)
 
-    def grad_norm(conv):  # d/dw |d loss / dx|^2: reverse over reverse through the custom rule
+    def grad_norm(conv, x, w):  # d/dw |d loss / dx|^2: reverse over reverse through the custom rule
         return jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)
 
-    chex.assert_trees_all_close(grad_norm(got), grad_norm(ref), rtol=1e-4, atol=1e-4)
-
     conv = lambda impl: nets.Conv(6, k, stride=stride, impl=impl)  # noqa: E731
-    variables = jax.tree_util.tree_map(lambda p: p + 0.1, conv("xla").init(jax.random.key(1), x))
-    mod_loss = lambda v, impl: jnp.sum(jnp.sin(conv(impl).apply(v, x)))  # noqa: E731
-    chex.assert_trees_all_close(jax.grad(mod_loss)(variables, "matmul"), jax.grad(mod_loss)(variables, "xla"),
-                                rtol=1e-5, atol=1e-5)
+    mod_loss = lambda v, x, impl: jnp.sum(jnp.sin(conv(impl).apply(v, x)))  # noqa: E731
+
+    @_jit
+    def run(x, w):  # every value below in one compiled program (eager op-by-op compiles each primitive)
+        tangents = (0.3 * x, 0.2 * w)
+        variables = jax.tree_util.tree_map(lambda p: p + 0.1, conv("xla").init(jax.random.key(1), x))
+        return dict(
+            direct=jax.lax.conv_general_dilated(x, w, (stride,) * 2, ((k // 2, k // 2),) * 2,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            ref=ref(x, w, stride), got=got(x, w, stride), shifted=nets._layers.conv_shifted_matmuls(x, w, stride),
+            vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in (got, ref)],
+            jvp=[jax.jvp(lambda x, w, c=c: c(x, w, stride), (x, w), tangents) for c in (got, ref)],
+            grad_norm=[grad_norm(c, x, w) for c in (got, ref)],
+            mod_grad=[jax.grad(mod_loss)(variables, x, impl) for impl in ("matmul", "xla")])
+
+    r = run(x, w)
+    _finite(r)
+    chex.assert_trees_all_equal(r["ref"], r["direct"])
+    chex.assert_trees_all_equal(r["got"], r["direct"])
+    chex.assert_trees_all_close(r["shifted"], r["direct"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*r["vg"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*r["jvp"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*r["grad_norm"], rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(*r["mod_grad"], rtol=1e-5, atol=1e-5)
 
 
 def _upsample_then_conv(x, w):
@@ -240,15 +259,21 @@ def test_conv_upsampled_equals_conv_of_upsampled(k):
     """The sub-pixel form equals the convolution of the nearest-upsampled image: values, both gradients, jvp."""
     x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4))
     w = jax.random.normal(jax.random.key(1), (k, k, 4, 3)) / np.sqrt(k * k * 4)
-    direct = _upsample_then_conv(x, w)
-    assert direct.shape == (2, 10, 6, 3)
-    chex.assert_trees_all_close(nets._layers.conv_upsampled(x, w), direct, rtol=1e-5, atol=1e-5)
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
-    chex.assert_trees_all_close(jax.value_and_grad(loss(nets._layers.conv_upsampled), (0, 1))(x, w),
-                                jax.value_and_grad(loss(_upsample_then_conv), (0, 1))(x, w), rtol=1e-5, atol=1e-5)
-    tangents = (0.3 * x, 0.2 * w)
-    chex.assert_trees_all_close(jax.jvp(nets._layers.conv_upsampled, (x, w), tangents),
-                                jax.jvp(_upsample_then_conv, (x, w), tangents), rtol=1e-5, atol=1e-5)
+    convs = (nets._layers.conv_upsampled, _upsample_then_conv)
+
+    @_jit
+    def run(x, w):
+        tangents = (0.3 * x, 0.2 * w)
+        return dict(out=[c(x, w) for c in convs], vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in convs],
+                    jvp=[jax.jvp(c, (x, w), tangents) for c in convs])
+
+    r = run(x, w)
+    _finite(r)
+    assert r["out"][1].shape == (2, 10, 6, 3)
+    chex.assert_trees_all_close(*r["out"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*r["vg"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*r["jvp"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stride,size,k", [(2, 7, 3), (3, 8, 3), (2, 9, 5), (2, 6, 1), (2, 6, 4)])
@@ -259,15 +284,24 @@ def test_conv_polyphase_equals_strided_conv(stride, size, k):
     w = jax.random.normal(jax.random.key(1), (k, k, 3, 4)) / np.sqrt(k * k * 3)
     ref = lambda x, w: nets._layers.conv_xla(x, w, stride)  # noqa: E731
     got = lambda x, w: nets._layers.conv_polyphase_grad(x, w, stride)  # noqa: E731
-    chex.assert_trees_all_close(nets._layers.conv_polyphase(x, w, stride), ref(x, w), rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_equal(got(x, w), ref(x, w))
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
-    chex.assert_trees_all_close(jax.value_and_grad(loss(got), (0, 1))(x, w),
-                                jax.value_and_grad(loss(ref), (0, 1))(x, w), rtol=1e-5, atol=1e-5)
-    tangents = (0.3 * x, 0.2 * w)
-    chex.assert_trees_all_close(jax.jvp(got, (x, w), tangents), jax.jvp(ref, (x, w), tangents), rtol=1e-5, atol=1e-5)
-    grad_norm = lambda conv: jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)  # noqa: E731
-    chex.assert_trees_all_close(grad_norm(got), grad_norm(ref), rtol=1e-4, atol=1e-4)
+    grad_norm = lambda conv, x, w: jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)  # noqa: E731
+
+    @_jit
+    def run(x, w):
+        tangents = (0.3 * x, 0.2 * w)
+        return dict(polyphase=nets._layers.conv_polyphase(x, w, stride), out=[got(x, w), ref(x, w)],
+                    vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in (got, ref)],
+                    jvp=[jax.jvp(c, (x, w), tangents) for c in (got, ref)],
+                    grad_norm=[grad_norm(c, x, w) for c in (got, ref)])
+
+    r = run(x, w)
+    _finite(r)
+    chex.assert_trees_all_close(r["polyphase"], r["out"][1], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_equal(*r["out"])
+    chex.assert_trees_all_close(*r["vg"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*r["jvp"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*r["grad_norm"], rtol=1e-4, atol=1e-4)
 
 
 def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
@@ -293,17 +327,30 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
     }
     for name, layer in layers.items():
         args = (x, temb, False) if name.startswith("resblock") else (x,)
-        variables = jax.tree_util.tree_map(lambda p: p + 0.1, layer("xla").init(jax.random.key(0), *args))
-        chex.assert_trees_all_equal_shapes_and_dtypes(variables, layer("auto").init(jax.random.key(0), *args))
         loss = lambda i: lambda v, x: jnp.sum(jnp.sin(layer(i).apply(v, x, *args[1:])))  # noqa: E731
-        value_and_grad = lambda i: jax.jit(jax.value_and_grad(loss(i), (0, 1)))(variables, x)  # noqa: E731
-        chex.assert_trees_all_close(value_and_grad("auto"), value_and_grad("xla"), rtol=1e-4, atol=1e-4)
+
+        @_jit
+        def run(x):  # both inits and both impls' values and gradients in one compiled program
+            variables = jax.tree_util.tree_map(lambda p: p + 0.1, layer("xla").init(jax.random.key(0), x, *args[1:]))
+            return (variables, layer("auto").init(jax.random.key(0), x, *args[1:]),
+                    [jax.value_and_grad(loss(i), (0, 1))(variables, x) for i in ("auto", "xla")])
+
+        variables, auto_variables, value_and_grad = run(x)
+        chex.assert_trees_all_equal_shapes_and_dtypes(variables, auto_variables)
+        _finite(value_and_grad)
+        chex.assert_trees_all_close(*value_and_grad, rtol=1e-4, atol=1e-4)
     # FIR upsampling with the kernel (1, 1) is nearest upsampling, applied the literal way (before conv0 and the
     # shortcut): the reordered nearest up-ResBlock is the same function.
     late, literal = (nets.ResBlock(6, kind="biggan", up=True, norm_groups=2, fir=f, fir_kernel=(1, 1)) for f in (0, 1))
-    variables = jax.tree_util.tree_map(lambda p: p + 0.1, late.init(jax.random.key(0), x, temb, False))
-    chex.assert_trees_all_close(late.apply(variables, x, temb, False), literal.apply(variables, x, temb, False),
-                                rtol=1e-5, atol=1e-5)
+
+    @_jit
+    def late_and_literal(x, temb):
+        variables = jax.tree_util.tree_map(lambda p: p + 0.1, late.init(jax.random.key(0), x, temb, False))
+        return late.apply(variables, x, temb, False), literal.apply(variables, x, temb, False)
+
+    outputs = late_and_literal(x, temb)
+    _finite(outputs)
+    chex.assert_trees_all_close(*outputs, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="upsample=True needs stride=1, got stride=2"):
         nets.Conv(4, stride=2, upsample=True).init(jax.random.key(0), x)
 
@@ -338,20 +385,31 @@ def _upfirdn2d_reference(x, fir_kernel, up):
 def test_fir_resampling_equals_upfirdn2d(fir_kernel):
     """FIR up/downsampling equal upfirdn2d (asymmetric kernels too: a convolution, not a correlation) at even and
     odd sizes, and their gradients are the transposes (<f(x), y> = <x, f^T y>)."""
-    for shape in [(2, 8, 8, 3), (2, 7, 5, 3)]:
-        x = jax.random.normal(jax.random.key(0), shape)
-        for fn, up in ((nets.fir_upsample_2d, True), (nets.fir_downsample_2d, False)):
-            ref = _upfirdn2d_reference(x, fir_kernel, up)
+    fns = ((nets.fir_upsample_2d, True), (nets.fir_downsample_2d, False))
+    xs = [jax.random.normal(jax.random.key(0), shape) for shape in [(2, 8, 8, 3), (2, 7, 5, 3)]]
+    ys = [jax.random.normal(jax.random.key(1), jax.eval_shape(lambda x: fn(x, fir_kernel), x).shape)
+          for x in xs for fn, _ in fns]
+
+    @_jit
+    def run(xs, ys):  # both sizes, both directions: f(x) and f^T y, one compiled program
+        results = []
+        for x, (fn, _) in zip([xs[0], xs[0], xs[1], xs[1]], fns * 2):
             out, vjp = jax.vjp(lambda x: fn(x, fir_kernel), x)
-            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
-            y = jax.random.normal(jax.random.key(1), out.shape)
-            np.testing.assert_allclose(np.vdot(vjp(y)[0], x), np.vdot(ref, y), rtol=1e-5)
+            results.append((out, vjp(ys[len(results)])[0]))
+        return results
+
+    results = run(xs, ys)
+    assert len(results) == 4
+    for (out, x_bar), x, y, (_, up) in zip(results, [xs[0], xs[0], xs[1], xs[1]], ys, fns * 2):
+        ref = _upfirdn2d_reference(x, fir_kernel, up)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+        assert np.all(np.isfinite(x_bar))
+        np.testing.assert_allclose(np.vdot(x_bar, x), np.vdot(ref, y), rtol=1e-5)
 
 
 def test_fir_resampling_shapes_and_unit_gain():
     x = jnp.ones((1, 8, 8, 3))
-    up = nets.fir_upsample_2d(x)
-    down = nets.fir_downsample_2d(x)
+    up, down = _jit(lambda x: (nets.fir_upsample_2d(x), nets.fir_downsample_2d(x)))(x)
     assert up.shape == (1, 16, 16, 3) and down.shape == (1, 4, 4, 3)
     np.testing.assert_allclose(up[:, 2:-2, 2:-2], 1.0, rtol=1e-6)  # interior: constant preserved
     np.testing.assert_allclose(down[:, 1:-1, 1:-1], 1.0, rtol=1e-6)
@@ -361,13 +419,14 @@ def test_fir_resampling_shapes_and_unit_gain():
 def test_mlp_and_classifier_shapes():
     mlp = nets.toy_mlp(hidden=(32, 32), num_classes=3)
     x = jax.random.normal(jax.random.key(0), (5, 2))
-    v = mlp.init(jax.random.key(1), x, jnp.zeros(5), None, train=False)
-    assert mlp.apply(v, x, jnp.arange(5.0), jnp.arange(5) % 3, train=False).shape == (5, 2)
+    out = _jit(lambda x: mlp.apply(mlp.init(jax.random.key(1), x, jnp.zeros(5), None, train=False), x,
+                                      jnp.arange(5.0), jnp.arange(5) % 3, train=False))(x)
+    assert out.shape == (5, 2)
     clf = nets.noise_classifier_cifar10(ch=8, ch_mult=(1, 2), attn_resolutions=(4,), norm_groups=4,
                                         image_size=None)
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
     v = _random_params(clf, x, jnp.zeros(3))
-    logits = jax.jit(functools.partial(clf.apply, train=False))(v, x, jnp.array([1.0, 2.0, 3.0]))
+    logits = _jit(functools.partial(clf.apply, train=False))(v, x, jnp.array([1.0, 2.0, 3.0]))
     assert logits.shape == (3, 10) and bool(jnp.all(jnp.isfinite(logits)))
 
 
@@ -404,16 +463,19 @@ def test_chunked_attention_equals_reference(heads_per_step):
     q, k, v = (jax.random.normal(key, (2, 10, 4, 3)) for key in (kq, kk, kv))
     k = 2.0 * k  # peaked softmax rows
     cot = jax.random.normal(kc, q.shape)
-    ref = nets._layers.reference_attention(q, k, v)
-    got = jax.jit(nets._layers.dot_product_attention, static_argnums=3)(q, k, v, heads_per_step)
-    chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-5)
     loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)) * cot)  # noqa: E731
     chunked = functools.partial(nets._layers.dot_product_attention, heads_per_step=heads_per_step)
-    chex.assert_trees_all_close(jax.jit(jax.grad(loss(chunked), (0, 1, 2)))(q, k, v),
-                                jax.grad(loss(nets._layers.reference_attention), (0, 1, 2))(q, k, v),
-                                rtol=1e-5, atol=1e-5)
-    b16 = [a.astype(jnp.bfloat16) for a in (q, k, v)]
-    out16 = chunked(*b16)
+
+    @_jit
+    def run(q, k, v):  # the chunked and the reference values and gradients, and bfloat16, in one compiled program
+        grads = [jax.grad(loss(f), (0, 1, 2))(q, k, v) for f in (chunked, nets._layers.reference_attention)]
+        return (chunked(q, k, v), nets._layers.reference_attention(q, k, v), grads,
+                chunked(*[a.astype(jnp.bfloat16) for a in (q, k, v)]))
+
+    got, ref, grads, out16 = run(q, k, v)
+    _finite((got, ref, grads, out16))
+    chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*grads, rtol=1e-5, atol=1e-5)
     assert out16.dtype == jnp.bfloat16
     assert float(jnp.max(jnp.abs(out16.astype(jnp.float32) - ref))) < 0.05
 
@@ -427,20 +489,29 @@ def test_row_max_by_halving_equals_max(n):
     s[0, 1, :] = -np.inf
     s[1, 2, n // 2] = np.nan
     s[2, 3, n - 1] = 50.0  # the maximum in the last column
-    np.testing.assert_array_equal(np.asarray(jax.jit(_row_max)(jnp.asarray(s))), np.max(s, axis=-1, keepdims=True))
+    np.testing.assert_array_equal(np.asarray(_jit(_row_max)(jnp.asarray(s))), np.max(s, axis=-1, keepdims=True))
 
 
 def test_layer_impls_and_forward_mode():
     """AttnBlock (GroupNorm + attention) with impl 'fused' and 'reference' gives the same outputs and gradients;
     forward mode (jax.jvp) works with both and agrees (tests/test_nets_jvp.py checks the kernels in depth)."""
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 16))
-    variables = nets.AttnBlock(num_head_channels=4, init_scale=1.0, norm_groups=4).init(jax.random.key(2), x)
-    run = lambda impl: lambda x: nets.AttnBlock(num_head_channels=4, init_scale=1.0, norm_groups=4,  # noqa: E731
-                                                 impl=impl).apply(variables, x)
-    chex.assert_trees_all_close(run("fused")(x), run("reference")(x), rtol=1e-5, atol=1e-5)
-    grad = lambda impl: jax.grad(lambda x: jnp.sum(jnp.sin(run(impl)(x))))(x)  # noqa: E731
-    chex.assert_trees_all_close(grad("fused"), grad("reference"), rtol=1e-4, atol=1e-5)
-    jvp = {impl: jax.jvp(run(impl), (x,), (x,)) for impl in ("fused", "reference")}
+    block = lambda impl="auto": nets.AttnBlock(num_head_channels=4, init_scale=1.0, norm_groups=4,  # noqa: E731
+                                               impl=impl)
+
+    @_jit
+    def run_all(x):  # outputs, gradients and JVPs of both impls in one compiled program
+        variables = block().init(jax.random.key(2), x)
+        run = lambda impl: lambda x: block(impl).apply(variables, x)  # noqa: E731
+        grad = lambda impl: jax.grad(lambda x: jnp.sum(jnp.sin(run(impl)(x))))(x)  # noqa: E731
+        impls = ("fused", "reference")
+        return ([run(i)(x) for i in impls], [grad(i) for i in impls],
+                {impl: jax.jvp(run(impl), (x,), (x,)) for impl in impls})
+
+    out, grad, jvp = run_all(x)
+    _finite((out, grad))
+    chex.assert_trees_all_close(*out, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(*grad, rtol=1e-4, atol=1e-5)
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(jvp))
     chex.assert_trees_all_close(jvp["fused"], jvp["reference"], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="layer_impl"):
@@ -455,8 +526,16 @@ def test_group_norm_and_fused_equal_flax():
     scale, bias = jnp.linspace(0.5, 1.5, 12), jnp.linspace(-1.0, 1.0, 12)
     flax_gn = lambda x, scale, bias: nn.GroupNorm(num_groups=4, epsilon=1e-6).apply(  # noqa: E731
         {"params": {"scale": scale, "bias": bias}}, x)
-    ref = flax_gn(x, scale, bias)
-    g = lambda f: jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), (0, 1, 2))(x, scale, bias)  # noqa: E731
-    for norm in (nets.group_norm, nets._layers.group_norm_fused):
-        chex.assert_trees_all_close(norm(x, scale, bias, 4), ref, rtol=1e-5, atol=1e-5)
-        chex.assert_trees_all_close(g(lambda x, s, b: norm(x, s, b, 4)), g(flax_gn), rtol=1e-4, atol=1e-4)
+    norms = (nets.group_norm, nets._layers.group_norm_fused)
+
+    @_jit
+    def run(x, scale, bias):  # flax's and both norms' values and gradients in one compiled program
+        g = lambda f: jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), (0, 1, 2))(x, scale, bias)  # noqa: E731
+        return (flax_gn(x, scale, bias), g(flax_gn),
+                [(norm(x, scale, bias, 4), g(lambda x, s, b, norm=norm: norm(x, s, b, 4))) for norm in norms])
+
+    ref, ref_grad, results = run(x, scale, bias)
+    _finite((ref, ref_grad, results))
+    for value, grad in results:
+        chex.assert_trees_all_close(value, ref, rtol=1e-5, atol=1e-5)
+        chex.assert_trees_all_close(grad, ref_grad, rtol=1e-4, atol=1e-4)
