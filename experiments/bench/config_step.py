@@ -4,7 +4,7 @@ step, XLA's FLOP count and this machine's float32 matmul rate measured in the sa
     # the budget step, this tree against another checkout (e.g. `git worktree add /tmp/ref <commit>`), alternating
     python experiments/bench/config_step.py --config configs/fashion_mnist_budget_rf.py --ref /tmp/ref --rounds 2
     # the train-step compile time of every config in configs/ (one fresh process per config)
-    python experiments/bench/config_step.py --compile-all
+    python experiments/bench/config_step.py --compile-all [--pattern 'fashion_mnist_*.py']
 
 Every measurement runs in a fresh subprocess with ``PYTHONPATH`` set to the tree being measured, so two trees are
 compared in one run with the same interpreter, data and batch. One JSON line per measurement, then a table.
@@ -163,6 +163,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--steps", type=int, default=20, help="timed dispatches")
     p.add_argument("--compile-all", action="store_true", help="compile time of every config in configs/")
+    p.add_argument("--pattern", default="*.py", help="with --compile-all: the config files (glob in configs/)")
     p.add_argument("--compile-only", action="store_true")
     p.add_argument("--override", action="append", default=[], help="FIELD=VALUE (JSON value), repeatable")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -175,7 +176,7 @@ def main(argv=None):
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     if args.compile_all:
         rows = []
-        for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
+        for path in sorted(glob.glob(os.path.join(REPO, "configs", args.pattern))):
             name = os.path.relpath(path, REPO)
             if name.endswith(("__init__.py", "default.py")):
                 continue
