@@ -270,6 +270,8 @@ BAD = [
     (S.ancestral, "vp", dict(variance="learned"), "variance.*learned"),
     (S.ancestral, "subvp", {}, "sde.*SubVPSDE"),
     (S.ancestral, "vp", dict(num_steps=10), "num_steps=10.*beta"),
+    (S.ancestral, "vp", dict(num_steps=2), "num_steps=2 .*num_steps=1 .*ddim.*eta=1.0.*trailing"),
+    (S.ancestral, "vp", dict(num_steps=20), "num_steps=20 .*beta"),
     (S.ddim, "ve", {}, "sde.*VESDE"),
     (S.ddim, "vp", dict(num_steps=2000), "num_steps.*2000"),
     (S.ddim, "vp", dict(eta=-1.0), "eta.*-1.0"),
@@ -295,6 +297,38 @@ def test_unbatched_x_T_raises(sampler):
         sampler(jax.random.key(0), jnp.zeros((2,)), _no_trace, SDES["vp"])
     with pytest.raises(ValueError, match="score_fn"):
         sampler(jax.random.key(0), jnp.zeros((4, 2)), "not a function", SDES["vp"])
+
+
+# --------------------------------------------------------------------------- one step of the grid samplers
+
+ONE_STEP = [("ancestral", "vp", None), ("ancestral", "ve", None), ("ancestral", "cosine_vp", None),
+            ("ddim", "vp", "leading"), ("ddim", "vp", "trailing"), ("ddim", "vp", "linspace"),
+            ("ddim", "cosine_vp", "leading")]
+
+
+@pytest.mark.parametrize("name,sde_name,spacing", ONE_STEP)
+def test_one_step_grid_samplers_go_from_the_top_to_the_data(name, sde_name, spacing):
+    """One step of ancestral / DDIM is the one exact step from the chain's top level to the data: the posterior mean
+    E[x_0 | x] = (x + s^2 score(x, t)) / a at the top (ancestral: t = T; DDIM: the top step N - 1 of the sde.N grid,
+    for every spacing). Before: ancestral's 1-step chain was score-SDE's N = 1 discretization, beta_min or sigma_min
+    alone (about x_T returned), and DDIM's "leading" / "linspace" one step was step 0 (x_T returned)."""
+    sde, score_fn = SDES[sde_name], SCORES[sde_name]
+    x_T = _prior(sde, n=64)
+    if name == "ancestral":
+        out = S.ancestral(jax.random.key(3), x_T, score_fn, sde, num_steps=1)
+        t = sde.T
+        a, s = (float(v) for v in sde.marginal(jnp.float32(t)))
+    else:
+        out = S.ddim(jax.random.key(3), x_T, score_fn, sde, num_steps=1, spacing=spacing, eta=1.0)
+        grid = dj.discrete.ddpm_grid(sde)
+        t, abar = grid.time(grid.N - 1), float(grid.alpha_bars[grid.N - 1])
+        a, s = np.sqrt(abar), np.sqrt(1.0 - abar)
+    score = np.asarray(score_fn(x_T, jnp.full((64,), t)), np.float64)
+    expect = (np.asarray(x_T, np.float64) + s**2 * score) / a
+    assert bool(jnp.all(jnp.isfinite(out)))
+    # x + s^2 score cancels to about a x_0 (a(T) = 0.007 on VP): float32's rounding of x_T, amplified by 1 / a
+    np.testing.assert_allclose(out, expect, rtol=1e-4, atol=2e-6 * float(jnp.max(jnp.abs(x_T))) / a)
+    assert float(np.min(np.linalg.norm(np.asarray(x_T) - expect, axis=-1))) > 0.1  # x_T returned would fail
 
 
 # ------------------------------------------------------------------------------- step rules and defaults

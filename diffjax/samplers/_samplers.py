@@ -14,8 +14,9 @@ Conventions shared by all samplers:
   uniform in t, EDM's rho-grid on EDM's process whose time is sigma; the grids of :mod:`diffjax.samplers._grids`,
   checked before tracing); annealed Langevin runs its sigma grid but never evaluates the score below ``t_eps``.
   The grid samplers ancestral and DDIM evaluate the model at each grid step's own time (the time whose marginal
-  is that step's alpha-bar / sigma, step 0 included) and take no ``t_eps`` (it must be None). They need a process with a discrete chain (``sde.discrete_chain``: "ddpm" for
-  VP, "smld" for VE); any other process raises a ValueError naming the samplers that apply to every process.
+  is that step's alpha-bar / sigma, step 0 included) and take no ``t_eps`` (it must be None). They need a process
+  with a discrete chain (``sde.discrete_chain``: "ddpm" for VP, "smld" for VE); any other process raises a
+  ValueError naming the samplers that apply to every process.
 * Dtypes: the output has ``x_T``'s dtype; the solve runs in ``promote_types(x_T.dtype, float32)``. A bfloat16 or
   float16 ``x_T`` is cast to float32 on entry, the loop carry, times and coefficients are float32, ``score_fn`` is
   called with float32 ``x`` (a half-precision network casts its input itself, e.g. a Flax module's ``dtype``), and
