@@ -139,3 +139,31 @@ def test_cli_unknown_field_is_one_line_exit_2(tmp_path):
     assert r.stderr.startswith("diffjax: error: unknown config field 'sampling.snr'; did you mean "
                                "sampling.options.snr?"), r.stderr[-3000:]
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_main_in_process_parses_runs_and_reports_user_errors(capsys):
+    """``parse_flags`` + ``main`` as ``python -m diffjax.main`` calls them, in this process: describe runs; an unknown
+    field, a missing config file and a missing --workdir each exit with status 2 and one line."""
+    try:
+        argv = ["diffjax.main", "--config", TINY, "--mode", "describe", "--noprogress"]
+        dmain.parse_flags(argv)
+        dmain.main(argv)
+        out = capsys.readouterr().out
+        assert "parameters" in out and "sampler" in out
+        for bad, expected in [
+            (argv + ["--config.sampling.snr=0.1"], "sampling.options.snr"),
+            (["diffjax.main", "--config", os.path.join(REPO, "configs", "nonexistent.py")], "no such file"),
+        ]:
+            with pytest.raises(SystemExit) as e:
+                dmain.parse_flags(bad)
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and err.startswith("diffjax: error: ") and expected in err, err
+            assert err.count("\n") == 1
+        train = ["diffjax.main", "--config", TINY, "--mode", "train"]
+        dmain.parse_flags(train)
+        with pytest.raises(SystemExit) as e:
+            dmain.main(train)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--workdir is required for --mode train" in err
+    finally:
+        dmain.FLAGS.unparse_flags()
