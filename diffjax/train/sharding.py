@@ -14,6 +14,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from diffjax.train.step import multi_step
+
 __all__ = ["DATA_AXIS", "FSDP_AXIS", "make_mesh", "batch_sharding", "replicated", "param_spec", "state_shardings",
            "global_batch", "jit_train_step", "dispatch_train_steps", "check_batch_divisible"]
 
@@ -99,14 +101,6 @@ def dispatch_train_steps(train_step: Callable, mesh: Mesh, shardings: Any, *, do
     """
     single = jax.jit(train_step, in_shardings=(shardings, batch_sharding(mesh, stacked=False)),
                      out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,) if donate else ())
-
-    def steps(state, batches):
-        n = jax.tree.leaves(batches)[0].shape[0]
-        metrics = []
-        for i in range(n):
-            state, m = single(state, jax.tree.map(lambda a: a[i], batches))
-            metrics.append(m)
-        return state, jax.tree.map(lambda *ms: jax.numpy.stack(ms), *metrics)
-
+    steps = multi_step(single, unroll=True)  # outside jit: a Python loop of n dispatches of the compiled step
     steps.single = single
     return steps
