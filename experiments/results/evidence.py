@@ -211,7 +211,7 @@ def table(args) -> None:
         fds = np.array([r["frechet_distance"] for r in rs])
         spread = f"{fds.min():.2f}-{fds.max():.2f}" if len(fds) > 1 else "-"
         per = "; ".join(f"s{r['seed']}: {r['frechet_distance']:.2f} [{r['fd_interval'][0]:.2f}, "
-                        f"{r['fd_interval'][1]:.2f}]" for r in sorted(rs, key=lambda r: str(r["seed"])))
+                        f"{r['fd_interval'][1]:.2f}]" for r in sorted(rs, key=lambda r: r["seed"]))
         print(f"| {method} | {sampler} | {nfe} | {len(rs)} | {fds.mean():.2f} ({spread}) | {per} |")
 
 
@@ -225,7 +225,7 @@ def main(argv=None) -> None:
     s.add_argument("file")
     s.add_argument("--split", choices=SPLITS, required=True)
     s.add_argument("--method", required=True)
-    s.add_argument("--seed", default="")
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sampler", default="")
     s.add_argument("--nfe", type=int, default=0)
     s.add_argument("--chosen", action="store_true", help="the setting chosen on the validation split")
