@@ -198,8 +198,9 @@ class ProgressiveDistillation:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _ConsistencyModel:
-    """What the consistency methods share: one round of ``total_steps``, and :func:`consistency_sample` on
-    ``sample_steps`` times (``T``, then the Karras grid)."""
+    """What the consistency methods share: one round of ``total_steps``, a loss of the student's consistency
+    function (``_loss``: the method's), and :func:`consistency_sample` on ``sample_steps`` times (``T``, then the
+    Karras grid)."""
 
     total_steps: int
     sample_steps: int = 1
@@ -236,6 +237,14 @@ class _ConsistencyModel:
         with jax.ensure_compile_time_eval():
             grid = np.asarray(karras(process, k, eps))
         return tuple(float(v) for v in grid[:k])
+
+    def loss_fn(self, nets, process, round_index: int) -> Callable:
+        def loss_fn(params, key, batch):
+            k_loss, k_drop = jax.random.split(key)
+            student = nets.consistency_model(params, train=True, rng=k_drop)
+            return self._loss(k_loss, batch, student, nets, process, params, k_drop)
+
+        return loss_fn
 
     def sampler(self, nets, process, round_index: int) -> Callable:
         times = self.sample_times(process)
@@ -279,18 +288,11 @@ class ConsistencyDistillation(_ConsistencyModel):
         return dict(num_scales=self.num_scales, ode_step=self.ode_step, metric=self.metric, weighting=self.weighting,
                     t_eps=self.t_eps)
 
-    def loss_fn(self, nets, process, round_index: int) -> Callable:
-        kw = self._loss_kwargs()
-
-        def loss_fn(params, key, batch):
-            k_loss, k_drop = jax.random.split(key)
-            student = nets.consistency_model(params, train=True, rng=k_drop)
-            target_params = params if self.target_ema == 0 else batch["aux"]["target"]
-            target = nets.consistency_model(target_params, train=True, rng=k_drop)
-            teacher = nets.teacher_score(batch["aux"]["teacher"])
-            return cd_loss(k_loss, batch["x"], student, target, teacher, process, **kw), {}
-
-        return loss_fn
+    def _loss(self, key, batch, student, nets, process, params, k_drop):
+        target_params = params if self.target_ema == 0 else batch["aux"]["target"]
+        target = nets.consistency_model(target_params, train=True, rng=k_drop)
+        teacher = nets.teacher_score(batch["aux"]["teacher"])
+        return cd_loss(key, batch["x"], student, target, teacher, process, **self._loss_kwargs()), {}
 
     def check(self, process, x0) -> None:
         kw = self._loss_kwargs()
@@ -330,17 +332,11 @@ class ConsistencyTraining(_ConsistencyModel):
                     p_mean=self.p_mean, p_std=self.p_std, metric=self.metric, weighting=self.weighting,
                     t_eps=self.t_eps)
 
-    def loss_fn(self, nets, process, round_index: int) -> Callable:
+    def _loss(self, key, batch, student, nets, process, params, k_drop):
         kw = self._loss_kwargs()
-
-        def loss_fn(params, key, batch):
-            k_loss, k_drop = jax.random.split(key)
-            student = nets.consistency_model(params, train=True, rng=k_drop)
-            loss = ct_loss(k_loss, batch["x"], student, process, step=batch["step"], **kw)
-            num = ict_num_scales(batch["step"], total_steps=kw["total_steps"], s0=self.s0, s1=self.s1)
-            return loss, {"num_scales": num.astype(jnp.float32)}
-
-        return loss_fn
+        loss = ct_loss(key, batch["x"], student, process, step=batch["step"], **kw)
+        num = ict_num_scales(batch["step"], total_steps=kw["total_steps"], s0=self.s0, s1=self.s1)
+        return loss, {"num_scales": num.astype(jnp.float32)}
 
     def check(self, process, x0) -> None:
         kw = self._loss_kwargs()
