@@ -1,7 +1,7 @@
 """Few-step generation from the command line: progressive distillation, consistency distillation and consistency
 training (``config.distill``, one :class:`~diffjax.distill.DistillMethod` object built by
-:func:`diffjax.config_lib.distill_method`), trained with the diffusion run's machinery (:class:`~diffjax.run.Run`'s mesh,
-model, optimizer, EMA schedule and checkpoints, :func:`~diffjax.train.make_train_step`,
+:func:`diffjax.config_lib.distill_method`), trained with the diffusion run's machinery (:class:`~diffjax.run.Run`'s
+mesh, model, optimizer, EMA schedule and checkpoints, :func:`~diffjax.train.make_train_step`,
 :func:`~diffjax.train.train_loop`, the workdir lock) and sampled with their distilled step counts.
 
 The state is a :class:`DistillState`: the student's :class:`~diffjax.train.TrainState` plus ``aux``, the frozen

@@ -66,7 +66,8 @@ def _as_json(config) -> dict:
 
 
 def _distill_method(current: dict):
-    """The few-step method of the config ``current`` (a nested dict), or None (:func:`~diffjax.config_lib.distill_method`)."""
+    """The few-step method of the config ``current`` (a nested dict), or None
+    (:func:`~diffjax.config_lib.distill_method`)."""
     import ml_collections
     from diffjax import config_lib as cl
     return cl.distill_method(ml_collections.ConfigDict(current))
