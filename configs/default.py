@@ -4,7 +4,43 @@ Defaults: score-SDE's CIFAR-10 DDPM++ (VP, continuous) setup.
 """
 import ml_collections
 
-from diffjax import config_lib
+# The samplers' keyword options that sampling.options can set, per sampling.method, in the order of the samplers'
+# signatures, with the type a command-line value is parsed as (object: any Python literal, else a string; str also
+# for a name that diffjax.config_lib resolves: a solver, a time grid, a corrector). diffjax.config_lib reads the
+# same from the signatures (config_lib.sampler_options(method)) and checks the options that are set against the
+# chosen sampler; the tests keep this table equal to it. Configs do not import the library.
+SAMPLER_OPTIONS = {
+    "ancestral": dict(variance=object),
+    "annealed_langevin": dict(n_steps_each=int, step_lr=float, denoise=bool),
+    "ddim": dict(eta=float, spacing=str, variance=object, clip_x0=bool),
+    "dpm_solver": dict(order=int, method=str, sde_variant=bool, lower_order_final=bool, time_grid=str, denoise=bool),
+    "edm_heun": dict(time_grid=str, s_churn=float, s_tmin=float, s_tmax=float, s_noise=float, denoise=bool),
+    "euler_maruyama": dict(time_grid=str, denoise=bool),
+    "ode_adaptive": dict(rtol=float, atol=float, solver=str, max_steps=int, denoise=bool),
+    "ode_euler": dict(time_grid=str, denoise=bool),
+    "ode_heun": dict(time_grid=str, denoise=bool),
+    "pc": dict(time_grid=str, corrector=str, snr=float, n_corrector_steps=int, denoise=bool),
+    "reverse_diffusion": dict(time_grid=str, denoise=bool),
+    "unipc": dict(order=int, variant=str, lower_order_final=bool, time_grid=str, denoise=bool),
+}
+
+
+class SamplerOptions(ml_collections.ConfigDict):
+    """``sampling.options``: a ``None`` placeholder of its type per option of every sampler (the sampler's default
+    until set). A name that is no option raises ``KeyError`` listing them all, so ``--config.sampling.options.etaa=1``
+    fails while the flags are parsed, naming the options."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and "." not in key and key not in self:
+            listing = "; ".join(f"{m}: {', '.join(o)}" for m, o in sorted(SAMPLER_OPTIONS.items()))
+            raise KeyError(f"sampling.options.{key} is not an option of any sampler; the options of each "
+                           f"sampling.method are: {listing}")
+        return super().__getitem__(key)
+
+
+def sampler_options() -> SamplerOptions:
+    types = {name: typ for options in SAMPLER_OPTIONS.values() for name, typ in options.items()}
+    return SamplerOptions({name: ml_collections.config_dict.placeholder(types[name]) for name in sorted(types)})
 
 
 def get_config():
@@ -54,9 +90,8 @@ def get_config():
     sampling.num_steps = 0                   # 0: the sampler's published default
     sampling.t_eps = 0.0                     # 0: the sampler's default
     # The samplers' keyword options (eta, snr, rtol, ...), each None (the sampler's default) until set, e.g.
-    # --config.sampling.options.eta=1.0; an option the chosen sampler lacks is an error. The fields come from the
-    # samplers' signatures: config_lib.sampler_options(method) lists a sampler's.
-    sampling.options = config_lib.sampler_options_config()
+    # --config.sampling.options.eta=1.0; an option the chosen sampler lacks is an error (SAMPLER_OPTIONS above)
+    sampling.options = sampler_options()
     sampling.ema_sigma_rel = 0.0             # > 0: sample the post-hoc EMA of this length (needs posthoc_ema_freq)
     sampling.guidance_scale = 0.0            # classifier-free guidance w (class-conditional models)
     sampling.classifier_scale = 0.0          # classifier guidance scale (0: off); labels y = arange(n) % classes

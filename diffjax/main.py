@@ -78,9 +78,10 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
         if mode != "train":
             raise ValueError(f"config.task='noisy_classifier' supports --mode train only, got --mode {mode}")
         return dr.train_noisy_classifier(config, workdir)
-    if config.get("distill") and config.distill.method and mode != "stats":  # a few-step student
+    method = cl.distill_method(config)
+    if method is not None and mode != "stats":  # a few-step student
         if mode not in ("train", "sample"):
-            raise ValueError(f"distill.method={config.distill.method!r} supports --mode train and sample, got {mode}")
+            raise ValueError(f"distill.method={method.name!r} supports --mode train and sample, got {mode}")
         return dr.train_distill(config, workdir, progress=progress) if mode == "train" else dr.sample_distill(
             config, workdir)
     if mode == "train":

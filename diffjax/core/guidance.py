@@ -7,6 +7,8 @@
   (Ho & Salimans 2022): ``(1 + w) s(x, t, y) - w s(x, t, null)``.
 * :func:`with_label` binds ``y`` so that a conditional ``score_fn(x, t, y)`` drives any sampler as
   ``score_fn(x, t)``.
+* All three keep a learned variance: given a :class:`~diffjax.LearnedVarianceScore` they return one, whose ``v`` is
+  the guided model's own (the conditional model's under classifier-free guidance, as in GLIDE).
 * :func:`noisy_classifier_loss` trains the noise-conditional classifier of :func:`classifier_guidance` on any
   process: cross-entropy of ``logits_fn(x_t, t)`` on ``x_t = a(t) x_0 + s(t) eps``, ``t ~ U[t_eps, T)``.
 
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_nonnegative
+from diffjax.core.learned_variance import as_score_fn, score_and_v
 from diffjax.core.weighting import uniform_time
 
 __all__ = ["classifier_guidance", "classifier_free_guidance", "with_label", "noisy_classifier_loss",
@@ -41,7 +44,7 @@ def classifier_guidance(score_fn: ScoreFn, classifier_logp_fn, *, scale: float =
     .. math:: s(x, t, y) = s_\\theta(x, t) + \\lambda \\nabla_x \\log \\mathrm{softmax}(c_\\phi(x, t))_y
 
     Args:
-      score_fn: unconditional ``score_fn(x, t)``.
+      score_fn: unconditional ``score_fn(x, t)`` (a :class:`~diffjax.LearnedVarianceScore`: ``v`` is kept).
       classifier_logp_fn: noise-conditional classifier ``(x, t) -> logits (batch, classes)`` (unnormalized
         log-probabilities; they are log-softmaxed). Examples must not interact (no batch statistics), since the
         gradient is taken of the batch sum.
@@ -61,9 +64,10 @@ def classifier_guidance(score_fn: ScoreFn, classifier_logp_fn, *, scale: float =
             logp = jax.nn.log_softmax(classifier_logp_fn(x, t), axis=-1)
             return jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
-        return score_fn(x, t) + scale * jax.grad(log_p_y)(x).astype(x.dtype)
+        s, v = score_and_v(score_fn, x, t)
+        return s + scale * jax.grad(log_p_y)(x).astype(x.dtype), v
 
-    return guided
+    return as_score_fn(guided, like=score_fn)
 
 
 def classifier_free_guidance(cond_score_fn, *, guidance_scale: float, null_label):
@@ -72,7 +76,8 @@ def classifier_free_guidance(cond_score_fn, *, guidance_scale: float, null_label
     .. math:: s(x, t, y) = (1 + w)\\, s_\\theta(x, t, y) - w\\, s_\\theta(x, t, \\varnothing)
 
     Args:
-      cond_score_fn: ``cond_score_fn(x, t, y)``, trained with label dropout to ``null_label``.
+      cond_score_fn: ``cond_score_fn(x, t, y)``, trained with label dropout to ``null_label`` (a
+        :class:`~diffjax.LearnedVarianceScore`: ``v`` of the conditional evaluation is kept).
       guidance_scale: ``w >= 0``; 0 is the plain conditional score.
       null_label: the label that means "unconditional" (e.g. ``num_classes``), broadcast like ``y``.
 
@@ -87,19 +92,21 @@ def classifier_free_guidance(cond_score_fn, *, guidance_scale: float, null_label
     def guided(x, t, y):
         y = jnp.asarray(y)
         null = jnp.broadcast_to(jnp.asarray(null_label, y.dtype), y.shape)
-        return (1.0 + w) * cond_score_fn(x, t, y) - w * cond_score_fn(x, t, null)
+        s, v = score_and_v(cond_score_fn, x, t, y)
+        return (1.0 + w) * s - w * cond_score_fn(x, t, null), v
 
-    return guided
+    return as_score_fn(guided, like=cond_score_fn)
 
 
 def with_label(score_fn, y):
-    """Bind the condition: ``score_fn(x, t, y) -> score_fn(x, t)`` for the samplers (``y``: ``()`` or ``(batch,)``)."""
+    """Bind the condition: ``score_fn(x, t, y) -> score_fn(x, t)`` for the samplers (``y``: ``()`` or ``(batch,)``;
+    a :class:`~diffjax.LearnedVarianceScore` stays one)."""
     _check_callable("score_fn", score_fn, "score_fn(x, t, y)")
 
     def bound(x, t):
-        return score_fn(x, t, y)
+        return score_and_v(score_fn, x, t, y)
 
-    return bound
+    return as_score_fn(bound, like=score_fn)
 
 
 def _check_labels(x0, y):

@@ -6,7 +6,9 @@ log-variance between ``log beta_i`` and ``log beta_tilde_i`` (eq. 15). The sampl
 ``score_and_v(x, t) -> (score, v)`` from one network evaluation. The grid samplers
 (:func:`diffjax.samplers.ancestral`, :func:`diffjax.samplers.ddim`) ask for it with ``variance="learned"`` (their
 default when it is there); x0-range transforms (:func:`diffjax.clip_denoised`, :func:`diffjax.dynamic_threshold`)
-keep it.
+and the guidance transforms (:func:`diffjax.classifier_guidance`, :func:`diffjax.classifier_free_guidance`,
+:func:`diffjax.with_label`) keep it. A transform of the score is written once for both kinds of ``score_fn``: it reads
+``(score, v)`` with :func:`score_and_v` and returns :func:`as_score_fn` of its result, ``v`` passed through.
 """
 from __future__ import annotations
 
@@ -46,3 +48,22 @@ class LearnedVarianceScore:
 def has_learned_variance(score_fn) -> bool:
     """Whether ``score_fn`` offers ``score_and_v(x, t)`` (a :class:`LearnedVarianceScore` or the like)."""
     return callable(getattr(score_fn, "score_and_v", None))
+
+
+def score_and_v(score_fn, x, t, *args):
+    """``(score, v)`` of any ``score_fn`` from one evaluation; ``v`` is ``None`` without a learned variance."""
+    if has_learned_variance(score_fn):
+        return score_fn.score_and_v(x, t, *args)
+    return score_fn(x, t, *args), None
+
+
+def as_score_fn(fn: Callable, *, like) -> Callable:
+    """The score function of ``fn(x, t, ...) -> (score, v)``, of the kind of ``like``: a
+    :class:`LearnedVarianceScore` (``v`` kept) when ``like`` has a learned variance, else ``fn``'s score alone."""
+    if has_learned_variance(like):
+        return LearnedVarianceScore(fn)
+
+    def score(*args):
+        return fn(*args)[0]
+
+    return score

@@ -11,9 +11,14 @@ Consistency models (Song et al. 2023; iCT, Song & Dhariwal 2024): :func:`consist
 exactly, on any process), :func:`cd_loss` (distillation, Algorithm 2), :func:`ct_loss` (training, Algorithm 3 with
 iCT's curriculum :func:`ict_num_scales`, log-normal noise levels, :func:`ict_weight`, :func:`pseudo_huber`),
 :func:`consistency_sample` (one step and multistep, Algorithm 1); metrics :func:`pseudo_huber`, :func:`squared_l2`.
+
+Each method as one object (:mod:`diffjax.distill.methods`, the contract :class:`DistillMethod`): its loss, its sampler,
+its rounds and its state, over the networks a run provides (:class:`DistillNetworks`):
+:class:`ProgressiveDistillation`, :class:`ConsistencyDistillation`, :class:`ConsistencyTraining`.
 """
 from diffjax.distill.progressive import *  # noqa: F401,F403
 from diffjax.distill.consistency import *  # noqa: F401,F403
-from diffjax.distill import consistency, progressive
+from diffjax.distill.methods import *  # noqa: F401,F403
+from diffjax.distill import consistency, methods, progressive
 
-__all__ = progressive.__all__ + consistency.__all__
+__all__ = progressive.__all__ + consistency.__all__ + methods.__all__

@@ -1,13 +1,16 @@
 """Few-step generation from the command line: progressive distillation, consistency distillation and consistency
-training (``config.distill.method``), trained with the diffusion run's machinery (:class:`~diffjax.run.Run`'s mesh,
-model, optimizer, EMA schedule and checkpoints, :func:`~diffjax.train.make_train_step`,
+training (``config.distill``, one :class:`~diffjax.distill.DistillMethod` object built by
+:func:`diffjax.config_lib.distill_method`), trained with the diffusion run's machinery (:class:`~diffjax.run.Run`'s
+mesh, model, optimizer, EMA schedule and checkpoints, :func:`~diffjax.train.make_train_step`,
 :func:`~diffjax.train.train_loop`, the workdir lock) and sampled with their distilled step counts.
 
 The state is a :class:`DistillState`: the student's :class:`~diffjax.train.TrainState` plus ``aux``, the frozen
-networks the loss reads (``aux["teacher"]``: the round's teacher of progressive distillation, the loaded teacher of
-consistency distillation; ``aux["target"]``: consistency distillation's EMA target when ``distill.target_ema > 0``;
-a scalar placeholder where unused) and ``round`` (progressive). All of it is checkpointed, so a restarted run
-continues the same round and step exactly.
+networks the method's loss reads (``aux["teacher"]``: the round's teacher of progressive distillation, the loaded
+teacher of consistency distillation; ``aux["target"]``: consistency distillation's EMA target when
+``distill.target_ema > 0``; a scalar placeholder where unused; the method makes and updates it) and ``round``
+(progressive). All of it is checkpointed, so a restarted run continues the same round and step exactly. The
+:class:`Distiller` is the method's :class:`~diffjax.distill.DistillNetworks`: it builds the networks, the method
+uses them.
 
 Networks (the student is ``cl.build_model(config)``, the teacher's architecture):
 
@@ -67,10 +70,6 @@ def _jit_cache(key) -> dict:
     return _JIT_CACHE.setdefault(key, {})
 
 
-def _placeholder():
-    return jnp.zeros((), jnp.float32)
-
-
 def load_config_file(path: str):
     """``get_config()`` of a Python config file (``distill.teacher_config``)."""
     if not os.path.isfile(path):
@@ -100,15 +99,13 @@ class Distiller:
         from diffjax.run._run import Run
         cl.validate_distill(config, external_teacher=teacher_score_fn is not None or sampling)
         self.config, self.workdir, self.d = config, workdir, config.distill
-        self.method = self.d.method
+        self.method = cl.distill_method(config)
         self.run = Run(config, workdir, read_only=sampling)
         self.sde, self.model, self.optimizer = self.run.sde, self.run.model, self.run.optimizer
-        self.opts = cl.distill_options(config)
-        self.total_steps = cl.distill_total_steps(config)
-        self.rounds = cl.distill_rounds(config) if self.method == "progressive" else 1
+        self.total_steps, self.rounds = self.method.total_steps, self.method.rounds
         self.external_teacher = teacher_score_fn
         self.teacher_config = None
-        if self.method != "consistency_training" and teacher_score_fn is None:
+        if self._has_loaded_teacher():
             path = self.d.teacher_config
             self.teacher_config = load_config_file(path) if path else config
             cl.validate(self.teacher_config)
@@ -120,10 +117,7 @@ class Distiller:
                                  f"{self.teacher_config.training.sde!r} and model.* fields) differs from this "
                                  f"config's (training.sde={config.training.sde!r}); the student uses the teacher's")
             self.teacher_model = cl.build_model(self.teacher_config)
-        self.student_config = config
-        if self.method == "progressive" and self.d.parameterization:
-            self.student_config = config.copy_and_resolve_references()
-            self.student_config.model.parameterization = self.d.parameterization
+        self.student_config = cl.distill_student_config(config)
         self._teacher_params = None
         abstract = jax.eval_shape(self._fresh_abstract)
         self.shardings = tr.state_shardings(self.run.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
@@ -140,9 +134,11 @@ class Distiller:
         score_fn = cl.build_score_fn(cfg, model, self.sde, params, train=train, rng=rng)
         return lambda x, t: core.x0_from_score(score_fn(x, t), x, t, self.sde)
 
-    def student_x0_fn(self, params, *, train=False, rng=None):
+    def student_x0(self, params, *, train=False, rng=None):
         """Progressive distillation: the student's ``x0(x, t)``."""
         return self._x0_fn(self.student_config, self.model, params, train=train, rng=rng)
+
+    student_x0_fn = student_x0
 
     def consistency_model(self, params, *, train=False, rng=None):
         """Consistency models: ``f(x, t)`` of the student network with ``params`` (module docstring)."""
@@ -154,28 +150,18 @@ class Distiller:
             return self.model.apply({"params": params}, x_in, c_noise, train=False)
 
         return distill.consistency_fn(raw, self.sde, sigma_data=float(self.config.model.sigma_data),
-                                      t_eps=self.opts["t_eps"])
+                                      t_eps=self.method.t_eps)
 
-    def _teacher_score_fn(self, params):
+    def teacher_score(self, params):
+        """The teacher's ``score_fn(x, t)``: the given function, or the loaded teacher's network with ``params``."""
         from diffjax import config_lib as cl
         if self.external_teacher is not None:
             return self.external_teacher
         return cl.build_score_fn(self.teacher_config, self.teacher_model, self.sde, params)
 
-    def _teacher_x0_fn(self, params, round_index):
-        """The teacher's ``x0(x, t)`` in round ``round_index`` (static)."""
-        from diffjax import core
-        if round_index > 0:
-            return self.student_x0_fn(params)
-        score_fn = self._teacher_score_fn(params)
-        return lambda x, t: core.x0_from_score(score_fn(x, t), x, t, self.sde)
-
     def num_student_steps(self, round_index: int) -> int:
-        return int(self.d.start_steps) // 2 ** (int(round_index) + 1)
-
-    def round_start(self, round_index: int) -> int:
-        """The step at which round ``round_index`` starts (0 for the consistency models, which have one)."""
-        return int(round_index) * int(self.d.steps_per_round) if self.method == "progressive" else 0
+        """Progressive distillation: the student's DDIM steps in round ``round_index``."""
+        return self.method.num_student_steps(round_index)
 
     # --------------------------------------------------------------------------------------------- state
 
@@ -204,12 +190,12 @@ class Distiller:
         return self._teacher_params
 
     def _has_loaded_teacher(self):
-        return self.method != "consistency_training" and self.external_teacher is None
+        return self.method.needs_teacher and self.external_teacher is None
 
     def _init_from_teacher(self):
-        if not self._has_loaded_teacher():
-            return False
-        return self.method == "progressive" or self.teacher_config.model.parameterization == "edm"
+        from diffjax import config_lib as cl
+        return self._has_loaded_teacher() and self.method.starts_from_teacher(
+            cl.edm_preconditioned(self.teacher_config))
 
     def _fresh_abstract(self):
         return self._fresh(jax.random.key(0), None)
@@ -218,25 +204,19 @@ class Distiller:
         """The state at step 0 (``teacher_params``: the loaded teacher's, or None for shapes / no teacher)."""
         from diffjax import train as tr
         train = self.run._create(key)
+        teacher = None  # no teacher network: the method fills its slot
         if self._has_loaded_teacher():
-            if teacher_params is None:  # shapes only
-                teacher_params = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                    lambda: tr.init_params(jax.random.key(0), self.teacher_model,
-                                           self._teacher_input_shape())))
             teacher = teacher_params
-        elif self.method == "progressive":  # a pure teacher function in round 1; later rounds' teachers are students
-            teacher = train.params
-        else:
-            teacher = _placeholder()
+            if teacher is None:  # shapes only
+                teacher = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                    lambda: tr.init_params(jax.random.key(0), self.teacher_model, self._teacher_input_shape())))
         if self._init_from_teacher():
             if jax.tree.structure(teacher) != jax.tree.structure(train.params) or any(
                     a.shape != b.shape for a, b in zip(jax.tree.leaves(teacher), jax.tree.leaves(train.params))):
                 raise ValueError("the student starts from the teacher, so model.* must give the teacher's network "
                                  "(distill.teacher_config's model.name / model.overrides)")
             train = self._restart(train, teacher)
-        target = train.params if self.method == "consistency_distillation" and self.d.target_ema > 0 \
-            else _placeholder()
-        return DistillState(train=train, aux={"teacher": teacher, "target": target},
+        return DistillState(train=train, aux=self.method.initial_aux(train.params, teacher),
                             round=jnp.zeros((), jnp.int32))
 
     def _teacher_input_shape(self):
@@ -260,7 +240,7 @@ class Distiller:
         become the teacher and the new student's initialisation."""
         def advance(state):
             p = state.train.ema_params
-            return DistillState(train=self._restart(state.train, p), aux=dict(state.aux, teacher=p),
+            return DistillState(train=self._restart(state.train, p), aux=self.method.next_round_aux(state.aux, p),
                                 round=jnp.asarray(round_index, jnp.int32))
         if ("advance", round_index) not in self._jit_cache:
             self._jit_cache["advance", round_index] = jax.jit(advance, out_shardings=self.shardings)
@@ -274,39 +254,11 @@ class Distiller:
     # ---------------------------------------------------------------------------------------- the step
 
     def loss_fn(self, round_index: int = 0) -> Callable:
-        """``loss_fn(params, key, batch) -> (loss, aux)`` with ``batch = {"x", "aux", "step"}``: the distillation
-        objective with ``key_loss, key_dropout = jax.random.split(key)``; ``key_loss`` goes to
-        :func:`~diffjax.distill.pd_loss` / :func:`~diffjax.distill.cd_loss` / :func:`~diffjax.distill.ct_loss`
-        unchanged."""
-        from diffjax import distill
-        o = self.opts
-        if self.method == "progressive":
-            n = self.num_student_steps(round_index)
-
-            def loss_fn(params, key, batch):
-                k_loss, k_drop = jax.random.split(key)
-                student = self.student_x0_fn(params, train=True, rng=k_drop)
-                teacher = self._teacher_x0_fn(batch["aux"]["teacher"], round_index)
-                loss = distill.pd_loss(k_loss, batch["x"], student, teacher, self.sde, num_student_steps=n,
-                                       t_eps=o["t_eps"], time_grid=o["time_grid"])
-                return loss, {"round": jnp.float32(round_index + 1), "student_steps": jnp.float32(n)}
-        elif self.method == "consistency_distillation":
-            def loss_fn(params, key, batch):
-                k_loss, k_drop = jax.random.split(key)
-                student = self.consistency_model(params, train=True, rng=k_drop)
-                target_params = params if self.d.target_ema == 0 else batch["aux"]["target"]
-                target = self.consistency_model(target_params, train=True, rng=k_drop)
-                teacher = self._teacher_score_fn(batch["aux"]["teacher"])
-                return distill.cd_loss(k_loss, batch["x"], student, target, teacher, self.sde, **o["cd"]), {}
-        else:
-            def loss_fn(params, key, batch):
-                k_loss, k_drop = jax.random.split(key)
-                student = self.consistency_model(params, train=True, rng=k_drop)
-                loss = distill.ct_loss(k_loss, batch["x"], student, self.sde, step=batch["step"], **o["ct"])
-                num = distill.ict_num_scales(batch["step"], total_steps=o["ct"]["total_steps"], s0=o["ct"]["s0"],
-                                             s1=o["ct"]["s1"])
-                return loss, {"num_scales": num.astype(jnp.float32)}
-        return loss_fn
+        """``loss_fn(params, key, batch) -> (loss, aux)`` with ``batch = {"x", "aux", "step"}``: the method's
+        objective (:meth:`~diffjax.distill.DistillMethod.loss_fn`) with ``key_loss, key_dropout =
+        jax.random.split(key)``; ``key_loss`` goes to :func:`~diffjax.distill.pd_loss` /
+        :func:`~diffjax.distill.cd_loss` / :func:`~diffjax.distill.ct_loss` unchanged."""
+        return self.method.loss_fn(self, self.sde, round_index)
 
     def train_step(self, round_index: int = 0) -> Callable:
         """``step(state, batch) -> (state, metrics)`` on a :class:`DistillState` (unjitted, one batch).
@@ -319,16 +271,12 @@ class Distiller:
         from diffjax import train as tr
         inner = tr.make_train_step(self.loss_fn(round_index), self.optimizer, ema_rate=cl.build_ema_decay(self.config),
                                    posthoc_sigma_rels=self.run.posthoc_sigma_rels,
-                                   ema_start=self.round_start(round_index))
-        mu = float(self.d.target_ema)
+                                   ema_start=self.method.round_start(round_index))
 
         def step(state, batch):
             batch = {"x": batch["x"], "aux": state.aux, "step": state.train.step}
             train, metrics = inner(state.train, batch)
-            aux = state.aux
-            if self.method == "consistency_distillation" and mu > 0:
-                aux = dict(aux, target=tr.ema_update(aux["target"], train.params, mu))
-            return state.replace(train=train, aux=aux), metrics
+            return state.replace(train=train, aux=self.method.update_aux(state.aux, train.params)), metrics
 
         return step
 
@@ -342,34 +290,25 @@ class Distiller:
     # -------------------------------------------------------------------------------------------- sampling
 
     def sample(self, params, key, n, *, round_index: Optional[int] = None):
-        """``n`` samples (host numpy) of the student with ``params``: progressive: :func:`~diffjax.distill.pd_sample`
-        with the round's student steps (default: the last round's, ``distill.final_steps``); consistency:
-        :func:`~diffjax.distill.consistency_sample` on ``distill.sample_steps`` times (default one step)."""
+        """``n`` samples (host numpy) of the student with ``params`` after round ``round_index`` (default: the
+        last): the method's sampler (progressive: :func:`~diffjax.distill.pd_sample` with the round's student steps;
+        consistency: :func:`~diffjax.distill.consistency_sample` on ``distill.sample_steps`` times)."""
         from diffjax import config_lib as cl
-        from diffjax import distill
         r = self.rounds - 1 if round_index is None else int(round_index)
         cache_key = ("sample", n, r)
         if cache_key not in self._jit_cache:
             shape = cl.input_shape(self.config, n)
-            times = None if self.method == "progressive" else self.opts["sample_times"](self.sde)
+            sample = self.method.sampler(self, self.sde, r)
 
             def run(params, key):
                 k_prior, k_s = jax.random.split(key)
-                x_T = self.sde.prior_sample(k_prior, shape)
-                if self.method == "progressive":
-                    return distill.pd_sample(k_s, x_T, self.student_x0_fn(params), self.sde,
-                                             num_steps=self.num_student_steps(r), t_eps=self.opts["t_eps"],
-                                             time_grid=self.opts["time_grid"])
-                return distill.consistency_sample(k_s, x_T, self.consistency_model(params), self.sde, steps=times,
-                                                  t_eps=self.opts["t_eps"])
+                return sample(params, k_s, self.sde.prior_sample(k_prior, shape))
 
             self._jit_cache[cache_key] = jax.jit(run)
         return np.asarray(self._jit_cache[cache_key](params, key))
 
     def describe_sampler(self, round_index):
-        if self.method == "progressive":
-            return f"{self.num_student_steps(round_index)}-step DDIM (pd_sample)"
-        return f"{int(self.d.sample_steps)}-step consistency sampling"
+        return self.method.describe_sampler(round_index)
 
 
 def train_distill(config, workdir, *, progress: bool = True, teacher_score_fn: Optional[Callable] = None):
@@ -391,10 +330,9 @@ def _train(config, workdir, *, progress, teacher_score_fn):
     state, step = dist.restore()
     if state is None:
         state = dist.fresh_state()
-        print(f"starting {config.distill.method} in {workdir}", flush=True)
+        print(f"starting {dist.method.name} in {workdir}", flush=True)
     else:
-        print(f"resuming {config.distill.method} from step {step} (round {int(state.round) + 1}) in {workdir}",
-              flush=True)
+        print(f"resuming {dist.method.name} from step {step} (round {int(state.round) + 1}) in {workdir}", flush=True)
 
     def get_batches(step, n):
         return tr.global_batch(data.batches(step, n), dist.run.mesh)
@@ -402,16 +340,14 @@ def _train(config, workdir, *, progress, teacher_score_fn):
     key = jax.random.key(config.seed)
     is_toy = cl.is_toy(config)
     reference = data.sample(jax.random.fold_in(key, 2), config.sampling.snapshot_num) if is_toy else None
-    spr = int(config.distill.steps_per_round) if dist.method == "progressive" else dist.total_steps
     for r in range(dist.rounds):
-        end = (r + 1) * spr
+        end = dist.method.round_end(r)
         if int(jax.device_get(state.step)) >= end:
             continue
         if int(jax.device_get(state.round)) < r:
             state = dist.next_round(state, r)
-        if dist.method == "progressive":
-            print(f"round {r + 1}/{dist.rounds}: {2 * dist.num_student_steps(r)} teacher steps -> "
-                  f"{dist.num_student_steps(r)} student steps", flush=True)
+        if dist.method.describe_round(r):
+            print(dist.method.describe_round(r), flush=True)
 
         def snapshot(state, step, r=r):
             x = dist.sample(state.train.ema_params, jax.random.fold_in(jax.random.fold_in(key, 1), step),

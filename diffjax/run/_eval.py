@@ -82,9 +82,13 @@ def build_feature_net(config):
 def reference_statistics(config, workdir, *, feature_net=None) -> dict:
     """Reference statistics (``mu``, ``sigma``, ``features``) of ``eval.reference_split`` under the feature net,
     computed once (resumably) and cached in ``eval.stats_dir`` (``""``: ``WORKDIR/stats``)."""
+    validate_eval(config)
+    return _reference_statistics(config, workdir, feature_net=feature_net)
+
+
+def _reference_statistics(config, workdir, *, feature_net=None) -> dict:
     from diffjax import config_lib as cl
     from diffjax.eval import stats
-    validate_eval(config)
     if cl.is_toy(config):
         raise ValueError(f"data.dataset={config.data.dataset!r} is a toy dataset: it has no reference statistics "
                          f"(--mode eval compares samples with fresh draws of the distribution)")
@@ -125,9 +129,13 @@ def evaluate_images(config, workdir, images_uint8, *, feature_net=None, referenc
         ``{"frechet_distance", "kid", "kid_std", "classifier_score" | "inception_score", ..._std, "num_samples",
         "feature_net"}``.
     """
+    validate_eval(config)
+    return _evaluate_images(config, workdir, images_uint8, feature_net=feature_net, reference=reference)
+
+
+def _evaluate_images(config, workdir, images_uint8, *, feature_net=None, reference=None) -> dict:
     from diffjax import config_lib as cl
     from diffjax.eval import evaluate as ev
-    validate_eval(config)
     images = np.asarray(images_uint8)
     want = cl.input_shape(config, images.shape[0] if images.ndim else 0)[1:]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != tuple(want):
@@ -136,7 +144,7 @@ def evaluate_images(config, workdir, images_uint8, *, feature_net=None, referenc
     if images.shape[0] < 2:
         raise ValueError(f"images_uint8 needs >= 2 images, got {images.shape[0]}")
     fnet = build_feature_net(config) if feature_net is None else feature_net
-    ref = reference_statistics(config, workdir, feature_net=fnet) if reference is None else reference
+    ref = _reference_statistics(config, workdir, feature_net=fnet) if reference is None else reference
     e = config.eval
     feats, logits = fnet.fn(images)
     out = ev.image_metrics(feats, logits, ref, score_name=fnet.score_name, kid_subsets=int(e.kid_subsets),
@@ -315,7 +323,7 @@ def evaluate(config, workdir, *, progress: bool = True):
     from diffjax import config_lib as cl
     from diffjax.eval.evaluate import write_json_atomic
     validate_eval(config)
-    cl.validate(config)
+    cl.validate(config)  # before anything is read; Run's check of the same config then returns at once
     e = config.eval
     toy = cl.is_toy(config)
     fnet = None if toy else build_feature_net(config)  # fails fast (missing weights) before any sampling
@@ -332,7 +340,7 @@ def evaluate(config, workdir, *, progress: bool = True):
         metrics = {"energy_distance": float(energy_distance(x, truth)), "mmd": float(mmd_rbf(x, truth)),
                    "num_samples": len(x)}
     else:
-        metrics = evaluate_images(config, workdir, x, feature_net=fnet)
+        metrics = _evaluate_images(config, workdir, x, feature_net=fnet)
     settings = eval_settings(config, step, seed=config.seed, batch_size=int(e.batch_size))
     label = eval_label(config, settings)
     known = [n for n in nfes if n is not None]
@@ -391,7 +399,7 @@ def likelihood(config, workdir):
     from diffjax.discrete.ddpm import ddpm_grid, ddpm_vlb_bpd
     from diffjax.eval.evaluate import write_json_atomic
     validate_eval(config)
-    cl.validate(config)
+    cl.validate(config)  # before anything is read; Run's check of the same config then returns at once
     e = config.eval
     run, state, step = _restore_for_eval(config, workdir, "likelihood")
     run.checkpoints.close()

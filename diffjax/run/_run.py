@@ -408,7 +408,7 @@ def describe(config):
     model = cl.build_model(config)
     print(model_summary(model, shape, num_classes=cl.num_classes(config)))
     n = count_params(abstract_init(model, shape, num_classes=cl.num_classes(config))["params"])
-    distill = config.get("distill") and config.distill.method
+    distill = cl.distill_method(config)
     print(f"model {config.model.name}: {n:,} parameters; sde {config.training.sde}; "
-          + (f"student of distill.method={distill!r}; " if distill else f"loss {config.training.loss}; ")
+          + (f"student of distill.method={distill.name!r}; " if distill else f"loss {config.training.loss}; ")
           + f"sampler {config.sampling.method}; dataset {d.dataset}; devices {jax.device_count()}")

@@ -65,8 +65,17 @@ def _as_json(config) -> dict:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _compared(path: str, current: dict) -> bool:
-    """Whether ``path`` matters for the task of the config ``current`` (flattened)."""
+def _distill_method(current: dict):
+    """The few-step method of the config ``current`` (a nested dict), or None
+    (:func:`~diffjax.config_lib.distill_method`)."""
+    import ml_collections
+    from diffjax import config_lib as cl
+    return cl.distill_method(ml_collections.ConfigDict(current))
+
+
+def _compared(path: str, current: dict, *, distilling: bool) -> bool:
+    """Whether ``path`` matters for the task of the config ``current`` (flattened); ``distilling``: it trains a
+    few-step student."""
     if path in ("seed", "task"):
         return True
     task = current.get("task", "diffusion")
@@ -77,8 +86,8 @@ def _compared(path: str, current: dict) -> bool:
         return top in ("data", "optim", "noisy_classifier") or path in _NOISY_CLASSIFIER_FIELDS
     if top in ("classifier", "noisy_classifier"):
         return False
-    if top == "distill" and not current.get("distill.method"):
-        return path == "distill.method"
+    if top == "distill" and not distilling:
+        return path == "distill.method"  # a diffusion run: the distill section matters only as the task
     if path == "model.posthoc_sigma_rels":  # tracked only with training.posthoc_ema_freq > 0
         return bool(current.get("training.posthoc_ema_freq"))
     return True
@@ -98,9 +107,10 @@ def config_differences(stored: dict, current: dict, *, resume: bool = True) -> L
     which also ignores :data:`READ_ONLY_FREE_FIELDS`.
     """
     s, c = _flatten(stored), _flatten(current)
+    method = _distill_method(current)
     out = []
     for path in sorted(set(s) | set(c)):
-        if _matches(path, FREE_FIELDS) or not _compared(path, c):
+        if _matches(path, FREE_FIELDS) or not _compared(path, c, distilling=method is not None):
             continue
         if not resume and _matches(path, READ_ONLY_FREE_FIELDS):
             continue
@@ -114,10 +124,8 @@ def config_differences(stored: dict, current: dict, *, resume: bool = True) -> L
             old, new = bool(old), bool(new)
         if old == new:
             continue
-        if path == "training.n_iters":
-            ct_curriculum = c.get("distill.method") == "consistency_training" and not c.get("distill.total_steps")
-            if not ct_curriculum:
-                continue  # the same training, run longer (or stopped earlier)
+        if path == "training.n_iters" and not (method is not None and method.length_sets_schedule):
+            continue  # the same training, run longer (or stopped earlier)
         out.append(f"{path}: {_short(s[path])} -> {_short(c[path])}")
     return out
 

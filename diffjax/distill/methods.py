@@ -1,0 +1,344 @@
+"""Each few-step method as one object: its loss, its sampler, its rounds, and the state its training carries besides
+the student.
+
+A method holds hyperparameters only (a frozen dataclass, hashable): the networks come from a :class:`DistillNetworks`
+that the run passes in (the student's and the teacher's functions of their parameters; flax stays in the run), and
+the parameters travel in the train state, whose ``aux = {"teacher": params, "target": params}`` holds the frozen
+networks the loss reads (a scalar placeholder where unused). :mod:`diffjax.config_lib` builds the method from
+``distill.method`` once; the run (:class:`diffjax.run.Distiller`) calls it and never asks which method it holds.
+
+* :class:`ProgressiveDistillation` (Salimans & Ho 2022): :func:`~diffjax.distill.pd_loss` in rounds that halve the
+  student's DDIM steps, each round's EMA student the next round's teacher; :func:`~diffjax.distill.pd_sample`.
+* :class:`ConsistencyDistillation` (Song et al. 2023, Algorithm 2): :func:`~diffjax.distill.cd_loss` against an ODE
+  step of the teacher, an optional EMA target; :func:`~diffjax.distill.consistency_sample`.
+* :class:`ConsistencyTraining` (iCT, Song & Dhariwal 2024): :func:`~diffjax.distill.ct_loss` with iCT's curriculum,
+  no teacher; :func:`~diffjax.distill.consistency_sample`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, ClassVar, Optional, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.core.parameterizations import x0_from_score
+from diffjax.distill.consistency import (cd_loss, consistency_sample, ct_loss, ict_num_scales, ict_weight, pseudo_huber,
+                                         unit_weight)
+from diffjax.distill.progressive import pd_loss, pd_sample
+from diffjax.samplers import karras, ode_heun_step, process_default
+
+__all__ = ["DistillNetworks", "DistillMethod", "ProgressiveDistillation", "ConsistencyDistillation",
+           "ConsistencyTraining"]
+
+
+class DistillNetworks(Protocol):
+    """The networks of a distillation run as functions of their parameters (built by the run)."""
+
+    def student_x0(self, params, *, train: bool = False, rng=None) -> Callable:
+        """The student's data prediction ``x0(x, t)`` through the score bridge (progressive distillation)."""
+
+    def consistency_model(self, params, *, train: bool = False, rng=None) -> Callable:
+        """The student's consistency function ``f(x, t)`` (:func:`~diffjax.distill.consistency_fn`)."""
+
+    def teacher_score(self, params) -> Callable:
+        """The teacher's ``score_fn(x, t)`` with its parameters (a teacher given as a function ignores them)."""
+
+
+@runtime_checkable
+class DistillMethod(Protocol):
+    """The contract of a few-step method. Rounds are phases of training (progressive distillation has one per
+    halving of the steps; the consistency methods have one); round ``r`` covers the steps
+    ``[round_start(r), round_end(r))``."""
+
+    name: str                   # for messages
+    needs_teacher: bool         # trains from a teacher (a trained network's parameters, or a score function)
+    rounds: int
+    total_steps: int            # optimizer steps of the whole run
+    length_sets_schedule: bool  # the run's length sets the method's schedule: a resumed run may not change it
+
+    def round_start(self, round_index: int) -> int:
+        """The first step of round ``round_index``."""
+
+    def round_end(self, round_index: int) -> int:
+        """The step at which round ``round_index`` ends (its checkpoint)."""
+
+    def describe_round(self, round_index: int) -> str:
+        """A line announcing the round ("" for a method of one round)."""
+
+    def describe_sampler(self, round_index: int) -> str:
+        """The student's sampler after round ``round_index``, for titles and logs."""
+
+    def starts_from_teacher(self, same_inputs: bool) -> bool:
+        """Whether a loaded teacher's parameters initialise the student; ``same_inputs``: the teacher's raw network
+        takes the consistency models' inputs (EDM's preconditioned input and noise label)."""
+
+    def initial_aux(self, params, teacher) -> dict:
+        """``aux`` at step 0 from the student's ``params`` and the teacher's (``None``: no teacher network)."""
+
+    def next_round_aux(self, aux: dict, params) -> dict:
+        """``aux`` entering the next round, whose teacher is the student with ``params`` (its EMA)."""
+
+    def update_aux(self, aux: dict, params) -> dict:
+        """``aux`` after an optimizer step that gave the student ``params``."""
+
+    def loss_fn(self, nets: DistillNetworks, process, round_index: int) -> Callable:
+        """``loss_fn(params, key, batch) -> (loss, metrics)`` of round ``round_index``, ``batch = {"x", "aux",
+        "step"}``; ``key_loss, key_dropout = jax.random.split(key)``, ``key_loss`` to the method's loss."""
+
+    def sampler(self, nets: DistillNetworks, process, round_index: int) -> Callable:
+        """``sample(params, key, x_T) -> x0``: the student after round ``round_index`` with its few steps."""
+
+    def check(self, process, x0) -> None:
+        """The loss's and the sampler's own argument checks on ``process`` and abstract data ``x0``
+        (``jax.ShapeDtypeStruct``): traced, nothing compiled. ``ValueError`` / ``TypeError``."""
+
+
+def _placeholder():
+    return jnp.zeros((), jnp.float32)
+
+
+def _identity(x, t):
+    del t
+    return x
+
+
+def _abstract_key():
+    return jax.eval_shape(lambda: jax.random.key(0))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProgressiveDistillation:
+    """Round ``r`` (0-based) distils ``start_steps / 2^(r+1)`` student DDIM steps from twice as many teacher steps
+    in ``steps_per_round`` optimizer steps, until ``final_steps``. Round 1's teacher is the trained network; from
+    round 2 on, the previous round's EMA student is the teacher and the new student's initialisation."""
+
+    start_steps: int
+    final_steps: int = 1
+    steps_per_round: int
+    t_eps: Optional[float] = None       # last time of the grids (None: the process's)
+    time_grid: Callable = process_default
+
+    name: ClassVar[str] = "progressive"
+    needs_teacher: ClassVar[bool] = True
+    length_sets_schedule: ClassVar[bool] = False
+
+    @property
+    def rounds(self) -> int:
+        return int(round(math.log2(self.start_steps // self.final_steps)))
+
+    @property
+    def total_steps(self) -> int:
+        return self.rounds * self.steps_per_round
+
+    def num_student_steps(self, round_index: int) -> int:
+        return self.start_steps // 2 ** (int(round_index) + 1)
+
+    def round_start(self, round_index: int) -> int:
+        return int(round_index) * self.steps_per_round
+
+    def round_end(self, round_index: int) -> int:
+        return (int(round_index) + 1) * self.steps_per_round
+
+    def describe_round(self, round_index: int) -> str:
+        n = self.num_student_steps(round_index)
+        return f"round {int(round_index) + 1}/{self.rounds}: {2 * n} teacher steps -> {n} student steps"
+
+    def describe_sampler(self, round_index: int) -> str:
+        return f"{self.num_student_steps(round_index)}-step DDIM (pd_sample)"
+
+    def starts_from_teacher(self, same_inputs: bool) -> bool:
+        return True  # the student is the teacher's network through the same score bridge
+
+    def initial_aux(self, params, teacher) -> dict:
+        # a teacher given as a function: its slot holds the student's parameters, the shape of later rounds' teachers
+        return {"teacher": params if teacher is None else teacher, "target": _placeholder()}
+
+    def next_round_aux(self, aux: dict, params) -> dict:
+        return dict(aux, teacher=params)
+
+    def update_aux(self, aux: dict, params) -> dict:
+        return aux
+
+    def _teacher_x0(self, nets, params, process, round_index):
+        if round_index > 0:
+            return nets.student_x0(params)
+        score_fn = nets.teacher_score(params)
+        return lambda x, t: x0_from_score(score_fn(x, t), x, t, process)
+
+    def loss_fn(self, nets, process, round_index: int) -> Callable:
+        r, n = int(round_index), self.num_student_steps(round_index)
+
+        def loss_fn(params, key, batch):
+            k_loss, k_drop = jax.random.split(key)
+            student = nets.student_x0(params, train=True, rng=k_drop)
+            teacher = self._teacher_x0(nets, batch["aux"]["teacher"], process, r)
+            loss = pd_loss(k_loss, batch["x"], student, teacher, process, num_student_steps=n, t_eps=self.t_eps,
+                           time_grid=self.time_grid)
+            return loss, {"round": jnp.float32(r + 1), "student_steps": jnp.float32(n)}
+
+        return loss_fn
+
+    def sampler(self, nets, process, round_index: int) -> Callable:
+        n = self.num_student_steps(round_index)
+
+        def sample(params, key, x_T):
+            return pd_sample(key, x_T, nets.student_x0(params), process, num_steps=n, t_eps=self.t_eps,
+                             time_grid=self.time_grid)
+
+        return sample
+
+    def check(self, process, x0) -> None:
+        for r in range(self.rounds):
+            jax.eval_shape(lambda k, x: pd_loss(k, x, _identity, _identity, process, num_student_steps=(
+                self.num_student_steps(r)), t_eps=self.t_eps, time_grid=self.time_grid), _abstract_key(), x0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ConsistencyModel:
+    """What the consistency methods share: one round of ``total_steps``, a loss of the student's consistency
+    function (``_loss``: the method's), and :func:`consistency_sample` on ``sample_steps`` times (``T``, then the
+    Karras grid)."""
+
+    total_steps: int
+    sample_steps: int = 1
+    metric: Callable = pseudo_huber
+    t_eps: Optional[float] = None       # the boundary time of the consistency function (None: the process's)
+
+    rounds: ClassVar[int] = 1
+
+    def round_start(self, round_index: int) -> int:
+        return 0
+
+    def round_end(self, round_index: int) -> int:
+        return self.total_steps
+
+    def describe_round(self, round_index: int) -> str:
+        return ""
+
+    def describe_sampler(self, round_index: int) -> str:
+        return f"{self.sample_steps}-step consistency sampling"
+
+    def next_round_aux(self, aux: dict, params) -> dict:
+        return aux
+
+    def update_aux(self, aux: dict, params) -> dict:
+        return aux
+
+    def sample_times(self, process) -> tuple:
+        """The times of :func:`~diffjax.distill.consistency_sample`: ``T`` alone, or the first ``sample_steps`` of
+        the Karras grid."""
+        k = self.sample_steps
+        if k == 1:
+            return (float(process.T),)
+        eps = process.t_eps if self.t_eps is None else self.t_eps
+        with jax.ensure_compile_time_eval():
+            grid = np.asarray(karras(process, k, eps))
+        return tuple(float(v) for v in grid[:k])
+
+    def loss_fn(self, nets, process, round_index: int) -> Callable:
+        def loss_fn(params, key, batch):
+            k_loss, k_drop = jax.random.split(key)
+            student = nets.consistency_model(params, train=True, rng=k_drop)
+            return self._loss(k_loss, batch, student, nets, process, params, k_drop)
+
+        return loss_fn
+
+    def sampler(self, nets, process, round_index: int) -> Callable:
+        times = self.sample_times(process)
+
+        def sample(params, key, x_T):
+            return consistency_sample(key, x_T, nets.consistency_model(params), process, steps=times, t_eps=self.t_eps)
+
+        return sample
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsistencyDistillation(_ConsistencyModel):
+    """Consistency distillation against one ``ode_step`` of the teacher's probability-flow ODE on ``num_scales``
+    Karras times; the target is the stop-gradient student (``target_ema = 0``, iCT's choice) or its EMA of rate
+    ``target_ema`` (Song et al. 2023: 0.95)."""
+
+    num_scales: int = 18
+    ode_step: Callable = ode_heun_step
+    target_ema: float = 0.0
+    weighting: Callable = unit_weight
+
+    name: ClassVar[str] = "consistency_distillation"
+    needs_teacher: ClassVar[bool] = True
+    length_sets_schedule: ClassVar[bool] = False
+
+    def starts_from_teacher(self, same_inputs: bool) -> bool:
+        return same_inputs
+
+    def initial_aux(self, params, teacher) -> dict:
+        return {"teacher": _placeholder() if teacher is None else teacher,
+                "target": params if self.target_ema > 0 else _placeholder()}
+
+    def update_aux(self, aux: dict, params) -> dict:
+        if self.target_ema == 0:
+            return aux
+        mu = float(self.target_ema)
+        target = jax.tree.map(lambda e, p: (mu * e + (1.0 - mu) * p).astype(e.dtype), aux["target"], params)
+        return dict(aux, target=target)
+
+    def _loss_kwargs(self) -> dict:
+        return dict(num_scales=self.num_scales, ode_step=self.ode_step, metric=self.metric, weighting=self.weighting,
+                    t_eps=self.t_eps)
+
+    def _loss(self, key, batch, student, nets, process, params, k_drop):
+        target_params = params if self.target_ema == 0 else batch["aux"]["target"]
+        target = nets.consistency_model(target_params, train=True, rng=k_drop)
+        teacher = nets.teacher_score(batch["aux"]["teacher"])
+        return cd_loss(key, batch["x"], student, target, teacher, process, **self._loss_kwargs()), {}
+
+    def check(self, process, x0) -> None:
+        kw = self._loss_kwargs()
+        jax.eval_shape(lambda k, x: cd_loss(k, x, _identity, _identity, _identity, process, **kw), _abstract_key(), x0)
+        self.sample_times(process)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConsistencyTraining(_ConsistencyModel):
+    """Improved consistency training: no teacher; iCT's curriculum of ``N(k)`` intervals from ``s0`` to ``s1``
+    over ``curriculum_steps`` steps (0: the run's ``total_steps``), log-normal noise levels
+    ``ln sigma ~ N(p_mean, p_std^2)`` on the rho-``rho`` grid."""
+
+    curriculum_steps: int = 0
+    s0: int = 10
+    s1: int = 1280
+    rho: float = 7.0
+    p_mean: float = -1.1
+    p_std: float = 2.0
+    weighting: Callable = ict_weight
+
+    name: ClassVar[str] = "consistency_training"
+    needs_teacher: ClassVar[bool] = False
+
+    @property
+    def length_sets_schedule(self) -> bool:
+        return not self.curriculum_steps
+
+    def starts_from_teacher(self, same_inputs: bool) -> bool:
+        return False
+
+    def initial_aux(self, params, teacher) -> dict:
+        return {"teacher": _placeholder(), "target": _placeholder()}
+
+    def _loss_kwargs(self) -> dict:
+        return dict(total_steps=self.curriculum_steps or self.total_steps, s0=self.s0, s1=self.s1, rho=self.rho,
+                    p_mean=self.p_mean, p_std=self.p_std, metric=self.metric, weighting=self.weighting,
+                    t_eps=self.t_eps)
+
+    def _loss(self, key, batch, student, nets, process, params, k_drop):
+        kw = self._loss_kwargs()
+        loss = ct_loss(key, batch["x"], student, process, step=batch["step"], **kw)
+        num = ict_num_scales(batch["step"], total_steps=kw["total_steps"], s0=self.s0, s1=self.s1)
+        return loss, {"num_scales": num.astype(jnp.float32)}
+
+    def check(self, process, x0) -> None:
+        kw = self._loss_kwargs()
+        jax.eval_shape(lambda k, x: ct_loss(k, x, _identity, process, step=0, **kw), _abstract_key(), x0)
+        self.sample_times(process)
