@@ -8,7 +8,8 @@ protocol (see :mod:`diffjax.core.process`: ``marginal``, ``marginal_derivative``
 * ``discretize(x, t) -> (f, G)``: one step ``x_{i+1} = x_i + f + G z`` of the forward chain on the grid
   ``t_i = i / (N - 1) * T`` (DDPM's chain for VP, SMLD's for VE, Euler-Maruyama otherwise).
 * ``index(t)``: the grid index nearest to ``t``; ``grid()``: the ``N`` grid times.
-* VP: ``discrete_betas()`` (``discrete_chain = "ddpm"``); VE: ``discrete_sigmas()`` (``discrete_chain = "smld"``).
+* ``chain()``: VP offers DDPM's beta chain (:func:`~diffjax.core.chains.ddpm_chain` of ``discrete_betas()``), VE
+  SMLD's sigma chain (:class:`~diffjax.core.chains.SMLDChain`, ``discrete_sigmas()``); the others none.
 
 The SDEs are frozen dataclasses registered as static pytrees, so they are hashable, compare by value and pass
 through ``jax.jit`` as arguments without retracing.
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_finite, check_int, check_positive
+from diffjax.core.chains import DDPMGrid, SMLDChain, ddpm_chain
 from diffjax.core.process import GaussianPath, as_time, bcast, standard_normal_logp
 from diffjax.core.schedules import CosineBeta, LinearBeta
 
@@ -76,7 +78,10 @@ class VPSDE(GaussianPath):
         """
         return self.schedule.inverse_integral(jax.nn.softplus(-jnp.asarray(log_snr)))
 
-    discrete_chain = "ddpm"  # a DDPM beta chain: discrete_betas() (ancestral, DDIM)
+    def chain(self) -> DDPMGrid:
+        """DDPM's chain of ``N`` steps with :meth:`discrete_betas`, each at the time where the SDE's marginal equals
+        its ``alpha_bar`` (:func:`~diffjax.core.chains.ddpm_chain`)."""
+        return ddpm_chain(self, self.discrete_betas())
 
     def discrete_betas(self) -> jax.Array:
         return self.schedule.discrete_betas(self.N)
@@ -179,7 +184,10 @@ class VESDE(GaussianPath):
         return (-0.5 * jnp.asarray(log_snr) - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
 
     t_eps = 1e-5  # score-SDE's sampling eps for VE
-    discrete_chain = "smld"  # SMLD's sigma chain: discrete_sigmas() (ancestral, annealed Langevin)
+
+    def chain(self) -> SMLDChain:
+        """SMLD's chain of ``N`` geometric sigmas at the grid times ``i/(N-1) T``."""
+        return SMLDChain(self.sigma_min, self.sigma_max, self.N, self.T)
 
     @property
     def prior_std(self):
@@ -198,7 +206,7 @@ class VESDE(GaussianPath):
 
     def discrete_sigmas(self) -> jax.Array:
         """Ascending: ``sigma(t_i)`` on the grid (NCSN's list reversed)."""
-        return jnp.exp(jnp.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=jnp.float32))
+        return self.chain().sigmas()
 
     def discretize(self, x, t):
         i = self.index(t)
