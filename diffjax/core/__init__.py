@@ -14,4 +14,5 @@ from diffjax.core import contracts, schedules, process, chains, sde, parameteriz
     guidance, learned_variance, weighting
 
 __all__ = (contracts.__all__ + schedules.__all__ + process.__all__ + sde.__all__ + parameterizations.__all__
-           + mixture.__all__ + losses.__all__ + weighting.__all__ + likelihood.__all__ + guidance.__all__ + learned_variance.__all__)
+           + mixture.__all__ + losses.__all__ + weighting.__all__ + likelihood.__all__ + guidance.__all__
+           + learned_variance.__all__)

@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_finite, check_int, check_positive
+from diffjax.core._deprecation import renamed_keywords
 from diffjax.core.chains import DDPMGrid, SMLDChain, ddpm_chain
+from diffjax.core.contracts import ScoreFn
 from diffjax.core.process import GaussianPath, as_time, bcast, standard_normal_logp
 from diffjax.core.schedules import CosineBeta, LinearBeta
 
@@ -44,8 +46,6 @@ __all__ = [
     "bcast",
     "standard_normal_logp",
 ]
-
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @jax.tree_util.register_static
@@ -278,29 +278,32 @@ class ReverseSDE(NamedTuple):
         return bcast(G**2, x) * self.score_fn(x, t) - f, G
 
 
-def reverse_sde(sde: SDE, score_fn: ScoreFn) -> ReverseSDE:
-    """The reverse-time SDE of ``sde`` driven by ``score_fn(x, t)``."""
-    return ReverseSDE(sde, score_fn)
+@renamed_keywords(sde="process")
+def reverse_sde(process: SDE, score_fn: ScoreFn) -> ReverseSDE:
+    """The reverse-time SDE of ``process`` driven by ``score_fn(x, t)``."""
+    return ReverseSDE(process, score_fn)
 
 
-def probability_flow_ode(sde: SDE, score_fn: ScoreFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
+@renamed_keywords(sde="process")
+def probability_flow_ode(process: SDE, score_fn: ScoreFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Vector field of the probability-flow ODE (score-SDE eq. 13):
 
     .. math:: \\frac{dx}{dt} = f(x, t) - \\tfrac12 g(t)^2 \\nabla_x \\log p_t(x)
     """
 
     def vector_field(x, t):
-        f, g = sde.coefficients(x, t)
+        f, g = process.coefficients(x, t)
         return f - 0.5 * bcast(g**2, x) * score_fn(x, t)
 
     return vector_field
 
 
-def forward_chain_step(sde, x, t, t_next):
+@renamed_keywords(sde="process")
+def forward_chain_step(process, x, t, t_next):
     """``(F, G^2)`` of one forward step ``x_t = x_{t_next} + F + G z`` between times ``t_next < t``: the step that
-    reverse diffusion inverts. Same as ``sde.forward_chain_step(x, t, t_next)`` (the exact Gaussian transition:
+    reverse diffusion inverts. Same as ``process.forward_chain_step(x, t, t_next)`` (the exact Gaussian transition:
     DDPM's step for VP, SMLD's for VE).
 
     .. math:: F = \\Big(\\frac{a_t}{a_n} - 1\\Big) x,\\quad G^2 = s_t^2 - \\Big(\\frac{a_t}{a_n}\\Big)^2 s_n^2
     """
-    return sde.forward_chain_step(x, t, t_next)
+    return process.forward_chain_step(x, t, t_next)
