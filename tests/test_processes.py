@@ -121,7 +121,7 @@ def test_rectified_flow_and_edm_closed_forms():
     assert rf.T < 1.0 and rf.prior_std == 1.0
     np.testing.assert_allclose(edm.marginal(t)[1], t) and np.testing.assert_allclose(edm.diffusion(t) ** 2, 2 * t)
     assert (edm.T, edm.t_eps, edm.prior_std) == (80.0, 0.002, 80.0)
-    assert edm.discrete_chain is None and rf.discrete_chain is None
+    assert edm.chain() is None and rf.chain() is None
     for bad, match in ((lambda: dj.rectified_flow(T=1.0), "T must lie in"), (lambda: dj.edm_sde(1.0, 0.5), "sigma_max"),
                        (lambda: dj.gaussian_path(1.0, _vp_s), "a_fn")):
         with pytest.raises(ValueError, match=match):

@@ -96,7 +96,7 @@ def test_ddpm_strided_is_one_hashable_object_per_spacing_and_validates():
     with pytest.raises(ValueError, match=r"spacing must be one of \('leading', 'trailing', 'linspace'\), got 'mid'"):
         S.ddpm_strided("mid")
     for proc in ("ve", "rectified_flow", "edm"):
-        with pytest.raises(ValueError, match=r"process must carry a DDPM chain .*discrete_chain=.*uniform_time"):
+        with pytest.raises(ValueError, match=r"process must carry a DDPM chain .*chain\(\) is .*uniform_time"):
             S.ddpm_strided("leading")(PROCESSES[proc], 5, 1e-3)
     with pytest.raises(ValueError, match=r"num_steps must be <= 999 for ddpm_strided\(spacing='leading'\).*got 1000"):
         S.ddpm_strided("leading")(dj.vp_sde(), 1000, 1e-3)

@@ -19,9 +19,8 @@ def _network_marginal(config, sde):
     score-SDE's discrete DDPM models do. The grid's step ``i`` sits at the time where the SDE's marginal equals
     ``alpha_bar_i`` (:func:`~diffjax.discrete.ddpm_grid`), where the grid samplers evaluate it."""
     discrete = not config.training.continuous or config.training.loss in ("ddpm", "hybrid")
-    if discrete and sde.discrete_chain == "ddpm":
-        return _ddpm.ddpm_grid(sde)
-    return sde
+    chain = sde.chain() if discrete else None
+    return chain if isinstance(chain, _ddpm.DDPMGrid) else sde
 
 
 def _score_kwargs(config):

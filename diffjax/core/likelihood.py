@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_choice, check_int, check_positive, check_t_eps
+from diffjax.core._deprecation import renamed_keywords
 from diffjax.core._jit import jit_static
 from diffjax.core._solvers import check_solver
-from diffjax.core.process import batch_time
+from diffjax.core.process import batch_time, check_process
 from diffjax.core.sde import probability_flow_ode
 
 __all__ = ["log_likelihood", "bits_per_dim"]
@@ -59,24 +60,22 @@ def _divergence_fn(vector_field, trace: str):
     return exact if trace == "exact" else hutchinson
 
 
-def _check_common(x, score_fn, sde, *, trace, rtol, atol, t_eps, noise, max_steps, solver):
+def _check_common(x, score_fn, process, *, trace, rtol, atol, t_eps, noise, max_steps, solver):
     check_batched("x", x, min_ndim=2)
     if not callable(score_fn):
         raise ValueError(f"score_fn must be a callable score_fn(x, t), got {score_fn!r}")
-    for attr in ("coefficients", "prior_logp", "T"):
-        if not hasattr(sde, attr):
-            raise ValueError(f"sde must be a forward process (vp_sde, subvp_sde, ve_sde, rectified_flow, edm_sde, "
-                             f"gaussian_path(...)) with .{attr}, got {sde!r}")
+    check_process(process, name="process", where="log_likelihood")
     check_choice("trace", trace, _TRACES)
     check_choice("noise", noise, _NOISES)
     check_positive("rtol", rtol)
     check_positive("atol", atol)
-    check_t_eps(t_eps, sde.T)
+    check_t_eps(t_eps, process.T)
     check_int("max_steps", max_steps, minimum=1)
     return check_solver(solver)
 
 
-def log_likelihood(key, x, score_fn, sde, *, trace: str = "hutchinson", rtol: float = 1e-5, atol: float = 1e-5,
+@renamed_keywords(sde="process")
+def log_likelihood(key, x, score_fn, process, *, trace: str = "hutchinson", rtol: float = 1e-5, atol: float = 1e-5,
                    t_eps: float = 1e-5, noise: str = "rademacher", solver=None, max_steps: int = 4096):
     """Log-density of ``x`` under the model, through the probability-flow ODE (score-SDE Appendix D.2).
 
@@ -91,8 +90,8 @@ def log_likelihood(key, x, score_fn, sde, *, trace: str = "hutchinson", rtol: fl
       key: PRNG key for Hutchinson's noise (ignored, may be ``None``, with ``trace="exact"``).
       x: data, ``(batch, *dims)``, in the model's data space (e.g. scaled to [-1, 1]).
       score_fn: ``score_fn(x, t) -> (batch, *dims)``.
-      sde: forward process (``vp_sde``, ``subvp_sde``, ``ve_sde``, ``rectified_flow``, ``edm_sde``, ...) that defines
-        the ODE and the prior.
+      process: forward process (``vp_sde``, ``subvp_sde``, ``ve_sde``, ``rectified_flow``, ``edm_sde``, ...) that
+        defines the ODE and the prior.
       trace: ``"hutchinson"`` (unbiased, one vector-Jacobian product, reverse mode, per vector-field evaluation)
         or ``"exact"`` (``D`` VJPs per evaluation, vmapped; small ``D``).
       rtol, atol: tolerances of the adaptive step-size controller.
@@ -106,28 +105,28 @@ def log_likelihood(key, x, score_fn, sde, *, trace: str = "hutchinson", rtol: fl
       ``(logp, nfe)``: ``logp`` in nats, shape ``(batch,)``; ``nfe`` the number of evaluations of the ODE's
       vector field (each one score evaluation, or ``D`` of them for the exact trace), an int32 scalar.
 
-    Eager calls are compiled once per ``(score_fn, sde, options)`` and input shape (``score_fn`` is hashed by
+    Eager calls are compiled once per ``(score_fn, process, options)`` and input shape (``score_fn`` is hashed by
     identity: build it once, outside a loop over batches). Under an outer ``jax.jit`` everything is inlined, so
     a ``score_fn`` rebuilt from traced parameters inside the jitted function also compiles once.
     """
     solver, (nfe_fixed, nfe_per_step) = _check_common(
-        x, score_fn, sde, trace=trace, rtol=rtol, atol=atol, t_eps=t_eps, noise=noise, max_steps=max_steps,
+        x, score_fn, process, trace=trace, rtol=rtol, atol=atol, t_eps=t_eps, noise=noise, max_steps=max_steps,
         solver=solver)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array, got dtype {x.dtype}")
     if trace == "hutchinson" and key is None:
         raise ValueError("key must be a PRNG key for trace='hutchinson', got None")
-    static = (score_fn, sde, trace, float(rtol), float(atol), float(t_eps), noise, solver, int(max_steps),
+    static = (score_fn, process, trace, float(rtol), float(atol), float(t_eps), noise, solver, int(max_steps),
               nfe_fixed, nfe_per_step)
     return _solve(key, x, *static)
 
 
-# Compiled once per (score_fn, sde, options) and input shape, so eager calls over a data set do not recompile;
+# Compiled once per (score_fn, process, options) and input shape, so eager calls over a data set do not recompile;
 # inlined under an outer transformation or for an unhashable score_fn (diffjax.core._jit).
-@jit_static("score_fn", "sde", "trace", "rtol", "atol", "t_eps", "noise", "solver", "max_steps", "nfe_fixed",
+@jit_static("score_fn", "process", "trace", "rtol", "atol", "t_eps", "noise", "solver", "max_steps", "nfe_fixed",
             "nfe_per_step")
-def _solve(key, x, score_fn, sde, trace, rtol, atol, t_eps, noise, solver, max_steps, nfe_fixed, nfe_per_step):
+def _solve(key, x, score_fn, process, trace, rtol, atol, t_eps, noise, solver, max_steps, nfe_fixed, nfe_per_step):
     import diffrax
 
     if trace == "exact":
@@ -140,18 +139,18 @@ def _solve(key, x, score_fn, sde, trace, rtol, atol, t_eps, noise, solver, max_s
     def batch_score(y, t):
         return score_fn(y, batch_time(t, y))
 
-    div_fn = _divergence_fn(probability_flow_ode(sde, batch_score), trace)
+    div_fn = _divergence_fn(probability_flow_ode(process, batch_score), trace)
 
     def ode(t, state, args):
         return div_fn(state[0], t, args)
 
     state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(ode), solver, t0=t_eps, t1=float(sde.T), dt0=0.01 * (float(sde.T) - t_eps), y0=state0,
+        diffrax.ODETerm(ode), solver, t0=t_eps, t1=float(process.T), dt0=0.01 * (float(process.T) - t_eps), y0=state0,
         args=eps, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
         saveat=diffrax.SaveAt(t1=True), throw=False)
     z, integral = sol.ys[0][-1], sol.ys[1][-1]
-    logp = sde.prior_logp(z) + integral
+    logp = process.prior_logp(z) + integral
     logp = jnp.where(sol.result == diffrax.RESULTS.successful, logp, jnp.nan)
     nfe = (nfe_fixed + nfe_per_step * jnp.asarray(sol.stats["num_steps"])).astype(jnp.int32)
     return logp, nfe
@@ -167,7 +166,8 @@ def _check_range(data_range):
     return float(lo), float(hi)
 
 
-def bits_per_dim(key, x, score_fn, sde, *, data_range=(-1.0, 1.0), dequantize: bool = True, **likelihood_kwargs):
+@renamed_keywords(sde="process")
+def bits_per_dim(key, x, score_fn, process, *, data_range=(-1.0, 1.0), dequantize: bool = True, **likelihood_kwargs):
     """Bits per dimension of 8-bit data under the model, with uniform dequantization (score-SDE's ``bpd``).
 
     The pixels ``k in {0..255}`` are dequantized to ``u = (k + U) / 256``, ``U ~ U[0, 1)^D``, and mapped affinely
@@ -185,7 +185,7 @@ def bits_per_dim(key, x, score_fn, sde, *, data_range=(-1.0, 1.0), dequantize: b
       x: 8-bit data ``(batch, *dims)``: an integer array with values in [0, 255], or a float array already in
         the model's range, ``lo + (hi - lo) k / 255`` (score-SDE's scaler of ``k / 255``), from which ``k`` is
         recovered by rounding.
-      score_fn, sde: as in :func:`log_likelihood`.
+      score_fn, process: as in :func:`log_likelihood`.
       data_range: ``(lo, hi)``, the model's data range.
       dequantize: add uniform noise (True) or use bin centres (False).
       **likelihood_kwargs: passed to :func:`log_likelihood` (``trace``, ``rtol``, ``atol``, ``t_eps``, ...).
@@ -213,7 +213,7 @@ def bits_per_dim(key, x, score_fn, sde, *, data_range=(-1.0, 1.0), dequantize: b
     else:
         u = (k + 0.5) / 256.0
     y = lo + (hi - lo) * u
-    logp, nfe = log_likelihood(key_ll, y, score_fn, sde, **likelihood_kwargs)
+    logp, nfe = log_likelihood(key_ll, y, score_fn, process, **likelihood_kwargs)
     d = math.prod(x.shape[1:])
     bpd = -(logp + d * math.log(hi - lo)) / (d * math.log(2.0)) + 8.0
     return bpd, nfe

@@ -5,7 +5,7 @@ One loss trains every model of diffjax (Song et al. 2021, eq. 7):
 .. math:: \\mathcal L = \\mathbb E_{t, x_0, z}\\, \\lambda(t)\\, \\| s_\\theta(x_t, t) + z/\\sigma_t \\|^2,
     \\quad x_t = a_t x_0 + \\sigma_t z
 
-where ``(a_t, sigma_t) = sde.marginal(t)``. DDPM's ``L_simple`` and NCSN's loss are this loss on a discrete
+where ``(a_t, sigma_t) = process.marginal(t)``. DDPM's ``L_simple`` and NCSN's loss are this loss on a discrete
 grid with ``lambda = sigma^2`` (see ``diffjax.discrete``); ``lambda = g^2`` is the likelihood weighting.
 
 Key usage (so that a hand-written loss can draw the same numbers): ``dsm_loss`` splits its key once,
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_choice, check_floating, check_int, check_t_eps
-from diffjax.core.parameterizations import _marginal_derivative
-from diffjax.core.sde import bcast
+from diffjax.core._deprecation import renamed_keywords
+from diffjax.core.process import bcast, check_marginal, check_process
 
 __all__ = [
     "dsm_loss",
@@ -35,18 +35,18 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
 ]
 
-_TABLE_SIZE = 4096  # grid points of the numerical inverse CDF used by importance_sample_time for a general SDE
 
-
-def sigma2_weighting(sde, t):
+@renamed_keywords(sde="process")
+def sigma2_weighting(process, t):
     """``lambda(t) = sigma_t^2``: the DSM loss becomes ``E ||sigma_t s + z||^2`` ("simple" eps loss, NCSN)."""
-    return sde.marginal(t)[1] ** 2
+    return process.marginal(t)[1] ** 2
 
 
-def likelihood_weighting(sde, t):
+@renamed_keywords(sde="process")
+def likelihood_weighting(process, t):
     """``lambda(t) = g(t)^2`` (Song et al. 2021, "Maximum likelihood training of score-based diffusion
     models"): the loss integrated over ``t`` bounds the negative log-likelihood."""
-    return sde.diffusion(t) ** 2
+    return process.diffusion(t) ** 2
 
 
 def _reduce(x, reduce):
@@ -54,46 +54,30 @@ def _reduce(x, reduce):
     return jnp.mean(x, axis=axes) if reduce == "mean" else jnp.sum(x, axis=axes)
 
 
-def _is_density_ratio(sde, t):
-    """``h(t) = g(t)^2 / sigma_t^2``, the unnormalised importance density."""
-    return sde.diffusion(t) ** 2 / sde.marginal(t)[1] ** 2
-
-
-def importance_sample_time(key, batch: int, sde, *, t_eps: float = 1e-5):
+@renamed_keywords(sde="process")
+def importance_sample_time(key, batch: int, process, *, t_eps: float = 1e-5):
     """Sample ``t`` on ``[t_eps, T]`` with density ``p(t) = h(t)/Z``, ``h = g^2/sigma_t^2``; returns ``(t, p(t))``.
 
     With likelihood weighting, ``lambda(t) / p(t) \\propto sigma_t^2``, which removes the ``1/t`` blow-up of the
     weighted loss near ``t = 0`` (Song et al. 2021, likelihood training, Sec. 5). Inverse-CDF sampling:
 
-    * A process with a closed-form inverse CDF provides it as ``sde.importance_time_icdf(u, t_eps) -> (t, p(t))``:
-      VP (``h = beta/(1 - e^{-I})``, antiderivative ``log(e^{I(t)} - 1)``), VE (``h`` constant: ``t`` uniform).
-    * Otherwise (sub-VP, rectified flow, ...): the CDF is tabulated on a grid uniform in ``log t`` and inverted by
-      linear interpolation; ``p(t)`` is the exact density of that piecewise sampler, so the reweighting stays unbiased.
+    ``process.importance_time_icdf(u, t_eps) -> (t, p(t))`` does it: a closed form on VP (``h = beta/(1 - e^{-I})``,
+    antiderivative ``log(e^{I(t)} - 1)``) and VE (``h`` constant: ``t`` uniform); elsewhere (sub-VP, rectified flow,
+    ...) the CDF tabulated on a grid uniform in ``log t``
+    (:meth:`~diffjax.core.process.GaussianPath.importance_time_icdf`), whose ``p(t)`` is the exact density of that
+    piecewise sampler, so the reweighting stays unbiased.
     """
     check_int("batch", batch, minimum=1)
-    if not (hasattr(sde, "diffusion") and hasattr(sde, "marginal")):
-        raise ValueError(f"sde must provide diffusion(t) and marginal(t) for importance sampling, "
-                         f"got {type(sde).__name__}")
-    T = float(sde.T)
-    check_t_eps(t_eps, T)
+    check_process(process, name="process", where="importance sampling (it needs diffusion(t))")
+    t_eps = check_t_eps(t_eps, float(process.T))
     u = jax.random.uniform(key, (batch,), jnp.float32)
-    if hasattr(sde, "importance_time_icdf"):  # the process's closed form (VP, VE)
-        return sde.importance_time_icdf(u, t_eps)
-    log_t = jnp.linspace(math.log(t_eps), math.log(T), _TABLE_SIZE, dtype=jnp.float32)
-    dens = _is_density_ratio(sde, jnp.exp(log_t)) * jnp.exp(log_t)  # density in log t
-    cdf = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(0.5 * (dens[1:] + dens[:-1]) * jnp.diff(log_t))])
-    Z = cdf[-1]
-    lt = jnp.interp(u * Z, cdf, log_t)
-    k = jnp.clip(jnp.searchsorted(log_t, lt, side="right") - 1, 0, _TABLE_SIZE - 2)
-    cell = (cdf[k + 1] - cdf[k]) / (log_t[k + 1] - log_t[k]) / Z  # constant density in log t on the cell
-    t = jnp.exp(lt)
-    return t, cell / t
+    return process.importance_time_icdf(u, t_eps)
 
 
-def _noised(key, x0, sde, *, t_eps, time_sampler, reduce, importance_sampling=False):
+def _noised(key, x0, process, *, t_eps, time_sampler, reduce, importance_sampling=False):
     """The draws shared by the losses (module docstring): ``(t, correction, z, (a, s), x_t)``, where
     ``correction`` reweights importance-sampled times to the uniform-``t`` objective (1 otherwise)."""
-    T = float(sde.T)
+    T = float(process.T)
     t_eps = check_t_eps(t_eps, T)
     check_choice("reduce", reduce, ("mean", "sum"))
     check_batched("x0", x0)
@@ -104,12 +88,12 @@ def _noised(key, x0, sde, *, t_eps, time_sampler, reduce, importance_sampling=Fa
     if time_sampler is not None:
         t = jnp.asarray(time_sampler(key_t, batch))
     elif importance_sampling:
-        t, density = importance_sample_time(key_t, batch, sde, t_eps=t_eps)
+        t, density = importance_sample_time(key_t, batch, process, t_eps=t_eps)
         correction = 1.0 / ((T - t_eps) * density)
     else:
         t = jax.random.uniform(key_t, (batch,), jnp.float32, minval=t_eps, maxval=T)
     z = jax.random.normal(key_z, x0.shape, x0.dtype)
-    a, s = sde.marginal(t)
+    a, s = process.marginal(t)
     return t, correction, z, (a, s), bcast(a, x0) * x0 + bcast(s, x0) * z
 
 
@@ -120,7 +104,8 @@ def _shaped_like(name, out, x0):
     return out
 
 
-def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, t_eps: float = 1e-5,
+@renamed_keywords(sde="process")
+def dsm_loss(key, x0, score_fn, process, *, weighting: Callable = sigma2_weighting, t_eps: float = 1e-5,
              time_sampler: Callable | None = None, importance_sampling: bool = False, reduce: str = "mean"):
     """Denoising score-matching loss, averaged over the batch (Song et al. 2021, eq. 7).
 
@@ -132,12 +117,12 @@ def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, 
       key: PRNG key, split once into ``(key_t, key_z)`` (module docstring).
       x0: data, ``(batch, *dims)``.
       score_fn: ``score_fn(x, t) -> array like x``, ``t`` of shape ``(batch,)``.
-      sde: anything with ``marginal(t)`` and ``T`` (an SDE, a ``DDPMGrid``, an ``NCSNGrid``); likelihood
-        weighting and importance sampling also need ``diffusion(t)``.
-      weighting: ``lambda(sde, t) -> (batch,)``, e.g. :func:`sigma2_weighting`, :func:`likelihood_weighting`.
+      process: a :class:`~diffjax.Marginal` (``marginal(t)`` and ``T``: a process, a ``DDPMGrid``, an ``NCSNGrid``);
+        likelihood weighting and importance sampling need a :class:`~diffjax.Process` (``diffusion(t)``).
+      weighting: ``lambda(process, t) -> (batch,)``, e.g. :func:`sigma2_weighting`, :func:`likelihood_weighting`.
       t_eps: smallest time of the uniform (or importance) sampler, in ``(0, T)``.
       time_sampler: ``time_sampler(key, batch) -> t`` replacing the uniform sampler (e.g. ``grid.sample_time``, or
-        ``functools.partial(logit_normal_time, process=sde)`` from :mod:`diffjax.core.weighting`). The loss is then
+        ``functools.partial(logit_normal_time, process=process)``, :mod:`diffjax.core.weighting`). The loss is then
         ``E_{t ~ time_sampler}``: a different objective from the uniform one, by design (no reweighting).
       importance_sampling: sample ``t`` with density ``\\propto g^2/sigma^2`` and reweight by
         ``1/((T - t_eps) p(t))`` so the estimate is unbiased for the same uniform-``t`` objective (useful with
@@ -148,7 +133,7 @@ def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, 
       Scalar loss.
     """
     if not callable(weighting):
-        raise ValueError(f"weighting must be a callable (sde, t) -> lambda, got {weighting!r}")
+        raise ValueError(f"weighting must be a callable (process, t) -> lambda, got {weighting!r}")
     if not callable(score_fn):
         raise ValueError(f"score_fn must be a callable score_fn(x, t), got {score_fn!r}")
     if time_sampler is not None and not callable(time_sampler):
@@ -157,35 +142,37 @@ def dsm_loss(key, x0, score_fn, sde, *, weighting: Callable = sigma2_weighting, 
         raise ValueError(f"importance_sampling must be True or False, got {importance_sampling!r}")
     if importance_sampling and time_sampler is not None:
         raise ValueError(f"importance_sampling=True cannot be combined with time_sampler={time_sampler!r}")
-    for name, needed in (("marginal", True), ("diffusion", importance_sampling or weighting is likelihood_weighting)):
-        if needed and not hasattr(sde, name):
-            raise ValueError(f"sde must provide {name}(t) here, got {type(sde).__name__}")
-    t, correction, z, (_, std), x_t = _noised(key, x0, sde, t_eps=t_eps, time_sampler=time_sampler,
+    check_marginal(process, where="dsm_loss")
+    if importance_sampling or weighting is likelihood_weighting:
+        check_process(process, name="process", where="dsm_loss with importance sampling or likelihood weighting "
+                                                      "(it needs diffusion(t))")
+    t, correction, z, (_, std), x_t = _noised(key, x0, process, t_eps=t_eps, time_sampler=time_sampler,
                                               importance_sampling=importance_sampling, reduce=reduce)
     score = _shaped_like("score_fn", score_fn(x_t, t), x0)
     err = _reduce((bcast(std, x0) * score + z) ** 2, reduce)
-    lam = weighting(sde, t) / std**2
+    lam = weighting(process, t) / std**2
     return jnp.mean(lam * correction * err)
 
 
-def flow_matching_loss(key, x0, velocity_fn, sde, *, t_eps: float = 1e-5, time_sampler: Callable | None = None,
+@renamed_keywords(sde="process")
+def flow_matching_loss(key, x0, velocity_fn, process, *, t_eps: float = 1e-5, time_sampler: Callable | None = None,
                        reduce: str = "mean"):
     """Conditional flow-matching loss (Lipman et al. 2023, eq. 9; rectified flow, Liu et al. 2023, eq. 1), any process.
 
     .. math:: \\mathcal L = \\mathbb E_{t,z}\\, \\| u_\\theta(x_t, t) - (a_t' x_0 + \\sigma_t' z) \\|^2
 
     For rectified flow (``a = 1 - t, s = t``) the target is ``z - x_0``. It equals :func:`dsm_loss` with
-    :func:`~diffjax.flow_matching_weighting` for ``score_fn = score_from_velocity(velocity_fn(x, t), x, t, sde)``
+    :func:`~diffjax.flow_matching_weighting` for ``score_fn = score_from_velocity(velocity_fn(x, t), x, t, process)``
     on the same key (same draws, see the module docstring), up to float rounding.
 
     Args:
       key: PRNG key, split once into ``(key_t, key_z)`` as in :func:`dsm_loss`.
       x0: data, ``(batch, *dims)``.
       velocity_fn: ``velocity_fn(x, t) -> array like x``, ``t`` of shape ``(batch,)``.
-      sde: anything with ``marginal(t)``, ``T`` (and ``marginal_derivative(t)``; else ``marginal`` is differentiated).
+      process: a :class:`~diffjax.Marginal` (``marginal(t)``, ``marginal_derivative(t)``, ``T``): a process or a grid.
       t_eps: smallest time of the uniform sampler, in ``(0, T)``.
       time_sampler: ``time_sampler(key, batch) -> t`` replacing the uniform sampler (e.g. SD3's logit-normal,
-        ``functools.partial(logit_normal_time, process=sde)``).
+        ``functools.partial(logit_normal_time, process=process)``).
       reduce: ``"mean"`` or ``"sum"`` of the squared error over the non-batch dims.
 
     Returns:
@@ -195,10 +182,9 @@ def flow_matching_loss(key, x0, velocity_fn, sde, *, t_eps: float = 1e-5, time_s
         raise ValueError(f"velocity_fn must be a callable velocity_fn(x, t), got {velocity_fn!r}")
     if time_sampler is not None and not callable(time_sampler):
         raise ValueError(f"time_sampler must be None or a callable (key, batch) -> t, got {time_sampler!r}")
-    if not hasattr(sde, "marginal"):
-        raise ValueError(f"sde must provide marginal(t), got {type(sde).__name__}")
-    t, _, z, _, x_t = _noised(key, x0, sde, t_eps=t_eps, time_sampler=time_sampler, reduce=reduce)
-    da, ds = _marginal_derivative(t, sde)
+    check_marginal(process, where="flow_matching_loss")
+    t, _, z, _, x_t = _noised(key, x0, process, t_eps=t_eps, time_sampler=time_sampler, reduce=reduce)
+    da, ds = process.marginal_derivative(t)
     target = bcast(da, x0) * x0 + bcast(ds, x0) * z
     u = _shaped_like("velocity_fn", velocity_fn(x_t, t), x0)
     return jnp.mean(_reduce((u - target) ** 2, reduce))

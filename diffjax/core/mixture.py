@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_int, check_positive
+from diffjax.core._deprecation import renamed_keywords
 
 __all__ = ["GaussianMixture", "gaussian_mixture", "ring_mixture", "mixture_score_fn", "mixture_log_prob"]
 
@@ -76,12 +77,13 @@ def mixture_log_prob(mix: GaussianMixture, x, mean_coeff=1.0, std=0.0):
     return jax.nn.logsumexp(log_comp, axis=-1)
 
 
-def mixture_score_fn(mix: GaussianMixture, sde):
-    """Exact score ``grad_x log p_t(x)`` of the mixture perturbed by any forward process ``sde`` (only its
+@renamed_keywords(sde="process")
+def mixture_score_fn(mix: GaussianMixture, process):
+    """Exact score ``grad_x log p_t(x)`` of the mixture perturbed by any forward process ``process`` (only its
     ``marginal(t) -> (a, s)`` is used; finite also where ``a = 0``): a ``score_fn(x, t)``."""
 
     def score_fn(x, t):
-        mean_coeff, std = sde.marginal(t)
+        mean_coeff, std = process.marginal(t)
         diff, var, log_comp = _component_stats(mix, x, mean_coeff, std)
         resp = jax.nn.softmax(log_comp, axis=-1)
         return jnp.sum(resp[..., None] * (-diff / var), axis=1).reshape(x.shape)

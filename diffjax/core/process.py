@@ -15,8 +15,13 @@ two callables). Samplers, losses, likelihood and guidance call only these method
 * ``langevin_alpha(t, dt)``: the Langevin corrector's step rule; ``prior_sample(key, shape)``, ``prior_logp(z)``.
 * ``default_times(num_steps, t_eps)``: the times the samplers step on when given no grid (equal steps in t; EDM's
   rho-grid on :class:`EDMProcess`, whose time is sigma).
-* ``discrete_chain``: ``"ddpm"`` (a DDPM beta chain, ``discrete_betas()``), ``"smld"`` (SMLD's sigma chain,
-  ``discrete_sigmas()``) or ``None``: what the grid samplers (ancestral, DDIM, annealed Langevin) need.
+* ``importance_time_icdf(u, t_eps) -> (t, p(t))``: inverse-CDF sampling of the likelihood importance density
+  ``p ~ g^2 / s^2`` (tabulated; closed forms on VP and VE).
+* ``chain()``: the discrete chain the process offers (:class:`~diffjax.core.contracts.DiscreteChain`: DDPM's beta
+  chain on VP, SMLD's sigma chain on VE) or ``None``: what the grid samplers (ancestral, DDIM) walk.
+
+The protocol as a type is :class:`~diffjax.core.contracts.Process`; :class:`GaussianPath` implements all of it from
+``marginal`` alone, so a new process needs no other method, and callers never ask whether a method is there.
 
 The special cases here: :func:`rectified_flow` (``a = 1 - t, s = t``) and :func:`edm_sde` (``a = 1, s = t =
 sigma``); the VP, sub-VP and VE SDEs of score-SDE (subclasses with closed forms) live in :mod:`diffjax.core.sde`.
@@ -31,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_int, check_positive
+from diffjax.core.contracts import Marginal, Process, protocol_members
 
 __all__ = [
     "GaussianPath",
@@ -43,6 +49,7 @@ __all__ = [
 ]
 
 _BISECTION_STEPS = 40  # halvings of [0, T]: below float32 resolution of t
+_TABLE_SIZE = 4096  # grid points of the tabulated inverse CDF of GaussianPath.importance_time_icdf
 
 
 def bcast(c: jax.Array, x: jax.Array) -> jax.Array:
@@ -74,20 +81,11 @@ def standard_normal_logp(z: jax.Array, std: float | jax.Array = 1.0) -> jax.Arra
     return -0.5 * d * jnp.log(2 * math.pi * std**2) - 0.5 * jnp.sum(z**2, axis=tuple(range(1, z.ndim))) / std**2
 
 
-class GaussianPath:
-    """Base of every forward process: the protocol, implemented from :meth:`marginal` alone.
+class MarginalPath:
+    """Base of every marginal ``x_t = a(t) x_0 + s(t) eps`` (:class:`~diffjax.core.contracts.Marginal`): processes and
+    the discrete grids. Subclasses define ``marginal(t) -> (a, s)`` and ``T``; the rest follows."""
 
-    Subclasses define ``marginal(t) -> (a, s)`` and may override any method with a closed form
-    (``marginal_derivative``, ``log_snr``, ``t_from_log_snr``, ``coefficients``, ``forward_chain_step``).
-    Class attributes ``T`` (top time), ``N`` (default number of steps), ``t_eps`` (default smallest time),
-    ``prior_std`` (prior ``N(0, prior_std^2 I)`` at ``T``) and ``discrete_chain`` (None: no discrete chain).
-    """
-
-    T: float = 1.0
-    N: int = 1000
-    t_eps: float = 1e-3
-    prior_std: float = 1.0
-    discrete_chain = None
+    t_eps: float = 1e-5  # default smallest time of the time samplers (diffjax.core.weighting)
 
     def marginal(self, t):
         raise NotImplementedError(f"{type(self).__name__} must define marginal(t) -> (a, s)")
@@ -100,6 +98,28 @@ class GaussianPath:
     def perturb(self, x0, t, noise):
         a, s = self.marginal(t)
         return bcast(a, x0) * x0 + bcast(s, x0) * noise
+
+
+class GaussianPath(MarginalPath):
+    """Base of every forward process: the protocol (:class:`~diffjax.core.contracts.Process`), implemented from
+    :meth:`marginal` alone.
+
+    Subclasses define ``marginal(t) -> (a, s)`` and may override any method with a closed form
+    (``marginal_derivative``, ``log_snr``, ``t_from_log_snr``, ``coefficients``, ``forward_chain_step``,
+    ``importance_time_icdf``) or offer a discrete chain (``chain``). Class attributes ``T`` (top time), ``N``
+    (default number of steps), ``t_eps`` (default smallest time) and ``prior_std`` (prior ``N(0, prior_std^2 I)`` at
+    ``T``).
+    """
+
+    T: float = 1.0
+    N: int = 1000
+    t_eps: float = 1e-3
+    prior_std: float = 1.0
+
+    def chain(self):
+        """The discrete chain of the process (:class:`~diffjax.core.contracts.DiscreteChain`): ``None`` here; VP
+        offers DDPM's, VE SMLD's."""
+        return None
 
     def log_snr(self, t):
         """.. math:: \\lambda(t) = 2 \\log(a(t) / s(t))"""
@@ -199,6 +219,25 @@ class GaussianPath:
         (:func:`diffjax.samplers.process_default`): equal steps in t, score-SDE's grid."""
         return jnp.linspace(self.T, t_eps, num_steps + 1, dtype=jnp.float32)
 
+    def importance_time_icdf(self, u, t_eps):
+        """``(t, p(t))``: ``t`` on ``[t_eps, T]`` at ``u`` in ``[0, 1)`` by the inverse CDF of the likelihood importance
+        density ``p ~ h = g^2 / s^2`` (see :func:`~diffjax.importance_sample_time`), and its density.
+
+        The CDF is tabulated on a grid uniform in ``log t`` and inverted by linear interpolation; ``p(t)`` is the exact
+        density of that piecewise sampler, so a reweighting by it stays unbiased. VP and VE override it with closed
+        forms.
+        """
+        log_t = jnp.linspace(math.log(t_eps), math.log(self.T), _TABLE_SIZE, dtype=jnp.float32)
+        t_grid = jnp.exp(log_t)
+        dens = self.diffusion(t_grid) ** 2 / self.marginal(t_grid)[1] ** 2 * t_grid  # density in log t
+        cdf = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(0.5 * (dens[1:] + dens[:-1]) * jnp.diff(log_t))])
+        Z = cdf[-1]
+        lt = jnp.interp(u * Z, cdf, log_t)
+        k = jnp.clip(jnp.searchsorted(log_t, lt, side="right") - 1, 0, _TABLE_SIZE - 2)
+        cell = (cdf[k + 1] - cdf[k]) / (log_t[k + 1] - log_t[k]) / Z  # constant density in log t on the cell
+        t = jnp.exp(lt)
+        return t, cell / t
+
     # The uniform grid of N points on [0, T] and score-SDE's Euler-Maruyama discretization (ReverseSDE.discretize).
     def grid(self) -> jax.Array:
         return jnp.linspace(0.0, self.T, self.N, dtype=jnp.float32)
@@ -212,19 +251,29 @@ class GaussianPath:
         return f * dt, g * math.sqrt(dt)
 
 
-PROTOCOL = ("T", "N", "t_eps", "marginal", "marginal_derivative", "log_snr", "t_from_log_snr", "coefficients",
-            "drift", "diffusion", "forward_chain_step", "langevin_alpha", "prior_sample", "prior_logp", "perturb",
-            "default_times")
+PROTOCOL = protocol_members(Process)  # the members every forward process has
+
+
+def _check_protocol(obj, protocol, *, name: str, where: str, what: str):
+    if not isinstance(obj, protocol):
+        missing = [m for m in protocol_members(protocol) if not hasattr(obj, m)]
+        raise ValueError(f"{name} must be {what} for {where}; {type(obj).__name__} ({obj!r}) lacks {missing}")
+    return obj
 
 
 def check_process(process, *, name: str = "sde", where: str = "here"):
-    """Raise ``ValueError`` unless ``process`` has every method of the protocol (before any tracing)."""
-    missing = [m for m in PROTOCOL if not hasattr(process, m)]
-    if missing:
-        raise ValueError(f"{name} must be a forward process (vp_sde, subvp_sde, ve_sde, cosine_vp_sde, rectified_flow, "
-                         f"edm_sde, gaussian_path(...)) for {where}; {type(process).__name__} ({process!r}) lacks "
-                         f"{missing}")
-    return process
+    """Raise ``ValueError`` unless ``process`` is a :class:`~diffjax.core.contracts.Process` (before any tracing)."""
+    return _check_protocol(process, Process, name=name, where=where,
+                           what="a forward process (vp_sde, subvp_sde, ve_sde, cosine_vp_sde, rectified_flow, edm_sde, "
+                                "gaussian_path(...))")
+
+
+def check_marginal(path, *, name: str = "process", where: str = "here"):
+    """Raise ``ValueError`` unless ``path`` is a :class:`~diffjax.core.contracts.Marginal`: a forward process or a
+    discrete grid (``DDPMGrid``, ``NCSNGrid``)."""
+    return _check_protocol(path, Marginal, name=name, where=where,
+                           what="a forward process (vp_sde, ve_sde, ...) or a discrete grid (ddpm_grid, ncsn_grid) "
+                                "with marginal(t) and T")
 
 
 # ------------------------------------------------------------------------------------------------ gaussian_path

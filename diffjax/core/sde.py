@@ -8,7 +8,8 @@ protocol (see :mod:`diffjax.core.process`: ``marginal``, ``marginal_derivative``
 * ``discretize(x, t) -> (f, G)``: one step ``x_{i+1} = x_i + f + G z`` of the forward chain on the grid
   ``t_i = i / (N - 1) * T`` (DDPM's chain for VP, SMLD's for VE, Euler-Maruyama otherwise).
 * ``index(t)``: the grid index nearest to ``t``; ``grid()``: the ``N`` grid times.
-* VP: ``discrete_betas()`` (``discrete_chain = "ddpm"``); VE: ``discrete_sigmas()`` (``discrete_chain = "smld"``).
+* ``chain()``: VP offers DDPM's beta chain (:func:`~diffjax.core.chains.ddpm_chain` of ``discrete_betas()``), VE
+  SMLD's sigma chain (:class:`~diffjax.core.chains.SMLDChain`, ``discrete_sigmas()``); the others none.
 
 The SDEs are frozen dataclasses registered as static pytrees, so they are hashable, compare by value and pass
 through ``jax.jit`` as arguments without retracing.
@@ -23,6 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_finite, check_int, check_positive
+from diffjax.core._deprecation import renamed_keywords
+from diffjax.core.chains import DDPMGrid, SMLDChain, ddpm_chain
+from diffjax.core.contracts import ScoreFn
 from diffjax.core.process import GaussianPath, as_time, bcast, standard_normal_logp
 from diffjax.core.schedules import CosineBeta, LinearBeta
 
@@ -42,8 +46,6 @@ __all__ = [
     "bcast",
     "standard_normal_logp",
 ]
-
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @jax.tree_util.register_static
@@ -76,7 +78,10 @@ class VPSDE(GaussianPath):
         """
         return self.schedule.inverse_integral(jax.nn.softplus(-jnp.asarray(log_snr)))
 
-    discrete_chain = "ddpm"  # a DDPM beta chain: discrete_betas() (ancestral, DDIM)
+    def chain(self) -> DDPMGrid:
+        """DDPM's chain of ``N`` steps with :meth:`discrete_betas`, each at the time where the SDE's marginal equals
+        its ``alpha_bar`` (:func:`~diffjax.core.chains.ddpm_chain`)."""
+        return ddpm_chain(self, self.discrete_betas())
 
     def discrete_betas(self) -> jax.Array:
         return self.schedule.discrete_betas(self.N)
@@ -179,7 +184,10 @@ class VESDE(GaussianPath):
         return (-0.5 * jnp.asarray(log_snr) - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
 
     t_eps = 1e-5  # score-SDE's sampling eps for VE
-    discrete_chain = "smld"  # SMLD's sigma chain: discrete_sigmas() (ancestral, annealed Langevin)
+
+    def chain(self) -> SMLDChain:
+        """SMLD's chain of ``N`` geometric sigmas at the grid times ``i/(N-1) T``."""
+        return SMLDChain(self.sigma_min, self.sigma_max, self.N, self.T)
 
     @property
     def prior_std(self):
@@ -198,7 +206,7 @@ class VESDE(GaussianPath):
 
     def discrete_sigmas(self) -> jax.Array:
         """Ascending: ``sigma(t_i)`` on the grid (NCSN's list reversed)."""
-        return jnp.exp(jnp.linspace(math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=jnp.float32))
+        return self.chain().sigmas()
 
     def discretize(self, x, t):
         i = self.index(t)
@@ -270,29 +278,32 @@ class ReverseSDE(NamedTuple):
         return bcast(G**2, x) * self.score_fn(x, t) - f, G
 
 
-def reverse_sde(sde: SDE, score_fn: ScoreFn) -> ReverseSDE:
-    """The reverse-time SDE of ``sde`` driven by ``score_fn(x, t)``."""
-    return ReverseSDE(sde, score_fn)
+@renamed_keywords(sde="process")
+def reverse_sde(process: SDE, score_fn: ScoreFn) -> ReverseSDE:
+    """The reverse-time SDE of ``process`` driven by ``score_fn(x, t)``."""
+    return ReverseSDE(process, score_fn)
 
 
-def probability_flow_ode(sde: SDE, score_fn: ScoreFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
+@renamed_keywords(sde="process")
+def probability_flow_ode(process: SDE, score_fn: ScoreFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Vector field of the probability-flow ODE (score-SDE eq. 13):
 
     .. math:: \\frac{dx}{dt} = f(x, t) - \\tfrac12 g(t)^2 \\nabla_x \\log p_t(x)
     """
 
     def vector_field(x, t):
-        f, g = sde.coefficients(x, t)
+        f, g = process.coefficients(x, t)
         return f - 0.5 * bcast(g**2, x) * score_fn(x, t)
 
     return vector_field
 
 
-def forward_chain_step(sde, x, t, t_next):
+@renamed_keywords(sde="process")
+def forward_chain_step(process, x, t, t_next):
     """``(F, G^2)`` of one forward step ``x_t = x_{t_next} + F + G z`` between times ``t_next < t``: the step that
-    reverse diffusion inverts. Same as ``sde.forward_chain_step(x, t, t_next)`` (the exact Gaussian transition:
+    reverse diffusion inverts. Same as ``process.forward_chain_step(x, t, t_next)`` (the exact Gaussian transition:
     DDPM's step for VP, SMLD's for VE).
 
     .. math:: F = \\Big(\\frac{a_t}{a_n} - 1\\Big) x,\\quad G^2 = s_t^2 - \\Big(\\frac{a_t}{a_n}\\Big)^2 s_n^2
     """
-    return sde.forward_chain_step(x, t, t_next)
+    return process.forward_chain_step(x, t, t_next)

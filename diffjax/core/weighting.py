@@ -17,7 +17,7 @@ pass one to ``dsm_loss`` as ``time_sampler=functools.partial(sampler, process=pr
 changes the objective (that is its purpose: SD3's logit-normal and EDM's log-normal sigma put the training effort
 on intermediate noise levels); only ``dsm_loss(..., importance_sampling=True)``
 (:func:`~diffjax.importance_sample_time`) reweights to stay unbiased for the uniform-``t`` objective.
-``t_eps=None`` uses ``process.t_eps`` (1e-5 for a process without one).
+``t_eps=None`` uses ``process.t_eps`` (1e-5 for the discrete grids).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from diffjax.core._checks import check_finite, check_int, check_positive, check_t_eps
 from diffjax.core.losses import likelihood_weighting
-from diffjax.core.parameterizations import _marginal_derivative
+from diffjax.core.process import check_process
 
 __all__ = [
     "min_snr_weighting",
@@ -96,7 +96,7 @@ def flow_matching_weighting(process, t):
     Infinite where ``a = 0`` (rectified flow's ``t = 1``, never drawn by the uniform sampler's ``[t_eps, T)``).
     """
     a, s = process.marginal(t)
-    da, ds = _marginal_derivative(t, process)
+    da, ds = process.marginal_derivative(t)
     return (s * (a * ds - s * da) / a) ** 2
 
 
@@ -106,7 +106,7 @@ def flow_matching_weighting(process, t):
 def _t_range(process, t_eps):
     T = float(process.T)
     if t_eps is None:
-        t_eps = float(getattr(process, "t_eps", 1e-5))
+        t_eps = float(process.t_eps)
     return check_t_eps(t_eps, T), T
 
 
@@ -151,8 +151,7 @@ def edm_lognormal_time(key, batch: int, process, *, p_mean: float = -1.2, p_std:
     """
     batch = check_int("batch", batch, minimum=1)
     p_mean, p_std = check_finite("p_mean", p_mean), check_positive("p_std", p_std)
-    if not hasattr(process, "t_from_log_snr"):
-        raise ValueError(f"edm_lognormal_time needs a process with t_from_log_snr(lam), got {type(process).__name__}")
+    check_process(process, name="process", where="edm_lognormal_time (it needs t_from_log_snr(lam))")
     t_eps, T = _t_range(process, t_eps)
     log_sigma = p_mean + p_std * jax.random.normal(key, (batch,), jnp.float32)
     t = process.t_from_log_snr(-2.0 * log_sigma)

@@ -1,176 +1,40 @@
 """DDPM (Ho et al. 2020) as a special case of the core: the VP SDE on a discrete grid plus the ancestral step.
 
-The grid has steps ``i = 0 .. N-1`` (the paper's ``t = 1 .. N``) with the discrete
-``alpha_bar_i = prod_{j<=i} (1 - beta_j)``. Step ``i`` sits at the continuous time ``t_i`` at which the VP SDE's
-marginal equals ``alpha_bar_i`` (``t_i = sde.t_from_log_snr(log_snr(alpha_bar_i))``; uniform ``i/(N-1) T`` for a
-grid made from raw betas), and the grid's ``marginal(t)`` is ``alpha_bar`` of the step nearest ``t``. So a score
-function and the core's loss see the grid through the same ``marginal(t)`` interface as an SDE, and a sampler that
-evaluates a model at ``t_i`` gives a discrete model exactly step ``i`` and a continuous one exactly ``alpha_bar_i``.
+The grid and its step are the VP SDE's chain, :class:`~diffjax.core.chains.DDPMGrid` (``vp_sde().chain()``,
+re-exported here with :func:`ddpm_grid`); here are DDPM's losses written on it: ``L_simple`` as the core's DSM
+loss, improved DDPM's hybrid loss and the variational bound.
 """
 from __future__ import annotations
-
-import dataclasses
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from diffjax.core._checks import check_choice
-from diffjax.core.learned_variance import has_learned_variance
-from diffjax.core.schedules import betas_to_alpha_bars
-from diffjax.core.sde import VPSDE, bcast
+from diffjax.core._deprecation import renamed_keywords
+from diffjax.core.chains import DDIM_SPACINGS, DDPMGrid, ddpm_grid_from_betas, ddpm_model_mean_logvar  # noqa: F401
+from diffjax.core.chains import require_chain
+from diffjax.core.process import bcast
 
 __all__ = ["DDPMGrid", "ddpm_grid", "ddpm_grid_from_betas", "ancestral_step"]
 
 
-DDIM_SPACINGS = ("leading", "trailing", "linspace")
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class DDPMGrid:
-    """Discrete VP chain: ``betas`` and ``alpha_bars`` of shape ``(N,)``. A pytree (arrays are leaves).
-
-    ``times``: the ``(N,)`` increasing continuous times of the steps (see the module docstring), or ``None`` for
-    the uniform ``t_i = i/(N-1) T``.
+@renamed_keywords(sde="process")
+def ddpm_grid(process) -> DDPMGrid:
+    """The DDPM discretization of a VP SDE, its chain ``process.chain()``: ``process.N`` steps with
+    ``process.discrete_betas()``, step ``i`` at the time where the SDE's marginal equals the grid's ``alpha_bar_i``
+    (:func:`~diffjax.core.chains.ddpm_chain`). ValueError for a process without a DDPM chain.
     """
-
-    betas: jax.Array
-    alpha_bars: jax.Array
-    T: float = dataclasses.field(default=1.0, metadata=dict(static=True))
-    times: Optional[jax.Array] = None
-
-    @property
-    def N(self) -> int:
-        return self.betas.shape[0]
-
-    def time(self, i):
-        """The continuous time of step ``i`` (int, ``()`` or any shape)."""
-        if self.times is None:
-            return jnp.asarray(i, jnp.float32) * (self.T / max(self.N - 1, 1))
-        return self.times[jnp.asarray(i, jnp.int32)]
-
-    def index(self, t):
-        """The step whose time is nearest ``t`` (``index(time(i)) == i``), int32 shaped like ``t``."""
-        if self.times is None:
-            return jnp.clip(jnp.round(jnp.asarray(t) * (self.N - 1) / self.T), 0, self.N - 1).astype(jnp.int32)
-        t = jnp.asarray(t, self.times.dtype)
-        hi = jnp.clip(jnp.searchsorted(self.times, t), 1, max(self.N - 1, 1))
-        lo = hi - 1
-        nearer_lo = jnp.abs(t - self.times[lo]) <= jnp.abs(self.times[hi] - t)
-        return jnp.where(nearer_lo, lo, hi).astype(jnp.int32) if self.N > 1 else jnp.zeros(t.shape, jnp.int32)
-
-    def subsequence(self, num_steps: int, *, spacing: str = "leading"):
-        """``num_steps`` increasing step indices of a strided sampler (DDIM's ``tau``), as a NumPy int array.
-
-        diffusers' ``timestep_spacing`` (``DDIMScheduler``, ``steps_offset=0``), with ``N = self.N``, ``S =
-        num_steps``:
-
-        * "leading": ``j * (N // S)``, ``j < S`` -- the DDIM paper's "linear" selection (its CelebA / LSUN runs and
-          its code's ``skip_type="uniform"``); ends at step 0, skips the top ``N - S (N // S)`` steps.
-        * "trailing": ``round(N - j N / S) - 1``, ``j < S`` -- starts at step ``N-1`` (Lin et al. 2024).
-        * "linspace": ``round(linspace(0, N-1, S))`` -- improved DDPM's respacing (``S`` evenly spaced real steps
-          between the first and the last, rounded).
-
-        .. math:: \\tau^{lead}_j = j \\lfloor N/S \\rfloor,\\quad \\tau^{trail}_j = \\mathrm{round}(N - jN/S) - 1,\\quad
-            \\tau^{lin}_j = \\mathrm{round}(j (N-1)/(S-1))
-        """
-        import numpy as np
-
-        check_choice("spacing", spacing, DDIM_SPACINGS)
-        n = self.N
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= n:
-            raise ValueError(f"num_steps must be an integer in 1 .. N={n}, got {num_steps!r}")
-        j = np.arange(num_steps)
-        if spacing == "leading":
-            seq = j * (n // num_steps)
-        elif spacing == "trailing":
-            seq = np.round(n - j * (n / num_steps)).astype(np.int64)[::-1] - 1
-        else:
-            seq = np.round(np.linspace(0, n - 1, num_steps)).astype(np.int64)
-        return np.sort(seq).astype(np.int32)
-
-    def marginal(self, t):
-        abar = self.alpha_bars[self.index(t)]
-        return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
-
-    def perturb(self, x0, t, noise):
-        a, s = self.marginal(t)
-        return bcast(a, x0) * x0 + bcast(s, x0) * noise
-
-    def sample_time(self, key, batch: int):
-        """Uniform grid step (DDPM Algorithm 1, line 3), returned as its continuous time ``t_i``."""
-        return self.time(jax.random.randint(key, (batch,), 0, self.N))
-
-    def posterior_variance(self, i):
-        """``beta_tilde_i = (1 - alpha_bar_{i-1}) / (1 - alpha_bar_i) beta_i`` (eq. 7); 0 at i = 0."""
-        abar_prev = jnp.where(i > 0, self.alpha_bars[jnp.maximum(i - 1, 0)], 1.0)
-        return (1.0 - abar_prev) / (1.0 - self.alpha_bars[i]) * self.betas[i]
-
-    def posterior(self, x0, x_t, i):
-        """Mean and variance of ``q(x_{i-1} | x_i, x_0)`` (Ho et al. eq. 6-7); ``i``: () or (batch,) ints."""
-        i = jnp.asarray(i)
-        abar = self.alpha_bars[i]
-        abar_prev = jnp.where(i > 0, self.alpha_bars[jnp.maximum(i - 1, 0)], 1.0)
-        beta = self.betas[i]
-        coef_x0 = jnp.sqrt(abar_prev) * beta / (1.0 - abar)
-        coef_xt = jnp.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar)
-        mean = bcast(coef_x0, x0) * x0 + bcast(coef_xt, x_t) * x_t
-        return mean, self.posterior_variance(i)
-
-
-def ddpm_grid_from_betas(betas: jax.Array, *, T: float = 1.0) -> DDPMGrid:
-    betas = jnp.asarray(betas, jnp.float32)
-    if betas.ndim != 1 or betas.shape[0] < 1:
-        raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
-    return DDPMGrid(betas, betas_to_alpha_bars(betas), T)
-
-
-def ddpm_grid(sde: VPSDE) -> DDPMGrid:
-    """The DDPM discretization of a VP SDE: ``sde.N`` steps with ``sde.discrete_betas()``, step ``i`` at the time
-    where the SDE's marginal equals the grid's ``alpha_bar_i``.
-
-    .. math:: t_i = \\lambda^{-1}\\big(\\log\\bar\\alpha_i - \\log(1 - \\bar\\alpha_i)\\big)
-
-    (``lambda^{-1}`` = ``sde.t_from_log_snr``). The discrete ``alpha_bar`` falls below the SDE's at the top of the
-    grid, so the last times can lie slightly above ``T`` (about ``1.006 T`` for score-SDE's linear VP at N = 1000).
-    """
-    if not isinstance(sde, VPSDE):
-        raise ValueError(f"sde must be a VPSDE for the DDPM grid, got {type(sde).__name__}")
-    grid = ddpm_grid_from_betas(sde.discrete_betas(), T=sde.T)
-    log_abar = jnp.cumsum(jnp.log1p(-grid.betas))  # log alpha_bar without the rounding of 1 - alpha_bar near 1
-    times = sde.t_from_log_snr(log_abar - jnp.log(-jnp.expm1(log_abar)))
-    return dataclasses.replace(grid, times=times.astype(jnp.float32))
+    return require_chain(process, DDPMGrid, where="ddpm_grid")
 
 
 def ancestral_step(key, x, i, score_fn, grid: DDPMGrid, *, variance: str = "beta"):
-    """One step of DDPM Algorithm 2 from grid step ``i`` to ``i-1``, written with the score at ``t_i = grid.time(i)``.
-
-    With ``eps = -sqrt(1 - alpha_bar_i) * score``:
+    """One step of DDPM Algorithm 2 from grid step ``i`` to ``i-1``: :meth:`DDPMGrid.ancestral_step` (see there).
 
     .. math:: x_{i-1} = \\frac{x_i + \\beta_i s_\\theta(x_i, t_i)}{\\sqrt{1-\\beta_i}} + \\sigma_i z
 
-    ``variance``: "beta" (``sigma_i^2 = beta_i``), "posterior" (``beta_tilde_i``) or "learned" (improved DDPM's
-    ``Sigma_theta = exp(f log beta_i + (1-f) log beta_tilde_i)``, ``f = (v+1)/2``, :func:`ddpm_model_mean_logvar`,
-    with ``v`` from ``score_fn.score_and_v``: a :class:`~diffjax.LearnedVarianceScore`, one model evaluation);
-    no noise at ``i = 0``. Returns ``(x_{i-1}, mean)``.
+    Returns ``(x_{i-1}, mean)``.
     """
-    check_choice("variance", variance, ("beta", "posterior", "learned"))
-    if variance == "learned" and not has_learned_variance(score_fn):
-        raise ValueError(f"variance='learned' needs a score_fn with a learned variance (score_fn.score_and_v, e.g. "
-                         f"make_score_fn(..., learned_sigma=True)), got {score_fn!r}")
-    i = jnp.asarray(i, jnp.int32)
-    t = jnp.full((x.shape[0],), grid.time(i))
-    beta = grid.betas[i]
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    if variance == "learned":
-        score, v = score_fn.score_and_v(x, t)
-        eps = -bcast(jnp.sqrt(1.0 - grid.alpha_bars[i]), x) * score
-        mean, logvar = ddpm_model_mean_logvar(x, i, eps, v, grid)
-        return mean + jnp.where(i > 0, jnp.exp(0.5 * logvar), 0.0) * noise, mean
-    mean = (x + beta * score_fn(x, t)) / jnp.sqrt(1.0 - beta)
-    var = beta if variance == "beta" else grid.posterior_variance(i)
-    return mean + jnp.where(i > 0, jnp.sqrt(var), 0.0) * noise, mean
+    _check_grid(grid)
+    return grid.ancestral_step(key, x, i, score_fn, variance=variance)
 
 
 # --- Losses: L_simple as the core's DSM loss on the grid; the variational bound of (improved) DDPM ---------------
@@ -212,29 +76,6 @@ def ddpm_simple_loss(key, x0, score_fn, grid: DDPMGrid, *, reduce: str = "mean")
                     time_sampler=grid.sample_time, reduce=reduce)
 
 
-def _clipped_log_posterior_variance(grid: DDPMGrid, i):
-    # beta_tilde_0 = 0; improved DDPM uses beta_tilde_1 in its place (its "posterior_log_variance_clipped")
-    var = grid.posterior_variance(jnp.where(i == 0, min(1, grid.N - 1), i))
-    return jnp.log(jnp.where(var > 0, var, grid.betas[i]))
-
-
-def ddpm_model_mean_logvar(x_t, i, eps, v, grid: DDPMGrid):
-    """Mean and log-variance of ``p(x_{i-1} | x_i)`` for a learned-variance eps model (Nichol & Dhariwal 2021).
-
-    .. math:: \\mu = \\frac{x_i - \\beta_i \\epsilon / \\sqrt{1-\\bar\\alpha_i}}{\\sqrt{1-\\beta_i}},\\quad
-        \\log\\Sigma = f \\log\\beta_i + (1-f)\\log\\tilde\\beta_i,\\ f = (v+1)/2
-
-    Args:
-      x_t: ``(batch, *dims)``; i: ``()`` or ``(batch,)`` int steps; eps, v: model outputs shaped like ``x_t``.
-    """
-    i = jnp.asarray(i, jnp.int32)
-    beta = grid.betas[i]
-    mean = (x_t - bcast(beta / jnp.sqrt(1.0 - grid.alpha_bars[i]), x_t) * eps) / bcast(jnp.sqrt(1.0 - beta), x_t)
-    frac = (v + 1.0) / 2.0
-    logvar = frac * bcast(jnp.log(beta), v) + (1.0 - frac) * bcast(_clipped_log_posterior_variance(grid, i), v)
-    return mean, logvar
-
-
 def _check_clip_denoised(clip_denoised):
     if not isinstance(clip_denoised, bool):
         raise ValueError(f"clip_denoised must be True or False, got {clip_denoised!r}")
@@ -272,7 +113,7 @@ def ddpm_vlb_terms(x0, x_t, i, eps, v, grid: DDPMGrid, *, clip_denoised: bool = 
     _check_clip_denoised(clip_denoised)
     i = jnp.broadcast_to(jnp.asarray(i, jnp.int32), (x0.shape[0],))
     true_mean, _ = grid.posterior(x0, x_t, i)
-    true_logvar = bcast(_clipped_log_posterior_variance(grid, i), x0)
+    true_logvar = bcast(grid.clipped_log_posterior_variance(i), x0)
     mean, logvar = ddpm_model_mean_logvar(x_t, i, eps, v, grid)
     if clip_denoised:
         mean = _clipped_x0_mean(x_t, i, eps, grid)

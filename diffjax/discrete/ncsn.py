@@ -14,15 +14,18 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_int
+from diffjax.core._deprecation import renamed_keywords
+from diffjax.core.chains import SMLDChain, require_chain
+from diffjax.core.process import MarginalPath
 from diffjax.core.sde import VESDE
 
 __all__ = ["NCSNGrid", "ncsn_grid", "langevin_step", "annealed_langevin_level", "ncsn_step_size", "smld_ancestral_step",
-           "NCSN_SAMPLING", "NCSNV2_CIFAR10_SAMPLING"]
+           "SMLDChain", "NCSN_SAMPLING", "NCSNV2_CIFAR10_SAMPLING"]
 
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class NCSNGrid:
+class NCSNGrid(MarginalPath):
     """``num_scales`` geometric noise levels of a VE SDE, level ``0`` = ``sigma_max`` (NCSN's ordering)."""
 
     sde: VESDE
@@ -53,10 +56,12 @@ class NCSNGrid:
         return self.time(jax.random.randint(key, (batch,), 0, self.num_scales))
 
 
-def ncsn_grid(sde: VESDE, num_scales: int = 10) -> NCSNGrid:
-    if not isinstance(sde, VESDE):
-        raise ValueError(f"sde must be a VESDE for the NCSN grid, got {type(sde).__name__}")
-    return NCSNGrid(sde, check_int("num_scales", num_scales, minimum=1))
+@renamed_keywords(sde="process")
+def ncsn_grid(process: VESDE, num_scales: int = 10) -> NCSNGrid:
+    """``num_scales`` geometric noise levels between the VE SDE's ``sigma_max`` and ``sigma_min``."""
+    if not isinstance(process, VESDE):
+        raise ValueError(f"process must be a VESDE (ve_sde) for the NCSN grid, got {type(process).__name__}")
+    return NCSNGrid(process, check_int("num_scales", num_scales, minimum=1))
 
 
 # Published annealed-Langevin settings, as keyword options of ``diffjax.samplers.annealed_langevin`` (whose step is
@@ -94,19 +99,14 @@ def annealed_langevin_level(key, x, t, score_fn, *, step_size, n_steps: int):
     return jax.lax.fori_loop(0, n_steps, body, x)
 
 
-def smld_ancestral_step(key, x, i, score_fn, sde: VESDE):
-    """Reverse of SMLD's forward chain on the VE grid (score-SDE eq. 47), from grid step ``i`` to ``i-1``.
+@renamed_keywords(sde="process")
+def smld_ancestral_step(key, x, i, score_fn, process):
+    """Reverse of SMLD's forward chain on the VE grid (score-SDE eq. 47), from grid step ``i`` to ``i-1``: the step
+    of the process's chain, :meth:`SMLDChain.ancestral_step <diffjax.core.chains.SMLDChain.ancestral_step>`.
 
     Returns ``(x_{i-1}, mean)``.
     """
-    i = jnp.asarray(i, jnp.int32)
-    sigmas = sde.discrete_sigmas()
-    sigma = sigmas[i]
-    prev = jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
-    t = jnp.full((x.shape[0],), i * (sde.T / max(sde.N - 1, 1)), jnp.float32)
-    mean = x + (sigma**2 - prev**2) * score_fn(x, t)
-    std = jnp.sqrt(prev**2 * (sigma**2 - prev**2) / sigma**2)
-    return mean + std * jax.random.normal(key, x.shape, x.dtype), mean
+    return require_chain(process, SMLDChain, where="smld_ancestral_step").ancestral_step(key, x, i, score_fn)
 
 
 # --- Loss: NCSN's objective is the core's DSM loss on the sigma grid ------------------------------------------------

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_batched, check_floating, check_int, check_t_eps
+from diffjax.core.chains import DDPMGrid, SMLDChain
 from diffjax.core.process import batch_time, check_process, time_dtype  # noqa: F401 (re-exported)
 
-# The discrete chains a process may carry (its ``discrete_chain``), and the processes that have them, for messages.
-CHAIN_PROCESSES = {"ddpm": "VPSDE", "smld": "VESDE"}
+# The discrete chains a process may offer (the types of its ``chain()``), and the processes that offer them, for
+# messages.
+CHAIN_PROCESSES = {DDPMGrid: "VPSDE", SMLDChain: "VESDE"}
 # The public samplers that need a discrete chain (they pass ``chains=`` to check_common); every other one works on
 # every process (:func:`any_process_samplers`).
 CHAIN_SAMPLERS = ("ancestral", "annealed_langevin", "ddim")
@@ -56,14 +59,18 @@ def default_t_eps(sde) -> float:
 
 
 def check_sde(sde, chains=None, *, sampler: str = "this sampler"):
-    """``sde`` is a forward process; with ``chains``, one whose ``discrete_chain`` is among them (a DDPM chain
-    "ddpm" for ancestral / DDIM, SMLD's "smld" for ancestral / annealed Langevin)."""
+    """``sde`` is a forward process; with ``chains`` (chain types), one whose ``chain()`` is one of them (a
+    ``DDPMGrid`` for ancestral / DDIM, an ``SMLDChain`` for ancestral / annealed Langevin)."""
     check_process(sde, where=sampler)
-    if chains is not None and getattr(sde, "discrete_chain", None) not in chains:
+    if chains is None:
+        return
+    with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit
+        chain = sde.chain()
+    if not isinstance(chain, chains):
         names = tuple(CHAIN_PROCESSES[c] for c in chains)
-        raise ValueError(f"sde must be one of {names} for {sampler}: it needs a discrete chain {chains} "
-                         f"(discrete_chain), got {type(sde).__name__} ({sde!r}) with discrete_chain="
-                         f"{getattr(sde, 'discrete_chain', None)!r}; the samplers for every process are "
+        raise ValueError(f"sde must be one of {names} for {sampler}: it needs a discrete chain "
+                         f"{tuple(c.__name__ for c in chains)} (sde.chain()), got {type(sde).__name__} ({sde!r}) "
+                         f"whose chain() is {type(chain).__name__}; the samplers for every process are "
                          f"{', '.join(any_process_samplers())}")
 
 

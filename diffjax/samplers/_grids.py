@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.core._checks import check_choice, check_int, check_positive
+from diffjax.core.chains import DDIM_SPACINGS, DDPMGrid, require_chain
 from diffjax.core.process import check_process, karras_time_grid
-from diffjax.discrete import ddpm as _ddpm
 
 __all__ = ["process_default", "uniform_time", "uniform_log_snr", "karras", "quadratic_time", "ddpm_strided"]
+
+_EVERY_PROCESS = "; the grids for every process are uniform_time, uniform_log_snr, karras, quadratic_time"
 
 
 def _check(process, num_steps, t_eps, where):
@@ -101,22 +103,17 @@ def quadratic_time(process, num_steps: int, t_eps: float) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=32)
-def _chain(process) -> _ddpm.DDPMGrid:
+def _chain(process, where: str) -> DDPMGrid:
     """The process's DDPM chain with concrete arrays, computed once (one compiled call, not one per operation)."""
     with jax.ensure_compile_time_eval():
-        return jax.jit(lambda: _ddpm.ddpm_grid(process))()
+        return jax.jit(lambda: require_chain(process, DDPMGrid, where=where, hint=_EVERY_PROCESS))()
 
 
 def _ddpm_strided(process, num_steps: int, t_eps: float, *, spacing: str) -> jax.Array:
     """The grid of :func:`ddpm_strided` (see there)."""
     where = f"ddpm_strided(spacing={spacing!r})"
     num_steps, t_eps = _check(process, num_steps, t_eps, where)
-    if getattr(process, "discrete_chain", None) != "ddpm":
-        raise ValueError(f"process must carry a DDPM chain (discrete_chain='ddpm': vp_sde, cosine_vp_sde) for {where}, "
-                         f"got {type(process).__name__} ({process!r}) with discrete_chain="
-                         f"{getattr(process, 'discrete_chain', None)!r}; the grids for every process are "
-                         f"uniform_time, uniform_log_snr, karras, quadratic_time")
-    grid = _chain(process)
+    grid = _chain(process, where)
     with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit: the steps are static
         most = grid.N if spacing == "trailing" else grid.N - 1
         if num_steps > most:
@@ -137,7 +134,8 @@ def _ddpm_strided(process, num_steps: int, t_eps: float, *, spacing: str) -> jax
 @functools.lru_cache(maxsize=None)
 def ddpm_strided(spacing: str = "leading"):
     """The DDPM chain's strided steps as a time grid: ``grid(process, num_steps, t_eps)`` for a process with a DDPM
-    chain (``discrete_chain == "ddpm"``: :func:`~diffjax.vp_sde`, :func:`~diffjax.cosine_vp_sde`).
+    chain (``process.chain()`` a :class:`~diffjax.discrete.DDPMGrid`: :func:`~diffjax.vp_sde`,
+    :func:`~diffjax.cosine_vp_sde`).
 
     The chain is :func:`diffjax.discrete.ddpm_grid` of ``process`` (``N = process.N`` steps); its strided steps are
     picked by :meth:`~diffjax.discrete.DDPMGrid.subsequence` with diffusers' ``timestep_spacing``, as its multistep
@@ -152,14 +150,14 @@ def ddpm_strided(spacing: str = "leading"):
     .. math:: t_k = t^{DDPM}_{\\tau_{S-k}}\\ (k < S),\\quad t_S = t_\\epsilon
 
     Args:
-        spacing: "leading", "trailing" or "linspace" (:data:`diffjax.discrete.ddpm.DDIM_SPACINGS`).
+        spacing: "leading", "trailing" or "linspace" (:data:`diffjax.core.chains.DDIM_SPACINGS`).
 
     Returns:
         A hashable grid function (the same object for the same ``spacing``, so a jitted sampler does not retrace).
         It raises ``ValueError`` for a process without a DDPM chain, ``num_steps`` above ``N`` ("trailing") or
         ``N - 1``, and a ``t_eps`` not below the lowest strided step's time.
     """
-    check_choice("spacing", spacing, _ddpm.DDIM_SPACINGS)
+    check_choice("spacing", spacing, DDIM_SPACINGS)
     return functools.partial(_ddpm_strided, spacing=spacing)
 
 

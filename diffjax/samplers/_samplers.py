@@ -15,7 +15,7 @@ Conventions shared by all samplers:
   checked before tracing); annealed Langevin runs its sigma grid but never evaluates the score below ``t_eps``.
   The grid samplers ancestral and DDIM evaluate the model at each grid step's own time (the time whose marginal
   is that step's alpha-bar / sigma, step 0 included) and take no ``t_eps`` (it must be None). They need a process
-  with a discrete chain (``sde.discrete_chain``: "ddpm" for VP, "smld" for VE); any other process raises a
+  with a discrete chain (``sde.chain()``: DDPM's for VP, SMLD's for VE); any other process raises a
   ValueError naming the samplers that apply to every process.
 * Dtypes: the output has ``x_T``'s dtype; the solve runs in ``promote_types(x_T.dtype, float32)``. A bfloat16 or
   float16 ``x_T`` is cast to float32 on entry, the loop carry, times and coefficients are float32, ``score_fn`` is
@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 from diffjax.core._checks import check_choice, check_int, check_nonnegative, check_positive
 from diffjax.core._jit import jit_static
 from diffjax.core._solvers import check_solver
+from diffjax.core.chains import DDPMGrid, SMLDChain
 from diffjax.core.learned_variance import has_learned_variance
 from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete import ddpm as _ddpm
@@ -245,32 +246,18 @@ def reverse_diffusion(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, ti
 @_jit("score_fn", "sde", "num_steps", "variance")
 def _ancestral(key, x_T, *, score_fn, sde, num_steps, variance):
     # Every step evaluates the model at its own grid time (no t_eps floor): grid.time(i) for DDPM, sigma_i's time
-    # for SMLD. The process names its chain (sde.discrete_chain); the chain's step comes from diffjax.discrete.
+    # for SMLD. The process offers its chain (sde.chain()), which carries its own ancestral step.
     x_in, x_T = x_T, to_solve_dtype(x_T)
     if num_steps == 1:  # the one exact step from the prior at T to the data (see ancestral)
         return from_solve_dtype(_tweedie(x_T, sde.T, score_fn, sde), x_in)
-    step = _ANCESTRAL_STEPS[sde.discrete_chain](sde, score_fn, variance)
+    chain = sde.chain()
 
     def body(carry, i):
         x, _ = carry
-        return step(jax.random.fold_in(key, i), x, i), None
+        return chain.ancestral_step(jax.random.fold_in(key, i), x, i, score_fn, variance=variance), None
 
     (x, x_mean), _ = jax.lax.scan(body, (x_T, x_T), jnp.arange(num_steps - 1, -1, -1))
     return from_solve_dtype(x_mean, x_in)
-
-
-def _ddpm_chain_step(sde, score_fn, variance):
-    grid = _ddpm.ddpm_grid(sde)
-    return lambda k, x, i: _ddpm.ancestral_step(k, x, i, score_fn, grid, variance=variance)
-
-
-def _smld_chain_step(sde, score_fn, variance):
-    del variance
-    return lambda k, x, i: _ncsn.smld_ancestral_step(k, x, i, score_fn, sde)
-
-
-# discrete_chain -> the ancestral step of that chain (DDPM Algorithm 2; SMLD's posterior step)
-_ANCESTRAL_STEPS = {"ddpm": _ddpm_chain_step, "smld": _smld_chain_step}
 
 
 def _grid_t_eps(t_eps, sampler):
@@ -291,26 +278,20 @@ def _resolve_variance(variance, score_fn, allowed, fixed_default):
     return variance
 
 
-def _check_ddpm_chain(sde, num_steps: int):
-    """The ``num_steps``-step DDPM chain of ``sde`` exists: its betas are below 1 (``num_steps = 1`` takes the
-    exact step from ``T`` instead, see :func:`ancestral`). Score-SDE's linear betas ``beta(t_i) / N`` reach
-    ``beta_max / N`` at the top, >= 1 for ``N <= beta_max``."""
-    if num_steps == 1:
-        return
+def _checked_chain(sde, num_steps: int):
+    """The ``num_steps``-step chain of ``sde``, concrete; it must exist (``num_steps = 1`` takes the exact step from
+    ``T`` instead, see :func:`ancestral`: then the chain of ``sde.N`` steps). Score-SDE's linear betas
+    ``beta(t_i) / N`` reach ``beta_max / N`` at the top, >= 1 for ``N <= beta_max``: the DDPM chain's own check
+    raises."""
     try:
         with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit
-            max_beta = float(np.max(np.asarray(with_steps(sde, num_steps).discrete_betas())))
-    except ValueError as e:  # the schedule's own check (LinearBeta: beta_max / num_steps >= 1)
-        detail = str(e)
-    else:
-        if max_beta < 1.0:
-            return
-        detail = f"its DDPM betas reach {max_beta:.3g} >= 1"
-    raise ValueError(f"num_steps={num_steps} is too few for ancestral sampling of {sde!r}, whose {num_steps}-step "
-                     f"DDPM chain does not exist ({detail}); allowed: num_steps=1 (one step from T to the data) or "
-                     f"enough steps that every beta < 1. For fewer steps of DDPM's step use the strided chain of the "
-                     f"sde.N-step grid: ddim(..., num_steps={num_steps}, eta=1.0, variance='beta', "
-                     f"spacing='trailing')")
+            return with_steps(sde, num_steps if num_steps > 1 else sde.N).chain()
+    except ValueError as e:
+        raise ValueError(f"num_steps={num_steps} is too few for ancestral sampling of {sde!r}, whose {num_steps}-step "
+                         f"chain does not exist ({e}); allowed: num_steps=1 (one step from T to the data) or enough "
+                         f"steps that every beta < 1. For fewer steps of DDPM's step use the strided chain of the "
+                         f"sde.N-step grid: ddim(..., num_steps={num_steps}, eta=1.0, variance='beta', "
+                         f"spacing='trailing')") from None
 
 
 def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=None, return_nfe: bool = False):
@@ -350,13 +331,14 @@ def ancestral(key, x_T, score_fn, sde, *, num_steps=None, t_eps=None, variance=N
     """
     _grid_t_eps(t_eps, "ancestral")
     num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=None,
-                                chains=tuple(_ANCESTRAL_STEPS), sampler="ancestral (DDPM for VP, SMLD for VE)")
-    if sde.discrete_chain == "ddpm":
-        variance = _resolve_variance(variance, score_fn, ("beta", "posterior", "learned"), "beta")
-        _check_ddpm_chain(sde, num_steps)
+                                chains=(DDPMGrid, SMLDChain), sampler="ancestral (DDPM for VP, SMLD for VE)")
+    chain = _checked_chain(sde, num_steps)
+    if chain.variances:  # the options of the chain's ancestral step, its default first
+        variance = _resolve_variance(variance, score_fn, chain.variances, chain.variances[0])
     elif variance is not None:
-        raise ValueError(f"variance is a DDPM (VP) option; SMLD's ancestral step on a VESDE has the posterior "
-                         f"variance only: pass variance=None, got {variance!r}")
+        raise ValueError(f"variance is a DDPM (VP) option; the ancestral step of {type(sde).__name__}'s "
+                         f"{type(chain).__name__} (SMLD's on a VESDE) has the posterior variance only: pass "
+                         f"variance=None, got {variance!r}")
     _check_bool("return_nfe", return_nfe)
     x = _ancestral(key, x_T, score_fn=score_fn, sde=with_steps(sde, num_steps), num_steps=num_steps,
                    variance=variance)
@@ -409,7 +391,7 @@ def annealed_langevin(key, x_T, score_fn, sde, *, num_steps: int = 10, t_eps=Non
         (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps * n_steps_each (+1 if denoise)`` score
         evaluations.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=10, chains=("smld",),
+    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=10, chains=(SMLDChain,),
                                     sampler="annealed_langevin (NCSN)")
     n_steps_each = check_int("n_steps_each", n_steps_each, minimum=1)
     step_lr = check_positive("step_lr", step_lr)
@@ -489,7 +471,7 @@ def ddim(key, x_T, score_fn, sde, *, num_steps: int = 50, t_eps=None, eta: float
         (batch, *dims), or ``(x, nfe)`` if ``return_nfe``; ``num_steps`` score evaluations.
     """
     _grid_t_eps(t_eps, "ddim")
-    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=50, chains=("ddpm",),
+    num_steps, _ = check_common(x_T, score_fn, sde, num_steps, None, default_steps=50, chains=(DDPMGrid,),
                                 sampler="ddim (a DDPM grid)")
     if num_steps > sde.N:
         raise ValueError(f"num_steps must be <= sde.N={sde.N} for ddim, got {num_steps!r}")
