@@ -15,7 +15,7 @@ import pytest
 
 import diffjax as dj
 import diffjax.nets as nets
-from diffjax.nets import _layers
+from diffjax.nets import _attention, _norm
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 # Every compiled function of this file: XLA:CPU's LLVM backend at -O0 compiles these tiny programs ~2.5x faster
@@ -56,14 +56,14 @@ def qkv():
 @pytest.mark.parametrize("heads_per_step", [None, 1, 3])
 def test_attention_jvp_equals_reference_and_finite_differences(qkv, heads_per_step):
     primals, tangents = qkv
-    fused = functools.partial(_layers.dot_product_attention, heads_per_step=heads_per_step)
+    fused = functools.partial(_attention.dot_product_attention, heads_per_step=heads_per_step)
 
     @_jit
     def run(primals, tangents):  # every value of the test in one compiled program
-        return (jax.jvp(fused, primals, tangents), jax.jvp(_layers.reference_attention, primals, tangents),
+        return (jax.jvp(fused, primals, tangents), jax.jvp(_attention.reference_attention, primals, tangents),
                 _finite_difference(fused, primals, tangents),
                 # jacfwd (vmap of jvp) and the reference's reverse-mode Jacobian
-                jax.jacfwd(fused, (0, 1, 2))(*primals), jax.jacrev(_layers.reference_attention, (0, 1, 2))(*primals))
+                jax.jacfwd(fused, (0, 1, 2))(*primals), jax.jacrev(_attention.reference_attention, (0, 1, 2))(*primals))
 
     (out, dout), (ref_out, ref_dout), fd, jac_fwd, jac_rev = run(primals, tangents)
     _close(out, ref_out)
@@ -79,7 +79,7 @@ def test_attention_reverse_and_mixed_modes_equal_reference(qkv, heads_per_step):
     """Gradients (JAX's transpose of the fused tangent), jvp-of-grad and grad-of-jvp equal the reference's."""
     primals, tangents = qkv
     cot = jax.random.normal(jax.random.key(5), primals[0].shape)
-    fused = functools.partial(_layers.dot_product_attention, heads_per_step=heads_per_step)
+    fused = functools.partial(_attention.dot_product_attention, heads_per_step=heads_per_step)
     loss = lambda f: lambda *p: jnp.sum(jnp.sin(f(*p)) * cot)  # noqa: E731
     grad = lambda f: jax.grad(loss(f), (0, 1, 2))  # noqa: E731
 
@@ -87,7 +87,7 @@ def test_attention_reverse_and_mixed_modes_equal_reference(qkv, heads_per_step):
     def run(primals, tangents):  # the fused and the reference values, in one compiled program
         hvp = lambda f: jax.jvp(grad(f), primals, tangents)[1]  # noqa: E731
         goj = lambda f: jax.grad(lambda *p: jnp.sum(jnp.sin(jax.jvp(f, p, tangents)[1])), (0, 1, 2))(*primals)  # noqa
-        return [(grad(f)(*primals), hvp(f), goj(f)) for f in (fused, _layers.reference_attention)]
+        return [(grad(f)(*primals), hvp(f), goj(f)) for f in (fused, _attention.reference_attention)]
 
     (g, h, j), (ref_g, ref_h, ref_j) = run(primals, tangents)
     _close(g, ref_g)
@@ -99,7 +99,7 @@ def test_attention_reverse_mode_stores_no_score_matrix():
     """The gradient recomputes the N x N probabilities: nothing N x N crosses from the forward to the backward pass
     (no (N, N)-shaped residual of jax.vjp)."""
     q, k, v = _normals(jax.random.key(1), [(1, 64, 2, 4)] * 3)
-    _, vjp = jax.vjp(functools.partial(_layers.dot_product_attention, heads_per_step=1), q, k, v)
+    _, vjp = jax.vjp(functools.partial(_attention.dot_product_attention, heads_per_step=1), q, k, v)
     shapes = [leaf.shape for leaf in jax.tree.leaves(vjp)]
     assert shapes and not any(s[-2:] == (64, 64) for s in shapes), shapes
 
@@ -113,8 +113,8 @@ def gn_args():
 
 def test_group_norm_jvp_equals_reference_and_finite_differences(gn_args):
     primals, tangents = gn_args
-    fused = lambda x, s, b: _layers.group_norm_fused(x, s, b, 4)  # noqa: E731
-    ref = lambda x, s, b: _layers.group_norm(x, s, b, 4)  # noqa: E731
+    fused = lambda x, s, b: _norm.group_norm_fused(x, s, b, 4)  # noqa: E731
+    ref = lambda x, s, b: _norm.group_norm(x, s, b, 4)  # noqa: E731
 
     @_jit
     def run(primals, tangents):  # every value of the test in one compiled program
@@ -135,8 +135,8 @@ def test_group_norm_jvp_equals_reference_and_finite_differences(gn_args):
 
 def test_group_norm_reverse_and_mixed_modes_equal_reference(gn_args):
     primals, tangents = gn_args
-    fused = lambda x, s, b: _layers.group_norm_fused(x, s, b, 4)  # noqa: E731
-    ref = lambda x, s, b: _layers.group_norm(x, s, b, 4)  # noqa: E731
+    fused = lambda x, s, b: _norm.group_norm_fused(x, s, b, 4)  # noqa: E731
+    ref = lambda x, s, b: _norm.group_norm(x, s, b, 4)  # noqa: E731
     loss = lambda f: lambda *p: jnp.sum(jnp.sin(f(*p)))  # noqa: E731
     grad = lambda f: jax.grad(loss(f), (0, 1, 2))  # noqa: E731
 
@@ -154,10 +154,10 @@ def test_group_norm_reverse_and_mixed_modes_equal_reference(gn_args):
 
 def test_group_norm_bfloat16_jvp_keeps_dtype(gn_args):
     (x, scale, bias), (dx, ds, db) = gn_args
-    out, dout = jax.jvp(lambda x: _layers.group_norm_fused(x, scale, bias, 4), (x.astype(jnp.bfloat16),),
+    out, dout = jax.jvp(lambda x: _norm.group_norm_fused(x, scale, bias, 4), (x.astype(jnp.bfloat16),),
                         (dx.astype(jnp.bfloat16),))
     assert out.dtype == dout.dtype == jnp.bfloat16
-    ref = jax.jvp(lambda x: _layers.group_norm(x, scale, bias, 4), (x,), (dx,))[1]
+    ref = jax.jvp(lambda x: _norm.group_norm(x, scale, bias, 4), (x,), (dx,))[1]
     assert bool(jnp.all(jnp.isfinite(dout))) and _rel_err(dout.astype(jnp.float32), ref) < 0.05
 
 

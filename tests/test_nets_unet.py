@@ -218,7 +218,7 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride)))
 
-    ref, got = nets._layers.conv_xla, nets._layers.conv_matmul_grad
+    ref, got = nets._conv.conv_xla, nets._conv.conv_matmul_grad
 
     def grad_norm(conv, x, w):  # d/dw |d loss / dx|^2: reverse over reverse through the custom rule
         return jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)
@@ -233,7 +233,7 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
         return dict(
             direct=jax.lax.conv_general_dilated(x, w, (stride,) * 2, ((k // 2, k // 2),) * 2,
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")),
-            ref=ref(x, w, stride), got=got(x, w, stride), shifted=nets._layers.conv_shifted_matmuls(x, w, stride),
+            ref=ref(x, w, stride), got=got(x, w, stride), shifted=nets._conv.conv_shifted_matmuls(x, w, stride),
             vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in (got, ref)],
             jvp=[jax.jvp(lambda x, w, c=c: c(x, w, stride), (x, w), tangents) for c in (got, ref)],
             grad_norm=[grad_norm(c, x, w) for c in (got, ref)],
@@ -251,7 +251,7 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
 
 
 def _upsample_then_conv(x, w):
-    return nets._layers.conv_xla(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w)
+    return nets._conv.conv_xla(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
@@ -260,7 +260,7 @@ def test_conv_upsampled_equals_conv_of_upsampled(k):
     x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4))
     w = jax.random.normal(jax.random.key(1), (k, k, 4, 3)) / np.sqrt(k * k * 4)
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
-    convs = (nets._layers.conv_upsampled, _upsample_then_conv)
+    convs = (nets._conv.conv_upsampled, _upsample_then_conv)
 
     @_jit
     def run(x, w):
@@ -282,15 +282,15 @@ def test_conv_polyphase_equals_strided_conv(stride, size, k):
     gradients, forward-mode derivatives and second derivatives."""
     x = jax.random.normal(jax.random.key(0), (2, size, size - 1, 3))
     w = jax.random.normal(jax.random.key(1), (k, k, 3, 4)) / np.sqrt(k * k * 3)
-    ref = lambda x, w: nets._layers.conv_xla(x, w, stride)  # noqa: E731
-    got = lambda x, w: nets._layers.conv_polyphase_grad(x, w, stride)  # noqa: E731
+    ref = lambda x, w: nets._conv.conv_xla(x, w, stride)  # noqa: E731
+    got = lambda x, w: nets._conv.conv_polyphase_grad(x, w, stride)  # noqa: E731
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
     grad_norm = lambda conv, x, w: jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)  # noqa: E731
 
     @_jit
     def run(x, w):
         tangents = (0.3 * x, 0.2 * w)
-        return dict(polyphase=nets._layers.conv_polyphase(x, w, stride), out=[got(x, w), ref(x, w)],
+        return dict(polyphase=nets._conv.conv_polyphase(x, w, stride), out=[got(x, w), ref(x, w)],
                     vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in (got, ref)],
                     jvp=[jax.jvp(c, (x, w), tangents) for c in (got, ref)],
                     grad_norm=[grad_norm(c, x, w) for c in (got, ref)])
@@ -315,7 +315,7 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
         return str(jaxpr).count("conv_general_dilated")
 
     assert n_convs(jnp.zeros((4, 16, 16, 2))) == 4 and n_convs(jnp.zeros((4, 16, 15, 2))) == 1  # 1024 vs 960
-    monkeypatch.setattr(nets._layers, "SUBPIXEL_MIN_POSITIONS", 0)  # tiny inputs below: the sub-pixel form
+    monkeypatch.setattr(nets._conv, "SUBPIXEL_MIN_POSITIONS", 0)  # tiny inputs below: the sub-pixel form
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
     temb = jax.random.normal(jax.random.key(2), (2, 16))
     layers = {
@@ -356,7 +356,7 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
 
 
 def test_conv_impl_choice():
-    from diffjax.nets._layers import _use_matmul
+    from diffjax.nets._conv import _use_matmul
     assert not _use_matmul("auto")
     assert _use_matmul("matmul") and not _use_matmul("xla")
     with pytest.raises(ValueError, match="conv_impl"):
@@ -464,12 +464,12 @@ def test_chunked_attention_equals_reference(heads_per_step):
     k = 2.0 * k  # peaked softmax rows
     cot = jax.random.normal(kc, q.shape)
     loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)) * cot)  # noqa: E731
-    chunked = functools.partial(nets._layers.dot_product_attention, heads_per_step=heads_per_step)
+    chunked = functools.partial(nets._attention.dot_product_attention, heads_per_step=heads_per_step)
 
     @_jit
     def run(q, k, v):  # the chunked and the reference values and gradients, and bfloat16, in one compiled program
-        grads = [jax.grad(loss(f), (0, 1, 2))(q, k, v) for f in (chunked, nets._layers.reference_attention)]
-        return (chunked(q, k, v), nets._layers.reference_attention(q, k, v), grads,
+        grads = [jax.grad(loss(f), (0, 1, 2))(q, k, v) for f in (chunked, nets._attention.reference_attention)]
+        return (chunked(q, k, v), nets._attention.reference_attention(q, k, v), grads,
                 chunked(*[a.astype(jnp.bfloat16) for a in (q, k, v)]))
 
     got, ref, grads, out16 = run(q, k, v)
@@ -484,7 +484,7 @@ def test_chunked_attention_equals_reference(heads_per_step):
 def test_row_max_by_halving_equals_max(n):
     """The attention's row maximum (halved with element-wise maxima first) is jnp.max exactly, NaN and -inf
     rows included."""
-    from diffjax.nets._layers import _row_max
+    from diffjax.nets._attention import _row_max
     s = np.array(jax.random.normal(jax.random.key(n), (3, 5, n)))
     s[0, 1, :] = -np.inf
     s[1, 2, n // 2] = np.nan
@@ -526,7 +526,7 @@ def test_group_norm_and_fused_equal_flax():
     scale, bias = jnp.linspace(0.5, 1.5, 12), jnp.linspace(-1.0, 1.0, 12)
     flax_gn = lambda x, scale, bias: nn.GroupNorm(num_groups=4, epsilon=1e-6).apply(  # noqa: E731
         {"params": {"scale": scale, "bias": bias}}, x)
-    norms = (nets.group_norm, nets._layers.group_norm_fused)
+    norms = (nets.group_norm, nets._norm.group_norm_fused)
 
     @_jit
     def run(x, scale, bias):  # flax's and both norms' values and gradients in one compiled program
