@@ -6,7 +6,7 @@ switched off, keeping YNNPACK for matrix products only:
 - **reductions** (correctness): its reduce fusion merges distinct ``log`` / ``expm1`` nodes, so with jaxlib 0.10.2
   ``jnp.mean(jnp.log(2 * t) - jnp.log(t))`` over 16384 elements is 0, not log 2; that breaks every Gaussian KL
   (the DDPM bound, bits/dim) and the sub-VP likelihood weighting (tests/test_losses.py has the canary). The
-  networks compute their large sums as matrix products (``nets._layers.sum_spatial``, ``add_bias``), so they do not
+  networks compute their large sums as matrix products (``nets._base.sum_spatial``, ``add_bias``), so they do not
   slow down without it. YNNPACK's element-wise fusion type (``eltwise``, not in jaxlib's default set) has the same
   fault (``jnp.log(2 * t) - jnp.log(t)`` compiles to 0 element-wise): never enable it either.
 - **convolutions** (speed): on the 3x3 convolutions of the score networks (64-256 channels) YNNPACK runs at about

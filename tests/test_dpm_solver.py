@@ -20,6 +20,7 @@ from diffjax.eval.sample_distances import energy_distance
 from diffjax.samplers import _dpm_solver
 
 S = dj.samplers
+from _fast_compile import FAST_COMPILE  # noqa: E402
 from _mixtures import DATASETS, MIX16, N_POINTS, RING, data_and_noise  # noqa: E402,F401
 PROCESSES = {"vp": dj.vp_sde(), "ve": dj.ve_sde(), "edm": dj.edm_sde(), "rectified_flow": dj.rectified_flow()}
 _SCORES = {}
@@ -188,9 +189,6 @@ def test_one_3m_step_from_an_exact_history_is_third_order():
 
 
 # ------------------------------------------------------------------------------- exact mixture scores
-
-# Compile time dominates: XLA's backend optimizations off (as tests/test_sampler_sweep.py). The same HLO runs.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ from configs import fashion_mnist_ddpm  # noqa: E402
 from diffjax import config_lib  # noqa: E402
 from diffjax import run as drun  # noqa: E402
 import diffjax as dj  # noqa: E402
+from _fast_compile import FAST_COMPILE  # noqa: E402
 
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _config(method):

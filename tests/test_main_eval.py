@@ -14,6 +14,7 @@ from configs import default, fashion_mnist_classifier, fashion_mnist_ddpm, tiny 
 from diffjax import main as dmain  # noqa: E402
 from diffjax import run as drun  # noqa: E402
 from diffjax.data import FASHION_MNIST_DIR  # noqa: E402
+from _fast_compile import FAST_COMPILE  # noqa: E402
 
 # the module-scoped fixture is built once: every test of this file runs on one pytest-xdist worker
 # (`--dist loadgroup` in .ci/run)
@@ -193,9 +194,6 @@ def _tiny_image_config(classifier_dir):
     e.bpd_num_examples, e.bpd_batch_size, e.bpd_num_repeats = 4, 4, 1
     e.likelihood_rtol = e.likelihood_atol = 1e-2
     return cfg
-
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _fresh_state_fast(run):

@@ -12,6 +12,7 @@ import pytest
 
 import diffjax as dj
 import diffjax.nets as nets
+from _fast_compile import fast_jit
 
 SDES = {"vp": dj.vp_sde(0.1, 20.0), "subvp": dj.subvp_sde(0.1, 20.0), "ve": dj.ve_sde(0.01, 50.0)}
 PARAMS = {"mu": jnp.array([0.7, -1.2, 0.3]), "s0": jnp.array(0.6)}
@@ -121,10 +122,8 @@ def test_unet_score_fn_runs_under_jit():
     score_fn = nets.make_score_fn(model.apply, params, sde, time_input="index")
     # the jitted score_fn and the network's output at the matching labels, in one compiled program (the network
     # applied eagerly, op by op, compiles each primitive separately)
-    # (XLA:CPU's LLVM backend at -O0: this one-shot program compiles ~2.5x faster, the same math)
-    s, out = jax.jit(lambda x, t: (score_fn(x, t), model.apply({"params": params}, x, jnp.array([100.0, 899.0]),
-                                                                  train=False)),
-                     compiler_options={"xla_backend_optimization_level": 0})(x, jnp.array([0.1, 0.9]))
+    s, out = fast_jit(lambda x, t: (score_fn(x, t), model.apply({"params": params}, x, jnp.array([100.0, 899.0]),
+                                                                  train=False)))(x, jnp.array([0.1, 0.9]))
     assert bool(jnp.all(jnp.isfinite(s))) and bool(jnp.all(jnp.isfinite(out)))
     assert float(jnp.std(out)) > 1e-3
     chex.assert_trees_all_close(s, -out / sde.marginal(jnp.array([0.1, 0.9]))[1][:, None, None, None],

@@ -18,11 +18,9 @@ import pytest
 import diffjax as dj
 import diffjax.nets as nets
 from diffjax import config_lib
+from _fast_compile import fast_jit
 
 TINY = dict(patch_size=2, hidden_size=16, depth=2, num_heads=2)
-# The one-shot forward passes: XLA:CPU's LLVM backend at -O0 compiles these tiny programs ~2.5x faster (the same
-# math, float rounding aside). Not for the training loop below, whose 600 steps run the compiled code.
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _random_params(model, x, labels, y=None, seed=0):
@@ -55,7 +53,7 @@ def test_output_shape_and_learned_sigma_channels(shape, patch, learn_sigma):
     x = _normal(shape)
     labels = jnp.array([3.0, 500.0])
     variables = _random_params(model, x, labels)
-    apply = _jit(functools.partial(model.apply, train=False))
+    apply = fast_jit(functools.partial(model.apply, train=False))
     out = apply(variables, x, labels)
     assert out.shape == shape[:3] + (shape[3] * (2 if learn_sigma else 1),) and out.dtype == jnp.float32
     out = np.asarray(out)
@@ -73,7 +71,7 @@ def test_adaln_zero_init_makes_every_block_the_identity_and_the_output_zero():
     x = _normal((2, 8, 8, 3))
     labels, y = jnp.array([10.0, 900.0]), jnp.array([0, 2])
     # The real initialisers and the first forward pass, in one compiled function.
-    out, variables = _jit(lambda k: model.init_with_output(
+    out, variables = fast_jit(lambda k: model.init_with_output(
         k, x, labels, y, train=False, capture_intermediates=True))(jax.random.key(0, impl="rbg"))
     assert out.shape == x.shape
     _finite(out)
@@ -121,7 +119,7 @@ def test_class_conditioning_null_label_and_class_dropout():
     assert variables["params"]["y_embedder"]["embedding"].shape == (4, 16)  # + the null label
     x, labels = np.repeat(x1, 16, axis=0), jnp.full((16,), 20.0)
 
-    @_jit
+    @fast_jit
     def run(v):
         y = jnp.array([0, 1, 3] + [0] * 13)
         # train=False: no label dropout; train=True: DiT's own label dropout, per sample.

@@ -15,12 +15,10 @@ import pytest
 
 import diffjax as dj
 import diffjax.nets as nets
-from diffjax.nets import _layers
+from diffjax.nets import _attention, _norm
+from _fast_compile import fast_jit
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-# Every compiled function of this file: XLA:CPU's LLVM backend at -O0 compiles these tiny programs ~2.5x faster
-# (the same math, float rounding aside; their run time here is milliseconds).
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _close(got, want, **tol):
@@ -56,14 +54,14 @@ def qkv():
 @pytest.mark.parametrize("heads_per_step", [None, 1, 3])
 def test_attention_jvp_equals_reference_and_finite_differences(qkv, heads_per_step):
     primals, tangents = qkv
-    fused = functools.partial(_layers.dot_product_attention, heads_per_step=heads_per_step)
+    fused = functools.partial(_attention.dot_product_attention, heads_per_step=heads_per_step)
 
-    @_jit
+    @fast_jit
     def run(primals, tangents):  # every value of the test in one compiled program
-        return (jax.jvp(fused, primals, tangents), jax.jvp(_layers.reference_attention, primals, tangents),
+        return (jax.jvp(fused, primals, tangents), jax.jvp(_attention.reference_attention, primals, tangents),
                 _finite_difference(fused, primals, tangents),
                 # jacfwd (vmap of jvp) and the reference's reverse-mode Jacobian
-                jax.jacfwd(fused, (0, 1, 2))(*primals), jax.jacrev(_layers.reference_attention, (0, 1, 2))(*primals))
+                jax.jacfwd(fused, (0, 1, 2))(*primals), jax.jacrev(_attention.reference_attention, (0, 1, 2))(*primals))
 
     (out, dout), (ref_out, ref_dout), fd, jac_fwd, jac_rev = run(primals, tangents)
     _close(out, ref_out)
@@ -79,15 +77,15 @@ def test_attention_reverse_and_mixed_modes_equal_reference(qkv, heads_per_step):
     """Gradients (JAX's transpose of the fused tangent), jvp-of-grad and grad-of-jvp equal the reference's."""
     primals, tangents = qkv
     cot = jax.random.normal(jax.random.key(5), primals[0].shape)
-    fused = functools.partial(_layers.dot_product_attention, heads_per_step=heads_per_step)
+    fused = functools.partial(_attention.dot_product_attention, heads_per_step=heads_per_step)
     loss = lambda f: lambda *p: jnp.sum(jnp.sin(f(*p)) * cot)  # noqa: E731
     grad = lambda f: jax.grad(loss(f), (0, 1, 2))  # noqa: E731
 
-    @_jit
+    @fast_jit
     def run(primals, tangents):  # the fused and the reference values, in one compiled program
         hvp = lambda f: jax.jvp(grad(f), primals, tangents)[1]  # noqa: E731
         goj = lambda f: jax.grad(lambda *p: jnp.sum(jnp.sin(jax.jvp(f, p, tangents)[1])), (0, 1, 2))(*primals)  # noqa
-        return [(grad(f)(*primals), hvp(f), goj(f)) for f in (fused, _layers.reference_attention)]
+        return [(grad(f)(*primals), hvp(f), goj(f)) for f in (fused, _attention.reference_attention)]
 
     (g, h, j), (ref_g, ref_h, ref_j) = run(primals, tangents)
     _close(g, ref_g)
@@ -99,7 +97,7 @@ def test_attention_reverse_mode_stores_no_score_matrix():
     """The gradient recomputes the N x N probabilities: nothing N x N crosses from the forward to the backward pass
     (no (N, N)-shaped residual of jax.vjp)."""
     q, k, v = _normals(jax.random.key(1), [(1, 64, 2, 4)] * 3)
-    _, vjp = jax.vjp(functools.partial(_layers.dot_product_attention, heads_per_step=1), q, k, v)
+    _, vjp = jax.vjp(functools.partial(_attention.dot_product_attention, heads_per_step=1), q, k, v)
     shapes = [leaf.shape for leaf in jax.tree.leaves(vjp)]
     assert shapes and not any(s[-2:] == (64, 64) for s in shapes), shapes
 
@@ -113,10 +111,10 @@ def gn_args():
 
 def test_group_norm_jvp_equals_reference_and_finite_differences(gn_args):
     primals, tangents = gn_args
-    fused = lambda x, s, b: _layers.group_norm_fused(x, s, b, 4)  # noqa: E731
-    ref = lambda x, s, b: _layers.group_norm(x, s, b, 4)  # noqa: E731
+    fused = lambda x, s, b: _norm.group_norm_fused(x, s, b, 4)  # noqa: E731
+    ref = lambda x, s, b: _norm.group_norm(x, s, b, 4)  # noqa: E731
 
-    @_jit
+    @fast_jit
     def run(primals, tangents):  # every value of the test in one compiled program
         # only some inputs differentiated (the others' tangents are zeros)
         partial = [jax.jvp(lambda x, f=f: f(x, *primals[1:]), primals[:1], tangents[:1])[1] for f in (fused, ref)]
@@ -135,12 +133,12 @@ def test_group_norm_jvp_equals_reference_and_finite_differences(gn_args):
 
 def test_group_norm_reverse_and_mixed_modes_equal_reference(gn_args):
     primals, tangents = gn_args
-    fused = lambda x, s, b: _layers.group_norm_fused(x, s, b, 4)  # noqa: E731
-    ref = lambda x, s, b: _layers.group_norm(x, s, b, 4)  # noqa: E731
+    fused = lambda x, s, b: _norm.group_norm_fused(x, s, b, 4)  # noqa: E731
+    ref = lambda x, s, b: _norm.group_norm(x, s, b, 4)  # noqa: E731
     loss = lambda f: lambda *p: jnp.sum(jnp.sin(f(*p)))  # noqa: E731
     grad = lambda f: jax.grad(loss(f), (0, 1, 2))  # noqa: E731
 
-    @_jit
+    @fast_jit
     def run(primals, tangents):  # the fused and the reference values, in one compiled program
         hvp = lambda f: jax.jvp(grad(f), primals, tangents)[1]  # noqa: E731
         goj = lambda f: jax.grad(lambda *p: jnp.sum(jnp.sin(jax.jvp(f, p, tangents)[1])), (0, 1, 2))(*primals)  # noqa
@@ -154,10 +152,10 @@ def test_group_norm_reverse_and_mixed_modes_equal_reference(gn_args):
 
 def test_group_norm_bfloat16_jvp_keeps_dtype(gn_args):
     (x, scale, bias), (dx, ds, db) = gn_args
-    out, dout = jax.jvp(lambda x: _layers.group_norm_fused(x, scale, bias, 4), (x.astype(jnp.bfloat16),),
+    out, dout = jax.jvp(lambda x: _norm.group_norm_fused(x, scale, bias, 4), (x.astype(jnp.bfloat16),),
                         (dx.astype(jnp.bfloat16),))
     assert out.dtype == dout.dtype == jnp.bfloat16
-    ref = jax.jvp(lambda x: _layers.group_norm(x, scale, bias, 4), (x,), (dx,))[1]
+    ref = jax.jvp(lambda x: _norm.group_norm(x, scale, bias, 4), (x,), (dx,))[1]
     assert bool(jnp.all(jnp.isfinite(dout))) and _rel_err(dout.astype(jnp.float32), ref) < 0.05
 
 
@@ -198,7 +196,7 @@ def _close_scaled(got, want, tol=1e-5):
 
 
 def _jitted_jvp(f):
-    return _jit(lambda x, l, dx, dl: jax.jvp(f, (x, l), (dx, dl)))
+    return fast_jit(lambda x, l, dx, dl: jax.jvp(f, (x, l), (dx, dl)))
 
 
 @pytest.mark.parametrize("family", list(TINY_NETS))
@@ -218,7 +216,7 @@ def test_network_jvp_fused_equals_reference(family):
         return
     fd = _finite_difference(lambda x, l: jvps["fused"](x, l, dx, dl)[0], (x, labels), (dx, dl), h=1e-2)
     assert _rel_err(got["fused"][1], fd) < 1e-2
-    grad = {impl: _jit(jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x, labels, train=False)))))(variables)
+    grad = {impl: fast_jit(jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x, labels, train=False)))))(variables)
             for impl, m in models.items()}
     _close_scaled(grad["fused"], grad["reference"], tol=1e-4)
 
@@ -229,11 +227,11 @@ def test_mlp_jvp_jacfwd_and_finite_differences():
     labels = jnp.array([1.0, 10.0, 100.0])
     variables = _filled(model, x, labels)
     apply = lambda x: model.apply(variables, x, labels, train=False)  # noqa: E731
-    f = _jit(apply)
-    out, dout = _jit(lambda x, dx: jax.jvp(apply, (x,), (dx,)))(x, dx)
+    f = fast_jit(apply)
+    out, dout = fast_jit(lambda x, dx: jax.jvp(apply, (x,), (dx,)))(x, dx)
     _close(out, f(x))
     assert _rel_err(dout, _finite_difference(f, (x,), (dx,))) < 2e-3
-    _close(_jit(jax.jacfwd(apply))(x), _jit(jax.jacrev(apply))(x))
+    _close(fast_jit(jax.jacfwd(apply))(x), fast_jit(jax.jacrev(apply))(x))
 
 
 def test_jvp_through_make_score_fn():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import diffjax.nets as nets
+from _fast_compile import fast_jit
 
 PRESETS = {
     "ddpm_cifar10": nets.ddpm_cifar10,
@@ -82,9 +83,6 @@ def _random_params(model, x, labels, y=None, seed=0):
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-# Every compiled function of this file: XLA:CPU's LLVM backend at -O0 compiles these tiny programs ~2.5x faster
-# (the networks' math, float rounding aside, is the same; their run time here is milliseconds).
-_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _finite(tree):
@@ -148,7 +146,7 @@ def test_tiny_family_runs(family, shape):
     x = jax.random.normal(jax.random.key(1), shape)
     labels = jnp.array([3.0, 500.0]) if model.embedding_type == "positional" else jnp.array([-3.0, 3.0])
     variables = _random_params(model, x, labels)
-    apply = _jit(functools.partial(model.apply, train=False))
+    apply = fast_jit(functools.partial(model.apply, train=False))
     out = apply(variables, x, labels)
     assert out.shape == shape and out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out))) and float(jnp.std(out)) > 1e-3
@@ -166,12 +164,12 @@ def test_learn_sigma_and_class_labels_with_null_label():
     labels = jnp.array([10.0, 20.0])
     variables = _random_params(model, x, labels, jnp.array([1, 2]))
     assert variables["params"]["label_embed"]["embedding"].shape == (11, 4 * 8)  # + the null label
-    apply = _jit(lambda v, y: model.apply(v, x, labels, y, train=False))
+    apply = fast_jit(lambda v, y: model.apply(v, x, labels, y, train=False))
     out = apply(variables, jnp.array([1, 2]))
     assert out.shape == (2, 8, 8, 6)  # learned-variance head: channels doubled
     eps, v = nets.split_learned_sigma(out)
     assert eps.shape == v.shape == x.shape
-    null = _jit(lambda v: model.apply(v, x, labels, None, train=False))(variables)
+    null = fast_jit(lambda v: model.apply(v, x, labels, None, train=False))(variables)
     chex.assert_trees_all_close(null, apply(variables, jnp.array([10, 10])), atol=1e-5)  # y=None is label 10
     assert float(jnp.max(jnp.abs(out - apply(variables, jnp.array([3, 4]))))) > 1e-3
 
@@ -181,8 +179,8 @@ def test_dropout_changes_outputs_only_in_training():
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     labels = jnp.array([3.0, 500.0])
     variables = _random_params(model, x, labels)
-    apply_eval = _jit(functools.partial(model.apply, train=False))
-    apply_train = _jit(lambda v, x, l, k: model.apply(v, x, l, train=True, rngs={"dropout": k}))
+    apply_eval = fast_jit(functools.partial(model.apply, train=False))
+    apply_train = fast_jit(lambda v, x, l, k: model.apply(v, x, l, train=True, rngs={"dropout": k}))
     a = apply_train(variables, x, labels, jax.random.key(2))
     b = apply_train(variables, x, labels, jax.random.key(3))
     chex.assert_trees_all_equal(a, apply_train(variables, x, labels, jax.random.key(2)))  # same key, same output
@@ -201,8 +199,8 @@ def test_bfloat16_compute_close_to_float32():
     variables = _random_params(m32, x, labels)
     chex.assert_trees_all_equal_shapes_and_dtypes(
         variables, jax.eval_shape(lambda: m16.init(jax.random.key(0), x, labels, train=False)))  # float32 params
-    out32 = _jit(functools.partial(m32.apply, train=False))(variables, x, labels)
-    out16 = _jit(functools.partial(m16.apply, train=False))(variables, x, labels)
+    out32 = fast_jit(functools.partial(m32.apply, train=False))(variables, x, labels)
+    out16 = fast_jit(functools.partial(m16.apply, train=False))(variables, x, labels)
     assert out16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
     assert 0 < rel < 0.05, rel  # bf16 really ran (not bit-identical) and stays close
@@ -218,7 +216,7 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
     def loss(conv):
         return lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride)))
 
-    ref, got = nets._layers.conv_xla, nets._layers.conv_matmul_grad
+    ref, got = nets._conv.conv_xla, nets._conv.conv_matmul_grad
 
     def grad_norm(conv, x, w):  # d/dw |d loss / dx|^2: reverse over reverse through the custom rule
         return jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)
@@ -226,14 +224,14 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
     conv = lambda impl: nets.Conv(6, k, stride=stride, impl=impl)  # noqa: E731
     mod_loss = lambda v, x, impl: jnp.sum(jnp.sin(conv(impl).apply(v, x)))  # noqa: E731
 
-    @_jit
+    @fast_jit
     def run(x, w):  # every value below in one compiled program (eager op-by-op compiles each primitive)
         tangents = (0.3 * x, 0.2 * w)
         variables = jax.tree_util.tree_map(lambda p: p + 0.1, conv("xla").init(jax.random.key(1), x))
         return dict(
             direct=jax.lax.conv_general_dilated(x, w, (stride,) * 2, ((k // 2, k // 2),) * 2,
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")),
-            ref=ref(x, w, stride), got=got(x, w, stride), shifted=nets._layers.conv_shifted_matmuls(x, w, stride),
+            ref=ref(x, w, stride), got=got(x, w, stride), shifted=nets._conv.conv_shifted_matmuls(x, w, stride),
             vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in (got, ref)],
             jvp=[jax.jvp(lambda x, w, c=c: c(x, w, stride), (x, w), tangents) for c in (got, ref)],
             grad_norm=[grad_norm(c, x, w) for c in (got, ref)],
@@ -251,7 +249,7 @@ def test_conv_matmul_equals_xla_conv(stride, size, k):
 
 
 def _upsample_then_conv(x, w):
-    return nets._layers.conv_xla(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w)
+    return nets._conv.conv_xla(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), w)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
@@ -260,9 +258,9 @@ def test_conv_upsampled_equals_conv_of_upsampled(k):
     x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4))
     w = jax.random.normal(jax.random.key(1), (k, k, 4, 3)) / np.sqrt(k * k * 4)
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
-    convs = (nets._layers.conv_upsampled, _upsample_then_conv)
+    convs = (nets._conv.conv_upsampled, _upsample_then_conv)
 
-    @_jit
+    @fast_jit
     def run(x, w):
         tangents = (0.3 * x, 0.2 * w)
         return dict(out=[c(x, w) for c in convs], vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in convs],
@@ -282,15 +280,15 @@ def test_conv_polyphase_equals_strided_conv(stride, size, k):
     gradients, forward-mode derivatives and second derivatives."""
     x = jax.random.normal(jax.random.key(0), (2, size, size - 1, 3))
     w = jax.random.normal(jax.random.key(1), (k, k, 3, 4)) / np.sqrt(k * k * 3)
-    ref = lambda x, w: nets._layers.conv_xla(x, w, stride)  # noqa: E731
-    got = lambda x, w: nets._layers.conv_polyphase_grad(x, w, stride)  # noqa: E731
+    ref = lambda x, w: nets._conv.conv_xla(x, w, stride)  # noqa: E731
+    got = lambda x, w: nets._conv.conv_polyphase_grad(x, w, stride)  # noqa: E731
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
     grad_norm = lambda conv, x, w: jax.grad(lambda w: jnp.sum(jax.grad(loss(conv))(x, w) ** 2))(w)  # noqa: E731
 
-    @_jit
+    @fast_jit
     def run(x, w):
         tangents = (0.3 * x, 0.2 * w)
-        return dict(polyphase=nets._layers.conv_polyphase(x, w, stride), out=[got(x, w), ref(x, w)],
+        return dict(polyphase=nets._conv.conv_polyphase(x, w, stride), out=[got(x, w), ref(x, w)],
                     vg=[jax.value_and_grad(loss(c), (0, 1))(x, w) for c in (got, ref)],
                     jvp=[jax.jvp(c, (x, w), tangents) for c in (got, ref)],
                     grad_norm=[grad_norm(c, x, w) for c in (got, ref)])
@@ -315,7 +313,7 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
         return str(jaxpr).count("conv_general_dilated")
 
     assert n_convs(jnp.zeros((4, 16, 16, 2))) == 4 and n_convs(jnp.zeros((4, 16, 15, 2))) == 1  # 1024 vs 960
-    monkeypatch.setattr(nets._layers, "SUBPIXEL_MIN_POSITIONS", 0)  # tiny inputs below: the sub-pixel form
+    monkeypatch.setattr(nets._conv, "SUBPIXEL_MIN_POSITIONS", 0)  # tiny inputs below: the sub-pixel form
     x = jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
     temb = jax.random.normal(jax.random.key(2), (2, 16))
     layers = {
@@ -329,7 +327,7 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
         args = (x, temb, False) if name.startswith("resblock") else (x,)
         loss = lambda i: lambda v, x: jnp.sum(jnp.sin(layer(i).apply(v, x, *args[1:])))  # noqa: E731
 
-        @_jit
+        @fast_jit
         def run(x):  # both inits and both impls' values and gradients in one compiled program
             variables = jax.tree_util.tree_map(lambda p: p + 0.1, layer("xla").init(jax.random.key(0), x, *args[1:]))
             return (variables, layer("auto").init(jax.random.key(0), x, *args[1:]),
@@ -343,7 +341,7 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
     # shortcut): the reordered nearest up-ResBlock is the same function.
     late, literal = (nets.ResBlock(6, kind="biggan", up=True, norm_groups=2, fir=f, fir_kernel=(1, 1)) for f in (0, 1))
 
-    @_jit
+    @fast_jit
     def late_and_literal(x, temb):
         variables = jax.tree_util.tree_map(lambda p: p + 0.1, late.init(jax.random.key(0), x, temb, False))
         return late.apply(variables, x, temb, False), literal.apply(variables, x, temb, False)
@@ -356,7 +354,7 @@ def test_upsampling_and_strided_layers_auto_equal_literal(monkeypatch):
 
 
 def test_conv_impl_choice():
-    from diffjax.nets._layers import _use_matmul
+    from diffjax.nets._conv import _use_matmul
     assert not _use_matmul("auto")
     assert _use_matmul("matmul") and not _use_matmul("xla")
     with pytest.raises(ValueError, match="conv_impl"):
@@ -390,7 +388,7 @@ def test_fir_resampling_equals_upfirdn2d(fir_kernel):
     ys = [jax.random.normal(jax.random.key(1), jax.eval_shape(lambda x: fn(x, fir_kernel), x).shape)
           for x in xs for fn, _ in fns]
 
-    @_jit
+    @fast_jit
     def run(xs, ys):  # both sizes, both directions: f(x) and f^T y, one compiled program
         results = []
         for x, (fn, _) in zip([xs[0], xs[0], xs[1], xs[1]], fns * 2):
@@ -409,7 +407,7 @@ def test_fir_resampling_equals_upfirdn2d(fir_kernel):
 
 def test_fir_resampling_shapes_and_unit_gain():
     x = jnp.ones((1, 8, 8, 3))
-    up, down = _jit(lambda x: (nets.fir_upsample_2d(x), nets.fir_downsample_2d(x)))(x)
+    up, down = fast_jit(lambda x: (nets.fir_upsample_2d(x), nets.fir_downsample_2d(x)))(x)
     assert up.shape == (1, 16, 16, 3) and down.shape == (1, 4, 4, 3)
     np.testing.assert_allclose(up[:, 2:-2, 2:-2], 1.0, rtol=1e-6)  # interior: constant preserved
     np.testing.assert_allclose(down[:, 1:-1, 1:-1], 1.0, rtol=1e-6)
@@ -419,14 +417,14 @@ def test_fir_resampling_shapes_and_unit_gain():
 def test_mlp_and_classifier_shapes():
     mlp = nets.toy_mlp(hidden=(32, 32), num_classes=3)
     x = jax.random.normal(jax.random.key(0), (5, 2))
-    out = _jit(lambda x: mlp.apply(mlp.init(jax.random.key(1), x, jnp.zeros(5), None, train=False), x,
+    out = fast_jit(lambda x: mlp.apply(mlp.init(jax.random.key(1), x, jnp.zeros(5), None, train=False), x,
                                       jnp.arange(5.0), jnp.arange(5) % 3, train=False))(x)
     assert out.shape == (5, 2)
     clf = nets.noise_classifier_cifar10(ch=8, ch_mult=(1, 2), attn_resolutions=(4,), norm_groups=4,
                                         image_size=None)
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
     v = _random_params(clf, x, jnp.zeros(3))
-    logits = _jit(functools.partial(clf.apply, train=False))(v, x, jnp.array([1.0, 2.0, 3.0]))
+    logits = fast_jit(functools.partial(clf.apply, train=False))(v, x, jnp.array([1.0, 2.0, 3.0]))
     assert logits.shape == (3, 10) and bool(jnp.all(jnp.isfinite(logits)))
 
 
@@ -464,12 +462,12 @@ def test_chunked_attention_equals_reference(heads_per_step):
     k = 2.0 * k  # peaked softmax rows
     cot = jax.random.normal(kc, q.shape)
     loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)) * cot)  # noqa: E731
-    chunked = functools.partial(nets._layers.dot_product_attention, heads_per_step=heads_per_step)
+    chunked = functools.partial(nets._attention.dot_product_attention, heads_per_step=heads_per_step)
 
-    @_jit
+    @fast_jit
     def run(q, k, v):  # the chunked and the reference values and gradients, and bfloat16, in one compiled program
-        grads = [jax.grad(loss(f), (0, 1, 2))(q, k, v) for f in (chunked, nets._layers.reference_attention)]
-        return (chunked(q, k, v), nets._layers.reference_attention(q, k, v), grads,
+        grads = [jax.grad(loss(f), (0, 1, 2))(q, k, v) for f in (chunked, nets._attention.reference_attention)]
+        return (chunked(q, k, v), nets._attention.reference_attention(q, k, v), grads,
                 chunked(*[a.astype(jnp.bfloat16) for a in (q, k, v)]))
 
     got, ref, grads, out16 = run(q, k, v)
@@ -484,12 +482,12 @@ def test_chunked_attention_equals_reference(heads_per_step):
 def test_row_max_by_halving_equals_max(n):
     """The attention's row maximum (halved with element-wise maxima first) is jnp.max exactly, NaN and -inf
     rows included."""
-    from diffjax.nets._layers import _row_max
+    from diffjax.nets._attention import _row_max
     s = np.array(jax.random.normal(jax.random.key(n), (3, 5, n)))
     s[0, 1, :] = -np.inf
     s[1, 2, n // 2] = np.nan
     s[2, 3, n - 1] = 50.0  # the maximum in the last column
-    np.testing.assert_array_equal(np.asarray(_jit(_row_max)(jnp.asarray(s))), np.max(s, axis=-1, keepdims=True))
+    np.testing.assert_array_equal(np.asarray(fast_jit(_row_max)(jnp.asarray(s))), np.max(s, axis=-1, keepdims=True))
 
 
 def test_layer_impls_and_forward_mode():
@@ -499,7 +497,7 @@ def test_layer_impls_and_forward_mode():
     block = lambda impl="auto": nets.AttnBlock(num_head_channels=4, init_scale=1.0, norm_groups=4,  # noqa: E731
                                                impl=impl)
 
-    @_jit
+    @fast_jit
     def run_all(x):  # outputs, gradients and JVPs of both impls in one compiled program
         variables = block().init(jax.random.key(2), x)
         run = lambda impl: lambda x: block(impl).apply(variables, x)  # noqa: E731
@@ -526,9 +524,9 @@ def test_group_norm_and_fused_equal_flax():
     scale, bias = jnp.linspace(0.5, 1.5, 12), jnp.linspace(-1.0, 1.0, 12)
     flax_gn = lambda x, scale, bias: nn.GroupNorm(num_groups=4, epsilon=1e-6).apply(  # noqa: E731
         {"params": {"scale": scale, "bias": bias}}, x)
-    norms = (nets.group_norm, nets._layers.group_norm_fused)
+    norms = (nets.group_norm, nets._norm.group_norm_fused)
 
-    @_jit
+    @fast_jit
     def run(x, scale, bias):  # flax's and both norms' values and gradients in one compiled program
         g = lambda f: jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), (0, 1, 2))(x, scale, bias)  # noqa: E731
         return (flax_gn(x, scale, bias), g(flax_gn),

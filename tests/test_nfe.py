@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import diffjax as dj
+from _fast_compile import FAST_COMPILE
 
 # the module-scoped fixture is built once: every test of this file runs on one pytest-xdist worker
 # (`--dist loadgroup` in .ci/run)
@@ -21,7 +22,6 @@ pytestmark = pytest.mark.xdist_group("test_nfe")
 S = dj.samplers
 VP, VE, EDM = dj.vp_sde(), dj.ve_sde(), dj.edm_sde()
 MU, S0 = 0.7, 0.5
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def gaussian_score(sde):

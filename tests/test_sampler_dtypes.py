@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import diffjax as dj
+from _fast_compile import FAST_COMPILE
 
 S = dj.samplers
 MU, S0 = jnp.array([[0.7, -0.4]]), 0.5  # data N(MU, S0^2 I): one Gaussian, so the flow is smooth in x_T
@@ -24,7 +25,6 @@ GAUSS = dj.gaussian_mixture(jnp.ones(1), MU, S0)
 SDES = {"vp": dj.vp_sde(), "ve": dj.ve_sde(), "rectified_flow": dj.rectified_flow(), "edm": dj.edm_sde()}
 SCORES = {name: dj.mixture_score_fn(GAUSS, sde) for name, sde in SDES.items()}
 BATCH, STEPS = 64, 4
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 HALF = (jnp.bfloat16, jnp.float16)
 
 # name -> (process, call(key, x_T, score_fn, sde)): every public sampler, and pc / edm_heun / dpm_solver on more than

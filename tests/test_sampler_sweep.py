@@ -46,6 +46,7 @@ import pytest
 import diffjax as dj
 from diffjax.eval.sample_distances import energy_distance
 
+from _fast_compile import FAST_COMPILE
 from _mixtures import RING, data_and_noise
 
 S = dj.samplers
@@ -57,8 +58,6 @@ ALL = tuple(SDES)
 FEW = (1, 3, 19)  # 3: the contract tests' count; 19 < beta_max = 20 of vp_sde(); all < beta(1) = 439 of cosine
 MANY = 1000
 BATCH = 1000
-# Compile time dominates (the runs take milliseconds): XLA's backend optimizations off halve it. The same HLO runs.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 MANY_TOL = 0.025  # the last (largest) step count of every sampler
 FEW_TOL = {3: 0.4, 19: 0.05}  # one step: not checked (module docstring)

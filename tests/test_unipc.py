@@ -16,8 +16,9 @@ import pytest
 
 from diffjax.eval.sample_distances import energy_distance
 from diffjax.samplers import _dpm_solver, _unipc
+from _fast_compile import FAST_COMPILE
 from test_dpm_solver import (  # noqa: F401  (ground_truth: the shared fixture)
-    _GAUSS, DATASETS, FAST_COMPILE, MU, N_POINTS, PROCESSES, S, S0, _coef, _finite, _hand_inputs, _x0,
+    _GAUSS, DATASETS, MU, N_POINTS, PROCESSES, S, S0, _coef, _finite, _hand_inputs, _x0,
     ground_truth, score)
 
 

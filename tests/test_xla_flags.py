@@ -75,8 +75,8 @@ def test_import_sets_flag_but_keeps_a_users_own():
 def test_sum_spatial_matches_sum():
     a = jax.random.normal(jax.random.key(0), (3, 5, 4, 6))
     b = jax.random.normal(jax.random.key(1), (3, 5, 4, 6))
-    np.testing.assert_allclose(nets._layers.sum_spatial(a), a.sum((1, 2)), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(nets._layers.sum_spatial(a, b), (a * b).sum((1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nets._base.sum_spatial(a), a.sum((1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nets._base.sum_spatial(a, b), (a * b).sum((1, 2)), rtol=1e-5, atol=1e-5)
 
 
 def test_add_bias_derivatives_match_plain_add():
@@ -88,7 +88,7 @@ def test_add_bias_derivatives_match_plain_add():
         return lambda y, b: jnp.sum(jnp.sin(add(y, b)) * w)
 
     plain = loss(lambda y, b: y + b)
-    ours = loss(nets._layers.add_bias)
+    ours = loss(nets._base.add_bias)
     chex.assert_trees_all_close(jax.grad(ours, (0, 1))(y, b), jax.grad(plain, (0, 1))(y, b), rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(jax.jvp(ours, (y, b), (w, b))[1], jax.jvp(plain, (y, b), (w, b))[1], rtol=1e-5)
     hess = lambda f: jax.grad(lambda b: jnp.sum(jax.grad(f, 1)(y, b) ** 2))(b)  # noqa: E731

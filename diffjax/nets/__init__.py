@@ -11,16 +11,23 @@ Named constructors (keyword overrides of the fields): :func:`ddpm_cifar10`, :fun
 
 The layers (:class:`Conv`, :class:`GroupNorm`, :class:`AttnBlock`, :class:`ResBlock`, ...) and the functional
 :func:`attention` / :func:`group_norm` are public; the kernel variants they choose between (``conv_impl`` /
-``layer_impl``: ``conv_xla``, ``conv_upsampled``, ``conv_polyphase_grad``, ``dot_product_attention``,
-``group_norm_fused``, ..., and ``CONV_IMPLS`` / ``LAYER_IMPLS``) stay in ``diffjax.nets._layers``.
+``layer_impl``) stay in the private module of their concern: ``_conv`` (``conv_xla``, ``conv_upsampled``,
+``conv_polyphase_grad``, ..., ``CONV_IMPLS``), ``_attention`` (``dot_product_attention``, ``reference_attention``),
+``_norm`` (``group_norm_fused``), ``_base`` (``LAYER_IMPLS``, ``Dense``, ``add_bias``, ``sum_spatial``),
+``_embeddings``, ``_resampling`` (FIR and nearest resampling) and ``_blocks`` (``Upsample``, ``Downsample``,
+``ResBlock``).
 """
 from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_conditional_score_fn, make_score_fn,
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
 from diffjax.nets._dit import DiT, dit_timestep_embedding, sincos_pos_embed_2d
-from diffjax.nets._layers import (AttnBlock, Conv, Dense, Downsample, GaussianFourierProjection, GroupNorm, ResBlock,
-                                  Upsample, attention, fir_downsample_2d, fir_upsample_2d, group_norm,
-                                  timestep_embedding)
+from diffjax.nets._attention import AttnBlock, attention
+from diffjax.nets._base import Dense
+from diffjax.nets._blocks import Downsample, ResBlock, Upsample
+from diffjax.nets._conv import Conv
+from diffjax.nets._embeddings import GaussianFourierProjection, timestep_embedding
+from diffjax.nets._norm import GroupNorm, group_norm
+from diffjax.nets._resampling import fir_downsample_2d, fir_upsample_2d
 from diffjax.nets._mlp import MLPScore
 from diffjax.nets._presets import (ddpm_cifar10, ddpmpp_cifar10, ddpmpp_deep_cifar10, dit_b2, dit_cifar10_small,
                                    dit_fashion_mnist, dit_l2, dit_s2, dit_xl2, fashion_mnist_small,

@@ -2,8 +2,9 @@
 core's ``score_fn(x, t)``.
 
 Networks know nothing about SDEs. Two choices connect them: what the network is fed as its noise label
-(:func:`noise_labels_for`, the only place where continuous ``t`` is mapped to a label) and what it predicts
-(``parameterization``, converted with :mod:`diffjax.core.parameterizations`).
+(``time_input``, :func:`noise_labels_for`) and what it predicts (``parameterization``, converted with
+:mod:`diffjax.core.parameterizations`). Each name is resolved here, once, to its object
+(:mod:`diffjax.nets._parameterization`).
 """
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from diffjax.core._checks import check_choice, check_positive
+from diffjax.core._checks import check_positive
 from diffjax.core.learned_variance import LearnedVarianceScore
-from diffjax.core.parameterizations import (edm_preconditioning, edm_sigma, score_from_edm, score_from_eps,
-                                            score_from_v, score_from_velocity, score_from_x0)
-from diffjax.core.sde import bcast
+from diffjax.nets._parameterization import PARAMETERIZATION_BY_NAME, TIME_INPUT_BY_NAME, resolve
 
 __all__ = ["TIME_INPUTS", "PARAMETERIZATIONS", "noise_labels_for", "make_score_fn", "make_conditional_score_fn",
            "split_learned_sigma"]
 
-TIME_INPUTS = ("continuous", "index", "t", "sigma", "log_sigma", "edm")
-PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "velocity")
+TIME_INPUTS = tuple(TIME_INPUT_BY_NAME)
+PARAMETERIZATIONS = tuple(PARAMETERIZATION_BY_NAME)
 
 
 def noise_labels_for(t, sde, *, time_input: str = "continuous") -> jax.Array:
@@ -36,20 +35,7 @@ def noise_labels_for(t, sde, *, time_input: str = "continuous") -> jax.Array:
       this is ``sigma(t)``), or its log (NCSN-style models; NCSN++'s Fourier features take ``log sigma``).
     * ``"edm"``: EDM's ``c_noise = log(sigma) / 4``.
     """
-    check_choice("time_input", time_input, TIME_INPUTS)
-    t = jnp.asarray(t, jnp.result_type(float))
-    if time_input == "continuous":
-        return t * (999.0 / sde.T)
-    if time_input == "index":
-        return sde.index(t).astype(jnp.float32)
-    if time_input == "t":
-        return t
-    sigma = edm_sigma(t, sde)
-    if time_input == "sigma":
-        return sigma
-    if time_input == "log_sigma":
-        return jnp.log(sigma)
-    return edm_preconditioning(sigma)[3]
+    return resolve("time_input", time_input, TIME_INPUT_BY_NAME)(t, sde)
 
 
 def split_learned_sigma(out: jax.Array):
@@ -67,19 +53,18 @@ def _variables(params):
     return {"params": params}
 
 
-def _check_options(parameterization, time_input, sigma_data, train, rng):
-    check_choice("parameterization", parameterization, PARAMETERIZATIONS)
-    if time_input is None:
-        time_input = "edm" if parameterization == "edm" else "continuous"
-    check_choice("time_input", time_input, TIME_INPUTS)
+def _resolve_options(parameterization, time_input, sigma_data, scale_by_sigma, train, rng):
+    """The parameterization and time-input objects the names ``parameterization`` / ``time_input`` stand for."""
+    p = resolve("parameterization", parameterization, PARAMETERIZATION_BY_NAME)
+    ti = resolve("time_input", p.default_time_input if time_input is None else time_input, TIME_INPUT_BY_NAME)
     check_positive("sigma_data", sigma_data)
+    p = p.configured(sigma_data=sigma_data, scale_by_sigma=scale_by_sigma)
     if train and rng is None:
         raise ValueError("rng must be a PRNG key when train=True (dropout), got None")
-    return time_input
+    return p, ti
 
 
-def _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
-           learned_sigma, with_y):
+def _build(apply_fn, params, sde, parameterization, time_input, train, rng, learned_sigma, with_y):
     variables = _variables(params)
     extra = {"rngs": {"dropout": rng}} if rng is not None else {}
 
@@ -91,28 +76,7 @@ def _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigm
     def score_and_v(x, t, y=None):
         """``(score, v)`` from one network evaluation (``v = None`` without a learned-variance head)."""
         t = jnp.broadcast_to(jnp.asarray(t, jnp.result_type(x.dtype, jnp.float32)), (x.shape[0],))
-        if parameterization == "edm":
-            v_out = []
-
-            def raw_fn(x_in, c_noise):
-                labels = c_noise if time_input == "edm" else noise_labels_for(t, sde, time_input=time_input)
-                out, v = net(x_in, labels, y)
-                v_out.append(v)
-                return out
-
-            return score_from_edm(raw_fn, x, t, sde, sigma_data=sigma_data), v_out[0]
-        out, v = net(x, noise_labels_for(t, sde, time_input=time_input), y)
-        if parameterization == "eps":
-            return score_from_eps(out, x, t, sde), v
-        if parameterization == "x0":
-            return score_from_x0(out, x, t, sde), v
-        if parameterization == "v":
-            return score_from_v(out, x, t, sde), v
-        if parameterization == "velocity":  # flow matching's u = a' x0 + s' eps
-            return score_from_velocity(out, x, t, sde), v
-        if scale_by_sigma:  # score-SDE's NCSN++ / NCSNv2: the network predicts sigma * score
-            return out / bcast(sde.marginal(t)[1], x), v
-        return out, v
+        return parameterization.score_and_v(lambda x_in, labels: net(x_in, labels, y), x, t, sde, time_input)
 
     if learned_sigma:
         return LearnedVarianceScore(score_and_v)
@@ -153,9 +117,8 @@ def make_score_fn(apply_fn: Callable, params: Any, sde, *, parameterization: str
       ``score_fn(x, t)`` with ``x`` ``(batch, *dims)`` and ``t`` ``()`` or ``(batch,)``; with ``learned_sigma``
       a :class:`~diffjax.LearnedVarianceScore` (a ``score_fn`` that also has ``score_and_v(x, t) -> (score, v)``).
     """
-    time_input = _check_options(parameterization, time_input, sigma_data, train, rng)
-    f = _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
-               learned_sigma, with_y=False)
+    p, ti = _resolve_options(parameterization, time_input, sigma_data, scale_by_sigma, train, rng)
+    f = _build(apply_fn, params, sde, p, ti, train, rng, learned_sigma, with_y=False)
     if learned_sigma:
         return LearnedVarianceScore(lambda x, t: f.score_and_v(x, t))
     return lambda x, t: f(x, t)
@@ -168,6 +131,5 @@ def make_conditional_score_fn(apply_fn: Callable, params: Any, sde, *, parameter
     ``(batch,)`` int labels, or ``None`` for the null (unconditional) label of classifier-free guidance.
     ``apply_fn`` is called as ``apply_fn(variables, x, noise_labels, y, train=...)``. With ``learned_sigma``, a
     :class:`~diffjax.LearnedVarianceScore` whose ``score_and_v(x, t, y)`` also returns ``v``."""
-    time_input = _check_options(parameterization, time_input, sigma_data, train, rng)
-    return _build(apply_fn, params, sde, parameterization, time_input, train, rng, sigma_data, scale_by_sigma,
-                  learned_sigma, with_y=True)
+    p, ti = _resolve_options(parameterization, time_input, sigma_data, scale_by_sigma, train, rng)
+    return _build(apply_fn, params, sde, p, ti, train, rng, learned_sigma, with_y=True)

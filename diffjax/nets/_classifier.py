@@ -7,9 +7,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.nets._layers import (CONV_IMPLS, LAYER_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm,
-                                  NoiseEmbedding, ResBlock)
-from diffjax.nets._unet import EMBEDDING_TYPES, _check_dtype, _check_rate, _noise_labels
+from diffjax.nets._attention import AttnBlock
+from diffjax.nets._base import LAYER_IMPLS, Dense
+from diffjax.nets._blocks import Downsample, ResBlock
+from diffjax.nets._conv import CONV_IMPLS, Conv
+from diffjax.nets._embeddings import EMBEDDING_TYPES, NoiseEmbedding
+from diffjax.nets._inputs import check_dtype, check_image, check_levels, check_rate, noise_label_input
+from diffjax.nets._norm import GroupNorm
 
 
 class NoiseConditionalClassifier(nn.Module):
@@ -41,26 +45,20 @@ class NoiseConditionalClassifier(nn.Module):
 
     def __post_init__(self):
         check_int("num_classes", self.num_classes, minimum=1)
-        check_int("ch", self.ch, minimum=1)
-        check_int("num_res_blocks", self.num_res_blocks, minimum=1)
-        if not isinstance(self.ch_mult, (tuple, list)) or not self.ch_mult:
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
+        check_levels(self.ch, self.ch_mult, self.num_res_blocks)
         check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
         check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
         check_choice("layer_impl", self.layer_impl, LAYER_IMPLS)
-        _check_rate("dropout", self.dropout)
-        _check_dtype(self.dtype)
+        check_rate("dropout", self.dropout)
+        check_dtype(self.dtype)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, noise_labels, *, train: bool):
-        if x.ndim != 4:
-            raise ValueError(f"x must be shaped (batch, H, W, C), got shape {x.shape}")
-        if self.image_size is not None and x.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(f"x must be {self.image_size}x{self.image_size} (image_size), got {x.shape[1:3]}")
+        check_image(x, self.image_size, self.num_channels)
         dt = self.dtype
         temb = NoiseEmbedding(self.ch, 4 * self.ch, self.embedding_type, self.fourier_scale, dt,
-                              name="noise_embed")(_noise_labels(noise_labels, x.shape[0]))
+                              name="noise_embed")(noise_label_input(noise_labels, x.shape[0]))
         res_kw = dict(kind="ddpm", dropout=self.dropout, init_scale=1.0, norm_groups=self.norm_groups, dtype=dt,
                       conv_impl=self.conv_impl, layer_impl=self.layer_impl)
         h = Conv(self.ch, 3, dtype=dt, impl=self.conv_impl, name="conv_in")(x.astype(dt))

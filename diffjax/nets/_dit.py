@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.core._checks import check_choice, check_int, check_positive
-from diffjax.nets._layers import LAYER_IMPLS, attention
-from diffjax.nets._unet import _check_dtype, _check_rate, _label_input, _noise_labels
+from diffjax.nets._attention import attention
+from diffjax.nets._base import LAYER_IMPLS
+from diffjax.nets._inputs import check_dtype, check_image, check_rate, label_input, noise_label_input
 
 __all__ = ["DiT", "sincos_pos_embed_2d", "dit_timestep_embedding"]
 
@@ -152,7 +153,7 @@ class DiT(nn.Module):
         check_int("frequency_embedding_size", self.frequency_embedding_size, minimum=2)
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, minimum=1)
-        _check_rate("class_dropout", self.class_dropout)
+        check_rate("class_dropout", self.class_dropout)
         if self.class_dropout > 0 and self.num_classes is None:
             raise ValueError(f"class_dropout={self.class_dropout} needs num_classes (the null label), got None")
         if self.input_size is not None:
@@ -162,19 +163,14 @@ class DiT(nn.Module):
         if self.in_channels is not None:
             check_int("in_channels", self.in_channels, minimum=1)
         check_choice("layer_impl", self.layer_impl, LAYER_IMPLS)
-        _check_dtype(self.dtype)
+        check_dtype(self.dtype)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, noise_labels, y=None, *, train: bool):
-        if x.ndim != 4:
-            raise ValueError(f"x must be shaped (batch, H, W, C), got shape {x.shape}")
+        check_image(x, self.input_size, self.in_channels, size_field="input_size", channels_field="in_channels")
         b, height, width, channels = x.shape
         p, d, dt = self.patch_size, self.hidden_size, self.dtype
-        if self.input_size is not None and (height, width) != (self.input_size, self.input_size):
-            raise ValueError(f"x must be {self.input_size}x{self.input_size} (input_size), got {height}x{width}")
-        if self.in_channels is not None and channels != self.in_channels:
-            raise ValueError(f"x must have in_channels={self.in_channels} channels, got {channels}")
         if height % p or width % p:
             raise ValueError(f"x's height and width must be multiples of patch_size={p}, got {height}x{width}")
         gh, gw = height // p, width // p
@@ -189,11 +185,11 @@ class DiT(nn.Module):
 
         # Conditioning: timestep MLP (+ label embedding).
         t_init = nn.initializers.normal(0.02)
-        c = dit_timestep_embedding(_noise_labels(noise_labels, b), self.frequency_embedding_size)
+        c = dit_timestep_embedding(noise_label_input(noise_labels, b), self.frequency_embedding_size)
         c = _dense(d, "t_embedder_0", dt, t_init)(c)
         c = _dense(d, "t_embedder_1", dt, t_init)(nn.silu(c))
         if self.num_classes is not None:
-            labels = _label_input(y, self.num_classes, b)
+            labels = label_input(y, self.num_classes, b)
             if train and self.class_dropout > 0:
                 drop = jax.random.bernoulli(self.make_rng("dropout"), self.class_dropout, (b,))
                 labels = jnp.where(drop, self.num_classes, labels)

@@ -7,8 +7,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.nets._layers import Dense, NoiseEmbedding
-from diffjax.nets._unet import EMBEDDING_TYPES, _check_dtype, _check_rate, _label_input, _noise_labels
+from diffjax.nets._base import Dense
+from diffjax.nets._embeddings import EMBEDDING_TYPES, NoiseEmbedding
+from diffjax.nets._inputs import check_dtype, check_rate, label_input, noise_label_input
 
 
 class MLPScore(nn.Module):
@@ -43,8 +44,8 @@ class MLPScore(nn.Module):
         check_int("embedding_dim", self.embedding_dim, minimum=2)
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, minimum=1)
-        _check_rate("dropout", self.dropout)
-        _check_dtype(self.dtype)
+        check_rate("dropout", self.dropout)
+        check_dtype(self.dtype)
         super().__post_init__()
 
     @nn.compact
@@ -53,10 +54,10 @@ class MLPScore(nn.Module):
             raise ValueError(f"x must be shaped (batch, D), got shape {x.shape}")
         b, d = x.shape
         temb = NoiseEmbedding(self.embedding_dim, self.hidden[0], self.embedding_type, self.fourier_scale,
-                              self.dtype, name="noise_embed")(_noise_labels(noise_labels, b))
+                              self.dtype, name="noise_embed")(noise_label_input(noise_labels, b))
         if self.num_classes is not None:
             temb = temb + nn.Embed(self.num_classes + 1, self.hidden[0], dtype=self.dtype, param_dtype=jnp.float32,
-                                   name="label_embed")(_label_input(y, self.num_classes, b))
+                                   name="label_embed")(label_input(y, self.num_classes, b))
         temb = nn.swish(temb)
         h = x.astype(self.dtype)
         for i, width in enumerate(self.hidden):

@@ -9,41 +9,23 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.nets._layers import (LAYER_IMPLS, CONV_IMPLS, AttnBlock, Conv, Dense, Downsample, GroupNorm,
-                                  NoiseEmbedding, ResBlock, Upsample)
+from diffjax.nets._attention import AttnBlock
+from diffjax.nets._base import LAYER_IMPLS, Dense
+from diffjax.nets._blocks import Downsample, ResBlock, Upsample
+from diffjax.nets._conv import CONV_IMPLS, Conv
+from diffjax.nets._embeddings import EMBEDDING_TYPES, NoiseEmbedding
+from diffjax.nets._inputs import (check_dtype, check_image, check_levels, check_rate, label_input,
+                                  noise_label_input)
+from diffjax.nets._norm import GroupNorm
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
-EMBEDDING_TYPES = ("positional", "fourier")
 PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
-DTYPES = (jnp.float32, jnp.bfloat16)
-
-
-def _check_dtype(dtype):
-    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in DTYPES]:
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-
-
-def _check_rate(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-
-
-def _label_input(y, num_classes, batch):
-    """Class labels; ``None`` means the null label ``num_classes`` (classifier-free guidance's unconditional)."""
-    if y is None:
-        return jnp.full((batch,), num_classes, jnp.int32)
-    return jnp.broadcast_to(jnp.asarray(y, jnp.int32), (batch,))
-
-
-def _noise_labels(noise_labels, batch):
-    return jnp.broadcast_to(jnp.asarray(noise_labels, jnp.float32), (batch,))
 
 
 class UNet(nn.Module):
@@ -115,15 +97,10 @@ class UNet(nn.Module):
     layer_impl: str = "auto"
 
     def __post_init__(self):
-        check_int("ch", self.ch, minimum=1)
-        check_int("num_res_blocks", self.num_res_blocks, minimum=1)
-        if not isinstance(self.ch_mult, (tuple, list)) or not self.ch_mult:
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
-        for m in self.ch_mult:
-            check_int("ch_mult entry", m, minimum=1)
+        check_levels(self.ch, self.ch_mult, self.num_res_blocks)
         if not isinstance(self.attn_resolutions, (tuple, list)):
             raise ValueError(f"attn_resolutions must be a tuple of ints, got {self.attn_resolutions!r}")
-        _check_rate("dropout", self.dropout)
+        check_rate("dropout", self.dropout)
         check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
         check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
         check_choice("progressive", self.progressive, PROGRESSIVE)
@@ -136,18 +113,13 @@ class UNet(nn.Module):
         if self.num_head_channels is not None:
             check_int("num_head_channels", self.num_head_channels, minimum=1)
         check_int("norm_groups", self.norm_groups, minimum=1)
-        _check_dtype(self.dtype)
+        check_dtype(self.dtype)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, noise_labels, y=None, *, train: bool):
-        if x.ndim != 4:
-            raise ValueError(f"x must be shaped (batch, H, W, C), got shape {x.shape}")
-        b, height, width, channels = x.shape
-        if self.image_size is not None and (height, width) != (self.image_size, self.image_size):
-            raise ValueError(f"x must be {self.image_size}x{self.image_size} (image_size), got {height}x{width}")
-        if self.num_channels is not None and channels != self.num_channels:
-            raise ValueError(f"x must have num_channels={self.num_channels} channels, got {channels}")
+        check_image(x, self.image_size, self.num_channels)
+        b, channels = x.shape[0], x.shape[-1]
         dt = self.dtype
         common = dict(dtype=dt, norm_groups=self.norm_groups)
         conv_kw = dict(dtype=dt, impl=self.conv_impl)
@@ -162,10 +134,10 @@ class UNet(nn.Module):
         temb = None
         if self.conditional:
             temb = NoiseEmbedding(nf, 4 * nf, self.embedding_type, self.fourier_scale, dt,
-                                  name="noise_embed")(_noise_labels(noise_labels, b))
+                                  name="noise_embed")(noise_label_input(noise_labels, b))
         if self.num_classes is not None:
             lemb = nn.Embed(self.num_classes + 1, 4 * nf, param_dtype=jnp.float32, dtype=dt,
-                            name="label_embed")(_label_input(y, self.num_classes, b))
+                            name="label_embed")(label_input(y, self.num_classes, b))
             temb = lemb if temb is None else temb + lemb
 
         x = x.astype(dt)

@@ -45,13 +45,13 @@ def _flops(compiled) -> float:
 def _vectorised_flops(fn, *args) -> float:
     """FLOPs of ``jax.jit(fn)(*args)`` with attention vectorised over heads: XLA's cost analysis counts a loop
     body once, so the CPU's head-chunked attention loop (``lax.map``) would be undercounted."""
-    from diffjax.nets import _layers
-    saved = _layers.default_heads_per_step
-    _layers.default_heads_per_step = lambda *args, **kwargs: None
+    from diffjax.nets import _attention
+    saved = _attention.default_heads_per_step
+    _attention.default_heads_per_step = lambda *args, **kwargs: None
     try:
         return _flops(jax.jit(fn).lower(*args).compile())
     finally:
-        _layers.default_heads_per_step = saved
+        _attention.default_heads_per_step = saved
 
 
 def _time(fn, *args, repeats: int, min_time: float = 0.0):
@@ -158,7 +158,7 @@ def main(argv=None):
     p.add_argument("--net", required=True, choices=sorted(NETS))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--conv-impl", default="auto", choices=list(nets._layers.CONV_IMPLS))
+    p.add_argument("--conv-impl", default="auto", choices=list(nets._conv.CONV_IMPLS))
     p.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up (median reported)")
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
