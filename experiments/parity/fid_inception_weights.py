@@ -389,6 +389,47 @@ def _diff(a, b) -> dict:
             "max_row_relative_l2": float(rows.max()), "max_abs": float(np.max(np.abs(b)))}
 
 
+# A published pytorch-fid figure on uniform-noise images (pytorch/ignite issue #2423, comment of 2022-01-26 by an
+# ignite maintainer): two folders of 100 images from ``torch.manual_seed(0)`` and ``torch.rand(100, 3, 299, 299)``
+# twice, each written with ``torchvision.utils.save_image`` (PNG: ``x * 255 + 0.5`` clamped, to uint8), scored with
+# ``python -m pytorch_fid pred gt --batch-size 10`` -> 6.223729414041802 (``--batch-size 20``: 6.223768560377792,
+# float rounding of the batched convolutions). What ran between the seed and the draws is not visible, so the
+# images can only be guessed (see ignite_2423_sets): a weak check of magnitude, not of identity.
+IGNITE_2423_FID = {"batch_size_10": 6.223729414041802, "batch_size_20": 6.223768560377792}
+
+
+def ignite_2423_sets(variant: str):
+    """Candidate regenerations of the two uint8 (100, 299, 299, 3) sets of pytorch/ignite#2423 (torch CPU generator).
+
+    ``"seed_then_rand"``: ``torch.manual_seed(0)`` then the two ``torch.rand`` calls. ``"seed_fid_then_rand"``: as the
+    issue's script, which builds ignite's ``FID()`` (torchvision's ``inception_v3(pretrained=True)``: an
+    ``Inception3(aux_logits=True, transform_input=True, init_weights=False)`` whose layer constructors draw from the
+    generator) between the seed and the draws. Which one the published figure used is not visible (the comment's
+    own code is folded away), so neither is known to be the published images.
+    """
+    torch = _torch()
+    torch.manual_seed(0)
+    if variant == "seed_fid_then_rand":
+        import torchvision
+        torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=False)
+    elif variant != "seed_then_rand":
+        raise ValueError(f"variant must be 'seed_then_rand' or 'seed_fid_then_rand', got {variant!r}")
+    pred, gt = torch.rand(100, 3, 299, 299), torch.rand(100, 3, 299, 299)
+
+    def as_png(x):  # torchvision.utils.save_image of one image (make_grid returns a single image unchanged)
+        return x.mul(255).add_(0.5).clamp_(0, 255).permute(0, 2, 3, 1).to(torch.uint8).numpy()
+
+    return as_png(pred), as_png(gt)
+
+
+def pytorch_fid_distance(f1, f2) -> float:
+    """pytorch-fid's statistics (``np.mean``, ``np.cov(rowvar=False)``) and ``calculate_frechet_distance``."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    s = [(np.mean(f, axis=0), np.cov(f, rowvar=False)) for f in (f1, f2)]
+    return float(calculate_frechet_distance(s[0][0], s[0][1], s[1][0], s[1][1]))
+
+
 def image_sets(n_fmnist: int) -> dict:
     rng = np.random.default_rng(0)
     sets = {"random_28x28x1": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
@@ -403,7 +444,7 @@ def image_sets(n_fmnist: int) -> dict:
 # ------------------------------------------------------------------------------------------------ provenance
 
 
-def provenance(src: str, n_images: int = 32) -> dict:
+def provenance(src: str, n_images: int = 32, ignite: bool = False) -> dict:
     torch = _torch()
     pfi = _import_pytorch_fid()
     res: dict = {"source": src, "source_sha256": file_digest(src)}
@@ -414,8 +455,8 @@ def provenance(src: str, n_images: int = 32) -> dict:
     pools = {name: cls.rsplit(".", 1)[-1] for name, (cls, _) in tree.items() if "pooling" in cls}
     res["pools"] = pools
     pool_code = {f: t for f, t in code.items() if "pooling" in f}
-    res["pool_code"] = {f: re.findall(r"torch\.(?:avg_pool2d|max_pool2d)\([^)]*\)|_max_pool2d\)?\(input[^)]*\)"
-                                      r"|count_include_pad : Final\[bool\] = \w+", t) for f, t in pool_code.items()}
+    res["pool_code"] = {f: [ln.strip() for ln in t.splitlines() if "Final[" in ln or "(input, [" in ln]
+                        for f, t in pool_code.items()}
     bn_calls = sorted(set(re.findall(r"_0\(x0, mean, var, None, beta, False, [0-9.]+, ([0-9.e-]+), \)",
                                      "".join(code.values()))))
     res["batch_norm_eps_in_code"] = bn_calls
@@ -494,6 +535,26 @@ def provenance(src: str, n_images: int = 32) -> dict:
         xin = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float() / 255.0
         p_feat = np.concatenate([pf(xin[a:a + 50])[0].squeeze(3).squeeze(2).numpy() for a in range(0, len(x), 50)])
         res["outputs_pytorch_fid_vs_torchscript"][name] = {"n": int(len(imgs)), **_diff(p_feat, t_feat)}
+
+    # 5. (--ignite) The published pytorch-fid figure of pytorch/ignite#2423 against pytorch-fid's own network and
+    #    calculate_frechet_distance on these weights (batch size 10 as published), on both candidate image sets.
+    if ignite:
+        torch.manual_seed(0)
+        res["ignite_2423"] = {"torch_rand_first_value": float(torch.rand(1).item()),  # 0.4963: torch's CPU mt19937
+                              "published_pytorch_fid": IGNITE_2423_FID}
+        for variant in ("seed_then_rand", "seed_fid_then_rand"):
+            t0 = time.perf_counter()
+            feats = []
+            for imgs in ignite_2423_sets(variant):
+                xin = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))).float() / 255.0
+                feats.append(np.concatenate([pf(xin[a:a + 10])[0].squeeze(3).squeeze(2).numpy()
+                                             for a in range(0, len(xin), 10)]))
+            fid = pytorch_fid_distance(*feats)
+            res["ignite_2423"][variant] = {
+                "pytorch_fid_with_these_weights": fid,
+                "relative_difference_to_published_bs10": abs(fid - IGNITE_2423_FID["batch_size_10"])
+                / IGNITE_2423_FID["batch_size_10"], "seconds": round(time.perf_counter() - t0, 1)}
+            print("ignite_2423", variant, res["ignite_2423"][variant], flush=True)
     return res
 
 
@@ -557,6 +618,7 @@ def main(argv=None):
     v = sub.add_parser("provenance", help="compare with pytorch-fid's architecture (torch, pytorch-fid)")
     v.add_argument("src", nargs="?", default=None)
     v.add_argument("--num-images", type=int, default=32)
+    v.add_argument("--ignite", action="store_true", help="also the pytorch/ignite#2423 noise-set FID (slow)")
     v.add_argument("--json", default=None)
     q = sub.add_parser("parity", help="JAX (.npz) vs TorchScript features and FID (torch)")
     q.add_argument("src", nargs="?", default=None)
@@ -571,7 +633,7 @@ def main(argv=None):
     if args.cmd == "convert":
         res = convert(src, args.out)
     elif args.cmd == "provenance":
-        res = provenance(src, args.num_images)
+        res = provenance(src, args.num_images, args.ignite)
     else:
         res = parity(src, args.npz, args.num_fmnist, args.batch_size, args.tf_convention)
     res["date"] = time.strftime("%Y-%m-%d")
