@@ -6,13 +6,13 @@ sliced, so the global batch does not depend on how many processes share it.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional, Tuple
 
 import jax
 import numpy as np
 
 from diffjax.core._checks import check_int
+from diffjax.core._jit import jit_static
 from diffjax.data._images import to_unit
 from diffjax.data._toy import TOY_DATASETS, toy_sample
 
@@ -27,10 +27,10 @@ def _process_slice(global_batch, process_index, process_count):
     return slice(process_index * local, (process_index + 1) * local)
 
 
-@functools.lru_cache(maxsize=None)
-def _toy_generator(name, global_batch):
+@jit_static("name", "global_batch")
+def _toy_batches(key, steps, *, name, global_batch):
     fn = TOY_DATASETS[name]
-    return jax.jit(lambda key, steps: jax.vmap(lambda s: fn(jax.random.fold_in(key, s), global_batch))(steps))
+    return jax.vmap(lambda s: fn(jax.random.fold_in(key, s), global_batch))(steps)
 
 
 class ToyData:
@@ -49,7 +49,6 @@ class ToyData:
         self._key = jax.random.key(seed)
         self.shape: Tuple[int, ...] = (2,)
         self.num_classes = None
-        self._gen = _toy_generator(name, global_batch)
         self._cpu = jax.local_devices(backend="cpu")[0]
 
     def sample(self, key, n: int) -> np.ndarray:
@@ -58,7 +57,8 @@ class ToyData:
 
     def batches(self, step: int, n: int = 1) -> dict:
         with jax.default_device(self._cpu):
-            x = self._gen(self._key, np.arange(step, step + n, dtype=np.int32))
+            x = _toy_batches(self._key, np.arange(step, step + n, dtype=np.int32), name=self.name,
+                             global_batch=self.global_batch)
         return {"x": np.asarray(x)[:, self._rows]}
 
 
