@@ -15,13 +15,13 @@ import argparse
 import glob
 import os
 import shutil
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import evidence  # noqa: E402
+from fmnist_budget import overrides_to_flags as flags, run as call  # noqa: E402
 
 # label -> (NFE, overrides); every menu at most 50 network evaluations
 FLOW_MENU = {
@@ -32,20 +32,6 @@ FLOW_MENU = {
 METHODS = {
     "rectified_flow": ("configs/fashion_mnist_budget_rf.py", FLOW_MENU),
 }
-
-
-def flags(overrides: dict) -> list:
-    return [f"--config.{k}={v}" for k, v in overrides.items()]
-
-
-def call(cmd: list, log: str) -> float:
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    if rc:
-        raise SystemExit(f"command failed (rc {rc}), see {log}: {' '.join(cmd)}")
-    return time.perf_counter() - t0
 
 
 def sample(base: list, overrides: dict, seed: int, n: int, workdir: str, out: str, log: str) -> str:
