@@ -190,7 +190,7 @@ def test_sampling_score_fn_guides_and_clips():
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 1)))
     t = np.full(3, 0.5, np.float32)
     y = np.array([1, 4, 7])
-    grid = config_lib._network_marginal(cfg, sde)
+    grid = config_lib.network_marginal(cfg, sde)
     s_of = lambda lab: dj.score_from_eps(apply_fn(None, x, None, lab, train=False), x, t, grid)  # noqa: E731
     expected = 2.5 * s_of(y) - 1.5 * s_of(np.full(3, 10))
     got = config_lib.build_sampling_score_fn(cfg, model, sde, {}, y=y)(x, t)

@@ -65,7 +65,7 @@ def test_train_step_loss_decreases_on_separable_classes():
     cfg.data.image_size, cfg.noisy_classifier.num_classes, cfg.noisy_classifier.norm_groups = 8, 2, 1
     cfg.training.t_eps = 1e-3
     model, sde = cl.build_noisy_classifier(cfg), cl.build_sde(cfg)
-    assert cl._network_marginal(cfg, sde) is not sde  # the DDPM config's classifier sees x_t on the DDPM grid
+    assert cl.network_marginal(cfg, sde) is not sde  # the DDPM config's classifier sees x_t on the DDPM grid
     optimizer = cl.build_optimizer(cfg)
     y = jnp.arange(32) % 2
     x = jnp.where(y[:, None, None, None] == 1, 0.8, -0.8) * jnp.ones((32, 8, 8, 1))  # bright vs dark images

@@ -27,7 +27,7 @@ from diffjax.config_lib._fields import SCORE_SDE_FIELDS, check_field_path
 from diffjax.config_lib._loss import LOSSES, TIME_SAMPLINGS, WEIGHTINGS, build_loss_fn
 from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SCORE_SDE_VALUES, SDES, TOY_DATASETS, input_shape,
                                        is_toy, num_classes)
-from diffjax.config_lib._network import _classifier_time_input, _network_marginal  # noqa: F401 (run/, tests)
+from diffjax.config_lib._network import classifier_time_input, network_marginal  # noqa: F401 (run/, tests)
 from diffjax.config_lib._noisy_classifier import (NOISY_CLASSIFIER_CONFIG, NOISY_CLASSIFIER_PARAMS,
                                                   build_noisy_classifier, load_noisy_classifier,
                                                   noisy_classifier_logits_fn, noisy_classifier_num_classes,

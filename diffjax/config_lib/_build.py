@@ -95,7 +95,7 @@ def build_ema_decay(config):
     return make[m.ema_schedule](float(m.ema_rate))
 
 
-def _validate_ema(config):
+def validate_ema(config):
     from diffjax.train import ema
     m, t, s = config.model, config.training, config.sampling
     _choice("model.ema_schedule", m.ema_schedule, EMA_SCHEDULES)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from diffjax import distill as _distill
 from diffjax import samplers as _samplers
 from diffjax.config_lib._build import build_sde
-from diffjax.config_lib._names import _PARAMETERIZATIONS, _check_int, _check_number, _choice, input_shape, num_classes
+from diffjax.config_lib._names import _PARAMETERIZATIONS, _check_int, check_number, _choice, input_shape, num_classes
 from diffjax.config_lib._sampler import TIME_GRIDS
 
 DISTILL_METRICS = {"pseudo_huber": _distill.pseudo_huber, "l2": _distill.squared_l2}
@@ -23,7 +23,7 @@ DISTILL_PARAMETERIZATIONS = ("",) + _PARAMETERIZATIONS
 
 def _t_eps(d) -> Optional[float]:
     """``distill.t_eps``: the boundary / last time of every distillation function (0: the process's)."""
-    return _check_number("distill.t_eps", d.t_eps, 0.0, math.inf) or None  # checked against T by check()
+    return check_number("distill.t_eps", d.t_eps, 0.0, math.inf) or None  # checked against T by check()
 
 
 def _progressive(config):
@@ -58,7 +58,7 @@ def _consistency_distillation(config):
     _choice("distill.ode_step", d.ode_step, DISTILL_ODE_STEPS)
     return _distill.ConsistencyDistillation(
         **_consistency_fields(config, "unit"), num_scales=_check_int("distill.num_scales", d.num_scales, 2),
-        ode_step=DISTILL_ODE_STEPS[d.ode_step], target_ema=_check_number("distill.target_ema", d.target_ema, 0.0, 1.0))
+        ode_step=DISTILL_ODE_STEPS[d.ode_step], target_ema=check_number("distill.target_ema", d.target_ema, 0.0, 1.0))
 
 
 def _consistency_training(config):
@@ -68,9 +68,9 @@ def _consistency_training(config):
         raise ValueError(f"distill.s1 must be >= distill.s0={s0}, got {s1!r}")
     return _distill.ConsistencyTraining(
         **_consistency_fields(config, "ict"), curriculum_steps=_check_int("distill.total_steps", d.total_steps, 0),
-        s0=s0, s1=s1, rho=_check_number("distill.rho", d.rho, 0.0, math.inf, lo_open=True),
-        p_mean=_check_number("distill.p_mean", d.p_mean, -math.inf, math.inf, lo_open=True),
-        p_std=_check_number("distill.p_std", d.p_std, 0.0, math.inf, lo_open=True))
+        s0=s0, s1=s1, rho=check_number("distill.rho", d.rho, 0.0, math.inf, lo_open=True),
+        p_mean=check_number("distill.p_mean", d.p_mean, -math.inf, math.inf, lo_open=True),
+        p_std=check_number("distill.p_std", d.p_std, 0.0, math.inf, lo_open=True))
 
 
 # distill.method -> the method object's builder (its fields checked); "": no distillation

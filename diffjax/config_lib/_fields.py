@@ -8,7 +8,7 @@ import difflib
 import ml_collections
 
 from diffjax.config_lib._names import MODELS
-from diffjax.config_lib._sampler import _options_listing
+from diffjax.config_lib._sampler import options_listing
 
 # score_sde's config fields (yang-song/score_sde, configs/) that diffjax names differently or does not have:
 # {score_sde's field: (diffjax's field or None, a note)}. The message of an unknown --config.FIELD points here.
@@ -73,7 +73,7 @@ def check_field_path(config, path: str) -> None:
         if close:
             hints.append(f"did you mean {'.'.join(done + close)}?")
     if where == "sampling.options":
-        hints.append(f"the options of each sampling.method: {_options_listing()}")
+        hints.append(f"the options of each sampling.method: {options_listing()}")
     elif where == "model.overrides":
         named = ", ".join(sorted(holder.keys())) or "none"
         hints.append(f"on the command line, model.overrides takes the fields the config file names ({named}); "

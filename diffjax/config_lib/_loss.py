@@ -101,7 +101,7 @@ def build_loss_fn(config, model, sde) -> Callable:
     return loss_fn
 
 
-def _validate_loss(config) -> None:
+def validate_loss(config) -> None:
     """``training.loss`` against ``training.sde`` and the network's head."""
     t = config.training
     if t.loss in ("ddpm", "hybrid") and t.sde not in ("vpsde", "cosine"):
@@ -112,7 +112,7 @@ def _validate_loss(config) -> None:
         raise ValueError("training.loss='hybrid' needs a learned-variance head: set model.overrides.learn_sigma=True")
 
 
-def _validate_objective(config, sde) -> None:
+def validate_objective(config, sde) -> None:
     """``training.weighting`` / ``training.time_sampling`` and their hyperparameters, on the built process."""
     t = config.training
     if t.loss != "dsm" and t.time_sampling != "uniform":

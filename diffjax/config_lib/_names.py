@@ -78,7 +78,7 @@ def _check_int(field: str, value, minimum: int, note: str = "") -> int:
     return int(value)
 
 
-def _check_number(field: str, value, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = True) -> float:
+def check_number(field: str, value, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = True) -> float:
     """``value`` as a finite float in the interval from ``lo`` to ``hi`` (open or closed at each end)."""
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and \
         (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)

@@ -12,7 +12,7 @@ def _discrete_vp(config) -> bool:
     return (not t.continuous or t.loss in ("ddpm", "hybrid")) and t.sde in ("vpsde", "cosine")
 
 
-def _network_marginal(config, sde):
+def network_marginal(config, sde):
     """What converts the network's output to a score: a discrete-time VP model (``training.continuous=False``, or
     the DDPM / hybrid loss) was trained on the DDPM grid, whose ``alpha_bar_i`` differ from the continuous VP
     marginal (at ``i = 0`` the grid's std is ``sqrt(beta_1)``, the SDE's is 0), so its score uses the grid, as
@@ -23,7 +23,7 @@ def _network_marginal(config, sde):
     return chain if isinstance(chain, _ddpm.DDPMGrid) else sde
 
 
-def _score_kwargs(config):
+def score_kwargs(config):
     """The keyword arguments of :func:`~diffjax.nets.make_score_fn` from ``model.*``."""
     m = config.model
     kw = dict(parameterization=m.parameterization, scale_by_sigma=m.scale_by_sigma, sigma_data=m.sigma_data,
@@ -35,8 +35,8 @@ def _score_kwargs(config):
     return kw
 
 
-def _classifier_time_input(config) -> str:
-    """The score network's time input (``model.time_input`` or :func:`_score_kwargs`' default, else
+def classifier_time_input(config) -> str:
+    """The score network's time input (``model.time_input`` or :func:`score_kwargs`' default, else
     :func:`~diffjax.nets.make_score_fn`'s), so that the classifier sees ``t`` as the score network does."""
     m = config.model
     if m.time_input:

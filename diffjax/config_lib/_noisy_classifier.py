@@ -21,7 +21,7 @@ import diffjax.core as core
 from diffjax.config_lib._build import build_optimizer, build_sde
 from diffjax.config_lib._names import (IMAGE_DATASETS, SDES, _PARAMETERIZATIONS, _TIME_INPUTS, _check_int, _choice,
                                        _nets, input_shape, is_toy, num_classes)
-from diffjax.config_lib._network import _classifier_time_input, _network_marginal
+from diffjax.config_lib._network import classifier_time_input, network_marginal
 
 NOISY_CLASSIFIER_PARAMS = "noisy_classifier_params.npz"
 NOISY_CLASSIFIER_CONFIG = "noisy_classifier_config.json"
@@ -59,7 +59,7 @@ def noisy_classifier_logits_fn(config, model, sde, params, *, train: bool = Fals
     score network's noise label (:func:`~diffjax.nets.noise_labels_for` on the network's marginal with the
     config's time input)."""
     nets = _nets()
-    marginal, time_input = _network_marginal(config, sde), _classifier_time_input(config)
+    marginal, time_input = network_marginal(config, sde), classifier_time_input(config)
     extra = {"rngs": {"dropout": rng}} if rng is not None else {}
 
     def logits_fn(x, t):
@@ -132,7 +132,7 @@ def _read_classifier_config(workdir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
-def _validate_classifier_guidance(config, sde) -> None:
+def validate_classifier_guidance(config, sde) -> None:
     """``sampling.classifier_scale`` (finite, >= 0; 0: off) and ``sampling.classifier_workdir`` (a noisy-classifier
     workdir whose images, process and classes fit this config), before anything is compiled."""
     s = config.sampling
@@ -159,7 +159,7 @@ def _validate_classifier_guidance(config, sde) -> None:
     if num_classes(config) and n != num_classes(config):
         raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a {n}-class classifier; this "
                          f"class-conditional model has data.num_classes={num_classes(config)}")
-    mine, theirs = _network_marginal(config, sde), _network_marginal(rec, build_sde(rec))
+    mine, theirs = network_marginal(config, sde), network_marginal(rec, build_sde(rec))
     t = jnp.linspace(0.0, 1.0, 17) * min(float(mine.T), float(theirs.T))
     if not (math.isclose(float(mine.T), float(theirs.T), rel_tol=1e-6)
             and np.allclose(np.stack(mine.marginal(t)), np.stack(theirs.marginal(t)), rtol=1e-4, atol=1e-6)):
@@ -202,7 +202,7 @@ def sampling_num_classes(config) -> Optional[int]:
     return None
 
 
-def _classifier_guided(config, score_fn, y):
+def classifier_guided(config, score_fn, y):
     """``score_fn`` guided by the classifier of ``sampling.classifier_workdir`` towards labels ``y``
     (:func:`~diffjax.classifier_guidance` at ``sampling.classifier_scale``; a learned variance ``v`` is kept)."""
     if y is None:

@@ -5,7 +5,7 @@ signatures (inspect): :func:`sampler_options`. ``configs/default.py`` declares t
 (so ``--config.sampling.options.eta=1.0`` parses as the option's type) without importing the library; here, when
 the config is read, the options that are set are checked against the chosen sampler, option names (a solver, a time
 grid, a corrector) are resolved to what the sampler takes, and the sampler's own argument checks run on an abstract
-input (:func:`_check_sampler`)."""
+input (:func:`check_sampler`)."""
 from __future__ import annotations
 
 import functools
@@ -114,7 +114,7 @@ def sampler_options(method: str) -> dict:
                               for n, p in _keyword_options(method).items()) if t is not None}
 
 
-def _options_listing() -> str:
+def options_listing() -> str:
     return "; ".join(f"{m}: {', '.join(sampler_options(m)) or '(none)'}" for m in sorted(SAMPLERS))
 
 
@@ -177,7 +177,7 @@ _STAND_IN_SCORE = _StandInScore(False)
 _STAND_IN_LEARNED_VARIANCE_SCORE = core.LearnedVarianceScore(_StandInScore(True))
 
 
-def _check_sampler(config, sde) -> None:
+def check_sampler(config, sde) -> None:
     """Run the sampler's own argument checks (method vs process, num_steps, t_eps, options; they run in Python
     before tracing) on an abstract input with ``jax.eval_shape``: traced, never compiled or run, so these checks
     cannot drift from the samplers'."""

@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import diffjax.core as core
 from diffjax.config_lib._names import _nets, num_classes
-from diffjax.config_lib._network import _network_marginal, _score_kwargs
-from diffjax.config_lib._noisy_classifier import _classifier_guided, _classifier_scale
+from diffjax.config_lib._network import network_marginal, score_kwargs
+from diffjax.config_lib._noisy_classifier import classifier_guided, _classifier_scale
 
 
 def _conditional_score_fn(config, model, sde, params, *, train: bool = False, rng=None):
     """``score_fn(x, t, y)`` of a class-conditional network (``y=None``: the null label)."""
-    return _nets().make_conditional_score_fn(model.apply, params, _network_marginal(config, sde), train=train,
-                                             rng=rng, **_score_kwargs(config))
+    return _nets().make_conditional_score_fn(model.apply, params, network_marginal(config, sde), train=train,
+                                             rng=rng, **score_kwargs(config))
 
 
 def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, rng=None):
     """``score_fn(x, t)`` of the network with ``params`` (``y``: class labels of a conditional model)."""
     if num_classes(config):
         return core.with_label(_conditional_score_fn(config, model, sde, params, train=train, rng=rng), y)
-    return _nets().make_score_fn(model.apply, params, _network_marginal(config, sde), train=train, rng=rng,
-                                 **_score_kwargs(config))
+    return _nets().make_score_fn(model.apply, params, network_marginal(config, sde), train=train, rng=rng,
+                                 **score_kwargs(config))
 
 
 def build_sampling_score_fn(config, model, sde, params, *, y=None):
@@ -44,10 +44,10 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
     else:
         score_fn = build_score_fn(config, model, sde, params, y=y)
     if _classifier_scale(config) > 0:
-        score_fn = _classifier_guided(config, score_fn, y)
+        score_fn = classifier_guided(config, score_fn, y)
     if s.clip_denoised:
-        score_fn = core.clip_denoised(score_fn, _network_marginal(config, sde))
+        score_fn = core.clip_denoised(score_fn, network_marginal(config, sde))
     elif s.dynamic_threshold:
-        score_fn = core.dynamic_threshold(score_fn, _network_marginal(config, sde),
+        score_fn = core.dynamic_threshold(score_fn, network_marginal(config, sde),
                                           percentile=float(s.dynamic_threshold))
     return score_fn

@@ -12,12 +12,12 @@ from typing import Optional
 
 import jax
 
-from diffjax.config_lib._build import _validate_ema, build_model, build_optimizer, build_sde, MULTI_STEPS
-from diffjax.config_lib._loss import TIME_SAMPLINGS, WEIGHTINGS, LOSSES, _validate_loss, _validate_objective
+from diffjax.config_lib._build import validate_ema, build_model, build_optimizer, build_sde, MULTI_STEPS
+from diffjax.config_lib._loss import TIME_SAMPLINGS, WEIGHTINGS, LOSSES, validate_loss, validate_objective
 from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SDES, TOY_DATASETS, _PARAMETERIZATIONS, _TIME_INPUTS,
                                        _check_int, _choice, is_toy, num_classes)
-from diffjax.config_lib._noisy_classifier import _validate_classifier_guidance
-from diffjax.config_lib._sampler import SAMPLERS, _check_sampler
+from diffjax.config_lib._noisy_classifier import validate_classifier_guidance
+from diffjax.config_lib._sampler import SAMPLERS, check_sampler
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 _VALID: list = []  # (weak reference to a config, its fingerprint) of the last configs validated, newest last
@@ -67,11 +67,11 @@ def _validate(config, count: int) -> None:
         raise ValueError(f"model.overrides do not fit model.name={m.name!r}: {e}") from None
     _choice("model.parameterization", m.parameterization, _PARAMETERIZATIONS)
     _choice("model.time_input", m.time_input, _TIME_INPUTS)
-    _validate_ema(config)
+    validate_ema(config)
     build_optimizer(config)
     _choice("sampling.method", s.method, SAMPLERS)
     _choice("data.dataset", d.dataset, TOY_DATASETS + tuple(IMAGE_DATASETS))
-    _validate_loss(config)
+    validate_loss(config)
     for name in ("batch_size", "n_iters", "n_jitted_steps", "log_freq"):
         if int(t[name]) < 1:
             raise ValueError(f"training.{name} must be >= 1, got {t[name]!r}")
@@ -91,9 +91,9 @@ def _validate(config, count: int) -> None:
     except ValueError as e:
         raise ValueError(f"training.sde={t.sde!r} cannot be built from the model.* fields (model.beta_min, "
                          f"beta_max, sigma_min, sigma_max, num_scales): {e}") from e
-    _validate_objective(config, sde)
-    _check_sampler(config, sde)
-    _validate_classifier_guidance(config, sde)
+    validate_objective(config, sde)
+    check_sampler(config, sde)
+    validate_classifier_guidance(config, sde)
 
 
 def _validate_sampling(config) -> None:

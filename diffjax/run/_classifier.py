@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import _append_metrics, _split_rows, train_lock
+from diffjax.run._common import append_metrics, split_rows, train_lock
 
 CLASSIFIER_FILE = "classifier_params.npz"
 
@@ -35,12 +35,12 @@ def _train_classifier(config, workdir):
             raise ValueError(f"classifier.{name} must be >= 0 (0: the whole split), got {c[name]!r}")
     if not float(c.epochs) > 0:
         raise ValueError(f"classifier.epochs must be > 0, got {c.epochs!r}")
-    _check_classifier_data(config, "config.task='classifier'")
+    check_classifier_data(config, "config.task='classifier'")
     from diffjax.run._workdir_config import claim_workdir
     claim_workdir(config, workdir)  # refuses a workdir trained by another config
     t0 = time.perf_counter()
-    x, y = _split_rows(config, "train", int(c.num_train_examples))
-    xt, yt = _split_rows(config, "test", int(c.num_test_examples))
+    x, y = split_rows(config, "train", int(c.num_train_examples))
+    xt, yt = split_rows(config, "test", int(c.num_test_examples))
     steps = max(1, int(np.ceil(float(c.epochs) * len(x) / int(c.batch_size))))
     print(f"training the feature classifier on {len(x)} {config.data.dataset} images: {steps} steps of "
           f"{c.batch_size} ({c.epochs} epochs)", flush=True)
@@ -48,7 +48,7 @@ def _train_classifier(config, workdir):
     def log(step, loss, params):
         del params
         print(f"step {step}/{steps}: loss {loss:.4f} ({time.perf_counter() - t0:.1f} s)", flush=True)
-        _append_metrics(workdir, {"task": "classifier", "step": step, "classifier_loss": loss})
+        append_metrics(workdir, {"task": "classifier", "step": step, "classifier_loss": loss})
 
     os.makedirs(workdir, exist_ok=True)
     params = fc.train_feature_classifier(x, y, steps=steps, batch_size=int(c.batch_size), seed=config.seed,
@@ -62,13 +62,13 @@ def _train_classifier(config, workdir):
               "num_test_examples": len(xt), "wall_s": round(wall, 1)}
     if jax.process_index() == 0:
         write_json_atomic(os.path.join(workdir, "classifier.json"), record)
-    _append_metrics(workdir, record)
+    append_metrics(workdir, record)
     print(f"test accuracy {acc:.4f} on {len(xt)} images; {wall:.1f} s; parameters in "
           f"{os.path.join(workdir, CLASSIFIER_FILE)}", flush=True)
     return params, acc
 
 
-def _check_classifier_data(config, what):
+def check_classifier_data(config, what):
     from diffjax import config_lib as cl
     d = config.data
     if cl.is_toy(config) or (d.image_size, d.num_channels) != (28, 1):

@@ -15,21 +15,21 @@ def _choice(field, value, allowed):
         raise ValueError(f"{field}={value!r} is not known; allowed values: {sorted(allowed)}")
 
 
-def _append_metrics(workdir, record):
+def append_metrics(workdir, record):
     import jax
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
-def _host_tree(tree):
+def host_tree(tree):
     import jax
     from jax.experimental import multihost_utils
     return jax.tree.map(lambda a: np.asarray(a if a.is_fully_addressable
                                              else multihost_utils.process_allgather(a, tiled=True)), tree)
 
 
-def _image_source(config, split):
+def image_source(config, split):
     """The image dataset of ``split`` (random access to its uint8 rows, no flips or dequantization)."""
     from diffjax import config_lib as cl
     _choice("split", split, ("train", "test"))
@@ -41,9 +41,9 @@ def _rows(source, start, stop):
     return np.asarray(images, np.uint8), np.asarray(labels)
 
 
-def _split_rows(config, split, n=0):
+def split_rows(config, split, n=0):
     """The first ``n`` (0: all) uint8 images ``(n, H, W, C)`` and labels of ``split``."""
-    source = _image_source(config, split)
+    source = image_source(config, split)
     return _rows(source, 0, min(n, source.size) if n else source.size)
 
 
@@ -57,7 +57,7 @@ def train_lock(workdir):
     return workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
 
 
-def _toy_energy_distances(data, x, key):
+def toy_energy_distances(data, x, key):
     """``(energy distance of samples x to fresh data, that of two independent data draws)``: the unbiased estimate
     scatters around 0 for equal laws, and the second figure shows by how much at this size."""
     from diffjax.eval.sample_distances import energy_distance

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.run._common import _append_metrics, _toy_energy_distances, train_lock
+from diffjax.run._common import append_metrics, toy_energy_distances, train_lock
 
 __all__ = ["DistillState", "Distiller", "train_distill", "sample_distill", "load_config_file"]
 
@@ -374,13 +374,13 @@ def _final_samples(dist, state, data, key, n, reference, workdir):
     record = {"step": int(jax.device_get(state.step)), "final_samples": n, "sampler": dist.describe_sampler(r)}
     title = f"final EMA student samples ({dist.describe_sampler(r)})"
     if cl.is_toy(dist.config):
-        ed, ed_ref = _toy_energy_distances(data, x, key)
+        ed, ed_ref = toy_energy_distances(data, x, key)
         record.update(energy_distance=ed, energy_distance_data_vs_data=ed_ref)
         title += f", energy distance {ed:.4f} (data vs data {ed_ref:.4f})"
         print(f"energy distance of {n} student samples ({dist.describe_sampler(r)}): {ed:.5f} (two independent data "
               f"draws: {ed_ref:.5f})", flush=True)
     dist.run.write_samples(x, "final", reference=reference, title=title)
-    _append_metrics(workdir, record)
+    append_metrics(workdir, record)
 
 
 def sample_distill(config, workdir, *, teacher_score_fn: Optional[Callable] = None):

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from diffjax.run._classifier import CLASSIFIER_FILE, _check_classifier_data
-from diffjax.run._common import _append_metrics, _choice, _host_tree, _image_source, _rows
+from diffjax.run._classifier import CLASSIFIER_FILE, check_classifier_data
+from diffjax.run._common import append_metrics, _choice, host_tree, image_source, _rows
 from diffjax.run._run import Run
 
 FEATURE_NETS = ("auto", "inception", "classifier")
@@ -55,7 +55,7 @@ def build_feature_net(config):
     name = feature_net_name(config)
     if name == "classifier":
         from diffjax.eval import feature_classifier as fc
-        _check_classifier_data(config, "eval.feature_net='classifier'")
+        check_classifier_data(config, "eval.feature_net='classifier'")
         if not e.classifier_workdir:
             raise ValueError("eval.feature_net='classifier' needs eval.classifier_workdir: the --workdir of a "
                              "`python -m diffjax.main --config configs/fashion_mnist_classifier.py --mode train` run")
@@ -94,7 +94,7 @@ def _reference_statistics(config, workdir, *, feature_net=None) -> dict:
                          f"(--mode eval compares samples with fresh draws of the distribution)")
     e, d = config.eval, config.data
     fnet = build_feature_net(config) if feature_net is None else feature_net
-    source = _image_source(config, e.reference_split)
+    source = image_source(config, e.reference_split)
     n = min(int(e.reference_num_examples), source.size) if e.reference_num_examples else source.size
     key = f"{d.dataset}-{d.image_size}x{d.num_channels}" + (f"-first{n}" if n < source.size else "")
     fb = int(e.feature_batch_size)
@@ -350,7 +350,7 @@ def evaluate(config, workdir, *, progress: bool = True):
     if jax.process_index() == 0:
         write_json_atomic(os.path.join(workdir, "eval", f"metrics_{step:08d}_{label}.json"),
                           {**record, "settings": settings})
-    _append_metrics(workdir, record)
+    append_metrics(workdir, record)
     _tensorboard_scalars(workdir, f"eval/{label}", {k: v for k, v in metrics.items() if k != "num_samples"}, step)
     print("eval " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
           flush=True)
@@ -403,7 +403,7 @@ def likelihood(config, workdir):
     e = config.eval
     run, state, step = _restore_for_eval(config, workdir, "likelihood")
     run.checkpoints.close()
-    params = _host_tree(state.ema_params)
+    params = host_tree(state.ema_params)
     lk = dict(trace=e.likelihood_trace, rtol=float(e.likelihood_rtol), atol=float(e.likelihood_atol),
               t_eps=float(e.likelihood_t_eps))
     key = jax.random.fold_in(jax.random.key(config.seed), 8)
@@ -430,7 +430,7 @@ def likelihood(config, workdir):
         record.update(nll_nats=float(nll.mean()), nll_nats_stderr=float(nll.std() / np.sqrt(len(nll))),
                       num_examples=n, num_repeats=repeats, nfe_mean=float(np.mean(nfes)))
     else:
-        source = _image_source(config, "test")
+        source = image_source(config, "test")
         n = min(n, source.size)
         fn = jax.jit(lambda p, k, x, y: bits_per_dim(k, x, score_fn(p, y), run.sde, data_range=(-1.0, 1.0),
                                                      dequantize=True, **lk))
@@ -466,7 +466,7 @@ def likelihood(config, workdir):
     record["wall_s"] = round(time.perf_counter() - t0, 1)
     if jax.process_index() == 0:
         write_json_atomic(os.path.join(workdir, "eval", f"bpd_{step:08d}.json"), record)
-    _append_metrics(workdir, record)
+    append_metrics(workdir, record)
     print("likelihood " + ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}"
                                     for k, v in record.items()), flush=True)
     return record

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import _append_metrics, _split_rows, train_lock
+from diffjax.run._common import append_metrics, split_rows, train_lock
 
 NOISY_CLASSIFIER_JSON = "noisy_classifier.json"
 
@@ -26,7 +26,7 @@ def make_noisy_classifier_step(config, model, sde, optimizer):
     import optax
     from diffjax import config_lib as cl
     from diffjax import core
-    marginal = cl._network_marginal(config, sde)
+    marginal = cl.network_marginal(config, sde)
     t_eps = float(config.training.t_eps)
 
     def loss_fn(params, key, x, y):
@@ -61,7 +61,7 @@ def noisy_classifier_accuracy_by_time(config, model, sde, params, x, y, key, *, 
     import jax.numpy as jnp
     from diffjax import config_lib as cl
     from diffjax import core
-    marginal = cl._network_marginal(config, sde)
+    marginal = cl.network_marginal(config, sde)
     nbins, t_eps, T = int(config.noisy_classifier.num_noise_bins), float(config.training.t_eps), float(marginal.T)
     edges = np.linspace(t_eps, T, nbins + 1)
 
@@ -114,8 +114,8 @@ def _train(config, workdir):
     c = config.noisy_classifier
     claim_workdir(config, workdir)  # refuses a workdir trained by another config
     t0 = time.perf_counter()
-    images, labels = _split_rows(config, "train", int(c.num_train_examples))
-    x_test, y_test = _split_rows(config, "test", int(c.num_test_examples))
+    images, labels = split_rows(config, "train", int(c.num_train_examples))
+    x_test, y_test = split_rows(config, "test", int(c.num_test_examples))
     x_test = ddata.to_unit(x_test)
     n_classes = cl.noisy_classifier_num_classes(config)
     if labels.max(initial=0) >= n_classes:
@@ -135,7 +135,7 @@ def _train(config, workdir):
     steps = int(c.steps)
     os.makedirs(workdir, exist_ok=True)
     print(f"training the noise-conditional classifier ({n_classes} classes, training.sde={config.training.sde!r}, "
-          f"time input {cl._classifier_time_input(config)!r}) on {len(images)} {config.data.dataset} images: "
+          f"time input {cl.classifier_time_input(config)!r}) on {len(images)} {config.data.dataset} images: "
           f"{steps} steps of {c.batch_size}", flush=True)
     k_train = jax.random.fold_in(key, 1)
     for step in range(1, steps + 1):
@@ -148,7 +148,7 @@ def _train(config, workdir):
                 raise FloatingPointError(f"noisy classifier loss is {m['loss']} at step {step}")
             print(f"step {step}/{steps}: loss {m['loss']:.4f} accuracy {m['accuracy']:.3f} "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
-            _append_metrics(workdir, {"task": "noisy_classifier", "step": step, "noisy_classifier_loss": m["loss"],
+            append_metrics(workdir, {"task": "noisy_classifier", "step": step, "noisy_classifier_loss": m["loss"],
                                       "noisy_classifier_train_accuracy": m["accuracy"]})
     if jax.process_index() == 0:
         _save_params_atomic(os.path.join(workdir, cl.NOISY_CLASSIFIER_PARAMS), jax.device_get(params))
@@ -161,7 +161,7 @@ def _train(config, workdir):
               "wall_s": round(time.perf_counter() - t0, 1)}
     if jax.process_index() == 0:
         write_json_atomic(os.path.join(workdir, NOISY_CLASSIFIER_JSON), record)
-    _append_metrics(workdir, record)
+    append_metrics(workdir, record)
     for b in bins:
         print(f"t in [{b['t_lo']:.3f}, {b['t_hi']:.3f}] (log-SNR {b['log_snr']:+.2f}): test accuracy "
               f"{b['accuracy']:.3f}", flush=True)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import _append_metrics, _host_tree, _toy_energy_distances, train_lock
+from diffjax.run._common import append_metrics, host_tree, toy_energy_distances, train_lock
 
 
 # XLA:CPU options for programs that run once (compile time matters, run time does not)
@@ -125,7 +125,7 @@ class Run:
         """Write the power EMAs of ``state`` to ``posthoc_ema/phema-STEP.npz`` (gathered; process 0 writes)."""
         import jax
         from diffjax.train import ema
-        trees = [_host_tree(t) for t in state.phema]
+        trees = [host_tree(t) for t in state.phema]
         if jax.process_index() == 0:
             ema.save_posthoc_snapshot(self.posthoc_dir, step, self.posthoc_sigma_rels, trees)
 
@@ -263,13 +263,13 @@ def _train(config, workdir, *, progress: bool = True):
         record = {"step": int(jax.device_get(state.step)), "final_samples": n}
         title = f"final EMA samples, {method}, NFE {nfe_text([nfe])}"
         if is_toy:
-            ed, ed_ref = _toy_energy_distances(data, x, key)
+            ed, ed_ref = toy_energy_distances(data, x, key)
             record.update(energy_distance=ed, energy_distance_data_vs_data=ed_ref)
             title += f", energy distance {ed:.4f} (data vs data {ed_ref:.4f})"
             print(f"energy distance of {n} EMA samples to fresh {config.data.dataset} samples: {ed:.5f} "
                   f"(unbiased; two independent data draws of the same size: {ed_ref:.5f})", flush=True)
         run.write_samples(x, "final", reference=reference if is_toy else None, title=title)
-        _append_metrics(workdir, record)
+        append_metrics(workdir, record)
     from jax.experimental import multihost_utils
     leaves = [np.asarray(a if a.is_fully_addressable else multihost_utils.process_allgather(a, tiled=True))
               for a in jax.tree.leaves(state.params)]
@@ -382,8 +382,8 @@ def describe(config):
     shape, d = cl.input_shape(config, 1), config.data
     if config.task == "classifier":
         from diffjax.eval.feature_classifier import FeatureClassifier
-        from diffjax.run._classifier import _check_classifier_data
-        _check_classifier_data(config, "config.task='classifier'")
+        from diffjax.run._classifier import check_classifier_data
+        check_classifier_data(config, "config.task='classifier'")
         model = FeatureClassifier()  # the network train_classifier trains
         params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32)))["params"]
         width = max(len(name) for name in params)
