@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from diffjax.eval import inception as inc
+from diffjax.eval import metrics
 
 # ----------------------------------------------------------------------------- a torch.save stand-in
 # torch.save pickles a state dict (protocol 2) whose tensors reduce to
@@ -247,6 +248,36 @@ def test_load_fid_inception_params_from_pth_and_npz(tmp_path):
     np.savez(npz, **arrays)
     with pytest.raises(ValueError, match="Mixed_7c.branch_pool.bn.running_var"):
         inc.load_fid_inception_params(npz)
+
+
+def test_a_state_dict_without_the_head_loads_as_a_feature_extractor(tmp_path):
+    from diffjax.eval import evaluate as ev
+    abstract, _, _, arrays = _broadcast_state_dict(np.random.default_rng(2))
+    headless = {k: v for k, v in arrays.items() if not k.startswith("fc.")}
+    npz = str(tmp_path / "headless.npz")
+    np.savez(npz, **headless)
+    params = inc.load_fid_inception_params(npz)
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, abstract)
+    assert np.isnan(params["fc"]["kernel"]).all() and np.isnan(params["fc"]["bias"]).all()
+    full = inc.load_fid_inception_params(_save(tmp_path / "full.npz", arrays))
+    chex.assert_trees_all_close({k: v for k, v in params.items() if k != "fc"},
+                                {k: v for k, v in full.items() if k != "fc"})
+    # one of the pair alone is a damaged head, not a head-less network: named
+    with pytest.raises(ValueError, match="fc.bias"):
+        inc.load_fid_inception_params(_save(tmp_path / "half.npz", dict(headless, **{"fc.weight": arrays["fc.weight"]})))
+    # the metrics report no IS-type score for NaN logits, and FD / KID as usual
+    rng = np.random.default_rng(3)
+    feats, ref = rng.normal(size=(20, 4)), rng.normal(size=(30, 4))
+    mu, sigma = metrics.feature_statistics(ref)
+    m = ev.image_metrics(feats, np.full((20, 5), np.nan), {"mu": mu, "sigma": sigma, "features": ref},
+                         score_name="inception_score", kid_subsets=2, kid_subset_size=10)
+    assert m["inception_score"] is None and m["inception_score_std"] is None
+    assert np.isfinite(m["frechet_distance"]) and np.isfinite(m["kid"])
+
+
+def _save(path, arrays):
+    np.savez(str(path), **arrays)
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- network

@@ -75,7 +75,8 @@ def image_metrics(features, logits, reference: dict, *, score_name: str, kid_sub
         seed: seed of KID's subset draws.
 
     Returns:
-        ``{"frechet_distance", "kid", "kid_std", score_name, score_name + "_std", "num_samples"}`` (Python numbers).
+        ``{"frechet_distance", "kid", "kid_std", score_name, score_name + "_std", "num_samples"}`` (Python numbers;
+        the score and its std are None when ``logits`` are not finite: a feature network without a head).
     """
     features = np.asarray(features, np.float64)
     mu, sigma = metrics.feature_statistics(features)
@@ -84,7 +85,10 @@ def image_metrics(features, logits, reference: dict, *, score_name: str, kid_sub
         raise ValueError("reference must hold the raw 'features' for KID (reference_stats(..., keep_features=True))")
     kid, kid_std = metrics.kernel_inception_distance(features, reference["features"], num_subsets=kid_subsets,
                                                      subset_size=kid_subset_size, seed=seed)
-    score, score_std = metrics.inception_score(logits, splits=min(int(score_splits), features.shape[0]))
+    if np.isfinite(logits).all():
+        score, score_std = metrics.inception_score(logits, splits=min(int(score_splits), features.shape[0]))
+    else:  # a feature network without a classifier head (NaN logits): there is no IS-type score
+        score = score_std = None
     return {"frechet_distance": fd, "kid": kid, "kid_std": kid_std, score_name: score,
             f"{score_name}_std": score_std, "num_samples": int(features.shape[0])}
 

