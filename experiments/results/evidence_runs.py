@@ -37,14 +37,15 @@ METHODS = {
 def sample(base: list, overrides: dict, seed: int, n: int, workdir: str, out: str, log: str) -> str:
     cmd = base + flags({**overrides, "sampling.num_samples": n, "seed": seed, "sampling.clip_denoised": False}) \
         + ["--mode", "sample", "--noprogress"]
-    t_start = time.time()
     call(cmd, log)
-    written = [p for p in glob.glob(os.path.join(workdir, "samples", "samples_*.npz"))
-               if os.path.getmtime(p) >= t_start - 1]
-    if len(written) != 1:
-        raise SystemExit(f"expected one new sample file in {workdir}/samples, found {written}")
+    # --mode sample names its file samples_STEP_METHOD_STEPS.npz: the newest of this sampler's
+    written = sorted(glob.glob(os.path.join(workdir, "samples", f"samples_*_{overrides['sampling.method']}_"
+                                                                f"{overrides['sampling.num_steps']}.npz")),
+                     key=os.path.getmtime)
+    if not written:
+        raise SystemExit(f"no sample file of {overrides} in {workdir}/samples after: {' '.join(cmd)}")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    shutil.copyfile(written[0], out)
+    shutil.copyfile(written[-1], out)
     return " ".join(cmd[1:])
 
 
