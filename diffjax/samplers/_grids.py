@@ -101,7 +101,7 @@ def quadratic_time(process, num_steps: int, t_eps: float) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=32)
-def _chain(process) -> _ddpm.DDPMGrid:
+def concrete_ddpm_chain(process) -> _ddpm.DDPMGrid:
     """The process's DDPM chain with concrete arrays, computed once (one compiled call, not one per operation)."""
     with jax.ensure_compile_time_eval():
         return jax.jit(lambda: _ddpm.ddpm_grid(process))()
@@ -116,7 +116,7 @@ def _ddpm_strided(process, num_steps: int, t_eps: float, *, spacing: str) -> jax
                          f"got {type(process).__name__} ({process!r}) with discrete_chain="
                          f"{getattr(process, 'discrete_chain', None)!r}; the grids for every process are "
                          f"uniform_time, uniform_log_snr, karras, quadratic_time")
-    grid = _chain(process)
+    grid = concrete_ddpm_chain(process)
     with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit: the steps are static
         most = grid.N if spacing == "trailing" else grid.N - 1
         if num_steps > most:
