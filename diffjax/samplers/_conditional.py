@@ -13,11 +13,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax.core._checks import check_batched, check_int, check_positive
 from diffjax.core._jit import jit_static
-from diffjax.samplers._common import check_common, deprecated_sde_keyword, in_solve_dtype, solve_dtype, with_steps
+from diffjax.samplers._common import check_common, deprecated_sde_keyword, in_solve_dtype, with_steps
 from diffjax.samplers._driver import run_steps
 from diffjax.samplers._grids import check_time_grid, process_default
 from diffjax.samplers._kernels import langevin_corrector_step, reverse_diffusion_step
@@ -68,7 +67,8 @@ class ReplacementStep:
         return num_steps * (1 + self.n_corrector_steps)
 
 
-def _pc_replacement(key, known, mask, times, *, score_fn, process, snr, n_corrector_steps, denoise):
+def _pc_replacement(key, known, mask, *, times, score_fn, process, snr, n_corrector_steps, denoise):
+    times = jnp.asarray(times, known.dtype)  # a compile-time constant, as in every sampler
     key_init, key_loop = jax.random.split(key)
     k_prior, k_known = jax.random.split(key_init)
     x, _ = _replace(k_known, process.prior_sample(k_prior, known.shape, known.dtype), known, mask, times[0], process)
@@ -76,7 +76,7 @@ def _pc_replacement(key, known, mask, times, *, score_fn, process, snr, n_correc
     return run_steps(key_loop, x, times, step)
 
 
-_STATIC = ("score_fn", "process", "snr", "n_corrector_steps", "denoise")
+_STATIC = ("times", "score_fn", "process", "snr", "n_corrector_steps", "denoise")
 # Compiled once per (score_fn, process, options) and shape; inlined under an outer trace (diffjax.core._jit). The solve
 # runs in float32 (float64 for float64 data) and returns the data's dtype (diffjax.samplers._common).
 _inpaint = jit_static(*_STATIC)(in_solve_dtype(_pc_replacement))
@@ -84,7 +84,7 @@ _inpaint = jit_static(*_STATIC)(in_solve_dtype(_pc_replacement))
 
 def _check_pc(key, x, score_fn, process, num_steps, snr, n_corrector_steps, t_eps, denoise, name):
     """The samplers' prologue (:func:`~diffjax.samplers._common.check_common`) with the data ``x`` named ``name``;
-    returns the jitted sampler's options and its time grid."""
+    returns the jitted sampler's options, its time grid among them."""
     c = check_common("inpaint / colorize", x, score_fn, process, num_steps, t_eps, default_steps=None,
                      denoise=denoise, x_name=name)
     snr = check_positive("snr", snr)
@@ -92,8 +92,8 @@ def _check_pc(key, x, score_fn, process, num_steps, snr, n_corrector_steps, t_ep
     if key is None:
         raise ValueError("key must be a PRNG key, got None")
     stepped = with_steps(process, c.num_steps)
-    times = np.asarray(check_time_grid(process_default, stepped, c.num_steps, c.t_eps), solve_dtype(x))
-    return times, dict(process=stepped, snr=snr, n_corrector_steps=n_corrector_steps, denoise=c.denoise)
+    times = tuple(check_time_grid(process_default, stepped, c.num_steps, c.t_eps).tolist())
+    return dict(times=times, process=stepped, snr=snr, n_corrector_steps=n_corrector_steps, denoise=c.denoise)
 
 
 @deprecated_sde_keyword
@@ -131,8 +131,7 @@ def inpaint(key, x_known, mask, score_fn, process, *, num_steps: int | None = No
     Returns:
       ``(batch, *dims)`` samples.
     """
-    times, opts = _check_pc(key, x_known, score_fn, process, num_steps, snr, n_corrector_steps, t_eps, denoise,
-                            "x_known")
+    opts = _check_pc(key, x_known, score_fn, process, num_steps, snr, n_corrector_steps, t_eps, denoise, "x_known")
     x_known = jnp.asarray(x_known)
     mask = jnp.asarray(mask)
     try:
@@ -140,7 +139,7 @@ def inpaint(key, x_known, mask, score_fn, process, *, num_steps: int | None = No
     except ValueError:
         raise ValueError(f"mask must be broadcastable to x_known's shape {x_known.shape}, got shape "
                          f"{mask.shape}") from None
-    return _inpaint(key, x_known, mask, times, score_fn=score_fn, **opts)
+    return _inpaint(key, x_known, mask, score_fn=score_fn, **opts)
 
 
 # Orthonormal colour basis: first axis (1, 1, 1)/sqrt(3) is the gray level (times sqrt(3)), the other two span
@@ -178,15 +177,15 @@ def colorize(key, gray, score_fn, process, *, num_steps: int | None = None, snr:
     gray = jnp.asarray(gray)
     if gray.shape[-1] not in (1, 3):
         raise ValueError(f"gray must have 1 or 3 channels (last axis), got shape {gray.shape}")
-    times, opts = _check_pc(key, gray, score_fn, process, num_steps, snr, n_corrector_steps, t_eps, denoise, "gray")
+    opts = _check_pc(key, gray, score_fn, process, num_steps, snr, n_corrector_steps, t_eps, denoise, "gray")
     if not jnp.issubdtype(gray.dtype, jnp.floating):
         raise ValueError(f"gray must be a floating-point array in the model's data range, got dtype {gray.dtype}")
-    return _colorize(key, jnp.mean(gray, axis=-1, keepdims=True), times, score_fn=score_fn, **opts)
+    return _colorize(key, jnp.mean(gray, axis=-1, keepdims=True), score_fn=score_fn, **opts)
 
 
 @jit_static(*_STATIC)
 @in_solve_dtype
-def _colorize(key, level, times, *, score_fn, process, snr, n_corrector_steps, denoise):
+def _colorize(key, level, *, times, score_fn, process, snr, n_corrector_steps, denoise):
     q = jnp.asarray(_COLOR_BASIS, level.dtype)
     known = jnp.concatenate([math.sqrt(3.0) * level, jnp.zeros_like(level), jnp.zeros_like(level)], axis=-1)
     mask = jnp.broadcast_to(jnp.asarray([1.0, 0.0, 0.0], level.dtype), known.shape)
@@ -194,6 +193,6 @@ def _colorize(key, level, times, *, score_fn, process, snr, n_corrector_steps, d
     def rotated_score(z, t):
         return score_fn(z @ q.T, t) @ q
 
-    z = _pc_replacement(key, known, mask, times, score_fn=rotated_score, process=process, snr=snr,
+    z = _pc_replacement(key, known, mask, times=times, score_fn=rotated_score, process=process, snr=snr,
                         n_corrector_steps=n_corrector_steps, denoise=denoise)
     return z @ q.T

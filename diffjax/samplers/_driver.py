@@ -3,7 +3,7 @@
 A sampler is two things: *where* it steps (a grid of ``n + 1`` times, checked and computed before tracing) and
 *what* one step does (a :class:`SamplerStep`). :func:`run_steps` is the loop every fixed-step sampler shares -- one
 ``lax.scan`` over the ``n`` intervals ``(t_k, t_{k+1})`` with the key ``fold_in(key, k)`` -- and :func:`sample_steps`
-is that loop compiled once per step object and shape (:func:`diffjax.core._jit.jit_static`), in the solve dtype
+is that loop compiled once per step object, grid and shape (:func:`diffjax.core._jit.jit_static`), in the solve dtype
 (:func:`~diffjax.samplers._common.in_solve_dtype`). The public samplers build a step and a grid and call it; a new
 sampler is a new step object (the pattern of optax's ``chain`` and hackable_diffusion's ``DiffusionSampler``).
 
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.core._jit import jit_static
-from diffjax.samplers._common import in_solve_dtype, solve_dtype
+from diffjax.samplers._common import in_solve_dtype
 
 __all__ = ["SamplerStep", "run_steps", "sample_steps"]
 
@@ -77,23 +77,33 @@ def run_steps(key, x_T, times, step: SamplerStep, *, key_ids=None):
     return step.output(fold(n), state)
 
 
-@jit_static("step")
+@jit_static("step", "times", "key_ids")
 @in_solve_dtype
-def _sample(key, x_T, times, *, step, key_ids=None):
-    return run_steps(key, x_T, times, step, key_ids=key_ids)
+def _sample(key, x_T, *, step, times, key_ids):
+    # The grid is a compile-time constant, as the static arguments it was computed from (a grid, a process, a step
+    # count): XLA folds what depends on the times alone.
+    times = np.asarray(times)
+    times = jnp.asarray(times, x_T.dtype if np.issubdtype(times.dtype, np.floating) else jnp.int32)
+    return run_steps(key, x_T, times, step, key_ids=None if key_ids is None else jnp.asarray(key_ids, jnp.int32))
 
 
 def sample_steps(key, x_T, times, step: SamplerStep, *, key_ids=None, return_nfe: bool = False):
-    """:func:`run_steps`, jitted per ``step`` and shape (inlined under an outer trace), in the samplers' dtype rule:
+    """:func:`run_steps`, jitted per ``step`` and grid (inlined under an outer trace), in the samplers' dtype rule:
     ``x_T`` and floating ``times`` are cast to ``promote_types(x_T.dtype, float32)`` and the result back to
-    ``x_T.dtype``. ``times`` may be a NumPy array (a checked grid) or a JAX array.
+    ``x_T.dtype``.
+
+    Args:
+        key, x_T, step, key_ids: as in :func:`run_steps` (``key_ids`` concrete).
+        times: ``(n + 1,)`` concrete times or grid indices (NumPy, a list, or a concrete JAX array), e.g. a grid of
+            :mod:`diffjax.samplers._grids`; they key the compile cache with ``step``.
+        return_nfe: also return ``step.nfe(n)``.
 
     Returns:
-        (batch, *dims) samples, or ``(samples, nfe)`` with ``return_nfe`` (``step.nfe(n)`` as an int32 0-d array).
+        (batch, *dims) samples, or ``(samples, nfe)`` with ``return_nfe`` (an int32 0-d array).
     """
-    if np.issubdtype(np.asarray(times).dtype, np.floating):
-        times = np.asarray(times, solve_dtype(x_T))
-    x = _sample(key, x_T, times, step=step, key_ids=key_ids)
+    times = tuple(np.asarray(times).tolist())
+    key_ids = None if key_ids is None else tuple(np.asarray(key_ids).tolist())
+    x = _sample(key, x_T, step=step, times=times, key_ids=key_ids)
     if not return_nfe:
         return x
     return x, jnp.asarray(step.nfe(len(times) - 1), jnp.int32)

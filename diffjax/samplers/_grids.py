@@ -1,7 +1,8 @@
 """Time grids shared by the samplers: ``grid(process, num_steps, t_eps) -> (num_steps + 1,)`` float32 times,
 decreasing from ``process.T`` to ``t_eps`` (both ends exact; :func:`ddpm_strided` starts at its top strided step's
-own time instead). Module-level functions (or ``functools.partial`` of them), so they are hashable and can be static
-arguments of a jitted sampler.
+own time instead). Module-level functions (or ``functools.partial`` of them), so they are hashable: a sampler computes
+its grid once per (grid, process, num_steps, t_eps) before tracing (:func:`check_time_grid`) and compiles the one
+sampler loop for those times.
 
 Each grid is defined on one of the process's coordinates, so the same grid means the same thing on every process:
 ``uniform_time`` on t, ``uniform_log_snr`` on lambda(t) = log(a^2 / s^2) (DPM-Solver's choice), ``karras`` on the
@@ -155,7 +156,7 @@ def ddpm_strided(spacing: str = "leading"):
         spacing: "leading", "trailing" or "linspace" (:data:`diffjax.discrete.ddpm.DDIM_SPACINGS`).
 
     Returns:
-        A hashable grid function (the same object for the same ``spacing``, so a jitted sampler does not retrace).
+        A hashable grid function (the same object for the same ``spacing``: one entry of the grid cache).
         It raises ``ValueError`` for a process without a DDPM chain, ``num_steps`` above ``N`` ("trailing") or
         ``N - 1``, and a ``t_eps`` not below the lowest strided step's time.
     """
@@ -195,6 +196,6 @@ def check_time_grid(time_grid, process, num_steps: int, t_eps: float) -> np.ndar
     try:
         hash(time_grid)
     except TypeError:
-        raise ValueError(f"time_grid must be hashable (a module-level function or functools.partial of one: it is a "
-                         f"static argument of the jitted sampler), got {time_grid!r}") from None
+        raise ValueError(f"time_grid must be hashable (a module-level function or functools.partial of one: its "
+                         f"times are computed once per argument tuple), got {time_grid!r}") from None
     return _checked_grid(time_grid, process, num_steps, t_eps)
