@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 
 import jax
 
-from diffjax.core._checks import check_int, check_positive
+from diffjax.core._checks import check_choice, check_int, check_positive
 from diffjax.samplers._common import check_common, deprecated_sde_keyword, with_steps
 from diffjax.samplers._driver import sample_steps
 from diffjax.samplers._grids import check_time_grid, process_default
@@ -108,6 +108,17 @@ def _check_kernel(name: str, kernel, return_nfe: bool):
                          f"return_nfe=True")
 
 
+def _bound_langevin(corrector, snr: float, n_steps: int):
+    """pc's default corrector, Langevin with pc's ``snr`` and ``n_corrector_steps``, when ``corrector`` is
+    :func:`langevin_corrector_step` or its name "langevin" (what a config passes until :mod:`diffjax.config_lib`
+    resolves the name itself); any other corrector unchanged."""
+    if isinstance(corrector, str):
+        check_choice("corrector", corrector, ("langevin",))
+    elif corrector is not langevin_corrector_step:
+        return corrector
+    return LangevinCorrector(snr, n_steps)
+
+
 def _predictor_only(sampler: str, predictor, key, x_T, score_fn, process, num_steps, t_eps, time_grid, denoise,
                     return_nfe):
     c = check_common(sampler, x_T, score_fn, process, num_steps, t_eps, default_steps=None, denoise=denoise,
@@ -119,8 +130,8 @@ def _predictor_only(sampler: str, predictor, key, x_T, score_fn, process, num_st
 
 @deprecated_sde_keyword
 def pc(key, x_T, score_fn, process, *, num_steps=None, t_eps=None, time_grid=process_default,
-       predictor=reverse_diffusion_step, corrector=langevin_corrector_step, snr: float = 0.16,
-       n_corrector_steps: int = 1, denoise: bool = True, return_nfe: bool = False):
+       predictor=reverse_diffusion_step, corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
+       denoise: bool = True, return_nfe: bool = False):
     """Predictor-corrector sampler (score-SDE Algorithm 1): at each time, corrector moves then one predictor step.
 
     Args:
@@ -138,9 +149,9 @@ def pc(key, x_T, score_fn, process, *, num_steps=None, t_eps=None, time_grid=pro
         predictor: ``predictor(key, x, t, t_next, score_fn, process) -> (x, x_mean)``, e.g.
             :func:`reverse_diffusion_step` (default, score-SDE's for NCSN++) or :func:`euler_maruyama_step`;
             ``None`` for corrector only.
-        corrector: ``corrector(key, x, t, score_fn, process) -> (x, x_mean)``; the default
-            :func:`langevin_corrector_step` runs with ``snr`` and ``n_corrector_steps`` (a :class:`LangevinCorrector`
-            carries its own); ``None`` for predictor only.
+        corrector: ``corrector(key, x, t, score_fn, process) -> (x, x_mean)``; :func:`langevin_corrector_step`
+            (or its name "langevin", the default, as configs give it) runs with ``snr`` and ``n_corrector_steps``
+            (a :class:`LangevinCorrector` carries its own); ``None`` for predictor only.
         snr: signal-to-noise ratio of the default Langevin corrector (score-SDE: 0.16).
         n_corrector_steps: Langevin steps per time of the default corrector (score-SDE: 1).
         denoise: return the last step's noise-free mean.
@@ -157,8 +168,7 @@ def pc(key, x_T, score_fn, process, *, num_steps=None, t_eps=None, time_grid=pro
     times = check_time_grid(time_grid, process, c.num_steps, c.t_eps)
     snr = check_positive("snr", snr)
     n_corrector_steps = check_int("n_corrector_steps", n_corrector_steps, minimum=1)
-    if corrector is langevin_corrector_step:
-        corrector = LangevinCorrector(snr, n_corrector_steps)
+    corrector = _bound_langevin(corrector, snr, n_corrector_steps)
     _check_kernel("predictor", predictor, c.return_nfe)
     _check_kernel("corrector", corrector, c.return_nfe)
     step = PCStep(score_fn, with_steps(process, c.num_steps), predictor, corrector, c.denoise)
