@@ -22,7 +22,7 @@ def _score(x, t):
 
 # name -> (call(key, x, score_fn) -> array, the name of the jitted implementation)
 CALLS = {
-    "euler_maruyama": (lambda key, x, f: dj.samplers.euler_maruyama(key, x, f, SDE, num_steps=5), "_pc"),
+    "euler_maruyama": (lambda key, x, f: dj.samplers.euler_maruyama(key, x, f, SDE, num_steps=5), "_sample"),
     "log_likelihood": (lambda key, x, f: dj.log_likelihood(key, x, f, SDE, rtol=1e-3, atol=1e-3)[0], "_solve"),
     "inpaint": (lambda key, x, f: dj.inpaint(key, x, MASK, f, SDE, num_steps=5, n_corrector_steps=0),
                 "_pc_replacement"),

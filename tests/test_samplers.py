@@ -1,5 +1,6 @@
 """Samplers against ground truth: exact Gaussian-mixture scores, a Gaussian with a closed-form flow, and the
 pure-function contract (one trace per shape, vmap, sharding, validation before tracing)."""
+import dataclasses
 import functools
 
 import chex
@@ -395,3 +396,89 @@ def test_annealed_langevin_defaults_are_ncsn_paper_setting():
     step = dj.discrete.ncsn_step_size(sigma, sigma_last, step_lr=v2["step_lr"])
     np.testing.assert_allclose(dj.discrete.langevin_step(jax.random.key(1), x, t, score_fn, step_size=step), hand,
                                rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- the process keyword
+
+KEYWORD_CASES = [(S.euler_maruyama, {}), (S.reverse_diffusion, {}), (S.pc, {}), (S.ode_euler, {}), (S.ode_heun, {}),
+                 (S.ode_adaptive, dict(rtol=1e-2, atol=1e-2)), (S.ddim, {}), (S.ancestral, dict(num_steps=25)),
+                 (S.edm_heun, {}), (S.dpm_solver, {}), (S.unipc, {})]
+
+
+@pytest.mark.parametrize("sampler,options", KEYWORD_CASES, ids=[c[0].__name__ for c in KEYWORD_CASES])
+def test_process_keyword_and_deprecated_sde_keyword(sampler, options):
+    """``process`` is the parameter's name (positional use unchanged); ``sde=`` still works for one release, with a
+    DeprecationWarning, and gives the same samples; both at once is a TypeError."""
+    sde, score_fn = SDES["vp"], SCORES["vp"]
+    options = dict(dict(num_steps=3), **options) if sampler is not S.ode_adaptive else options
+    x_T, key = _prior(sde, n=4), jax.random.key(3)
+    want = sampler(key, x_T, score_fn, sde, **options)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(sampler(key, x_T, score_fn, process=sde, **options), want)
+    with pytest.warns(DeprecationWarning, match="process"):
+        got = sampler(key, x_T, score_fn, sde=sde, **options)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="sde"):
+        sampler(key, x_T, score_fn, sde, sde=sde, **options)
+
+
+def test_conditional_samplers_and_kernels_take_the_deprecated_sde_keyword():
+    sde, image = SDES["vp"], jnp.ones((1, 2, 2, 3))
+    mask = jnp.zeros((1, 2, 2, 1)).at[:, 0].set(1.0)
+    normal_score = lambda x, t: -x  # noqa: E731  (N(0, I) data under VP)
+    with pytest.warns(DeprecationWarning):
+        got = dj.inpaint(jax.random.key(0), image, mask, normal_score, sde=sde, num_steps=3)
+    np.testing.assert_array_equal(got, dj.inpaint(jax.random.key(0), image, mask, normal_score, sde, num_steps=3))
+    x = _prior(sde, n=4)
+    with pytest.warns(DeprecationWarning):
+        got = S.ode_euler_step(x, 1.0, 0.5, SCORES["vp"], sde=sde)
+    np.testing.assert_array_equal(got, S.ode_euler_step(x, 1.0, 0.5, SCORES["vp"], sde))
+
+
+# ------------------------------------------------------------------------------------------ the sampler loop
+
+
+@dataclasses.dataclass(frozen=True)
+class _MidpointStep:
+    """A user's step object: the explicit midpoint rule on the probability-flow ODE (2 evaluations a step)."""
+    score_fn: object
+    process: object
+
+    def init(self, x_T, t):
+        return x_T
+
+    def step(self, key, x, t, t_next):
+        vf = dj.probability_flow_ode(self.process, self.score_fn)
+        h = t_next - t
+        half = x + 0.5 * h * vf(x, jnp.broadcast_to(t, x.shape[:1]))
+        return x + h * vf(half, jnp.broadcast_to(t + 0.5 * h, x.shape[:1]))
+
+    def output(self, key, x):
+        return x
+
+    def nfe(self, num_steps):
+        return 2 * num_steps
+
+
+def test_a_new_sampler_is_a_step_object_over_the_one_loop():
+    """``sample_steps`` runs any SamplerStep over a grid: the midpoint rule equals its own loop written out, beats
+    Euler at the same evaluations (second order), and keeps the samplers' dtype rule."""
+    sde, score_fn = SDES["vp"], SCORES["vp"]
+    x_T = _prior(sde, n=64)
+    times = np.asarray(S.uniform_time(sde, 40, 1e-3))
+    step = _MidpointStep(score_fn, sde)
+    mid, nfe = S.sample_steps(None, x_T, times, step, return_nfe=True)
+    x = x_T
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = step.step(None, x, jnp.float32(t), jnp.float32(t_next))
+    np.testing.assert_allclose(mid, x, rtol=1e-5, atol=1e-5)
+    exact = S.ode_heun(None, x_T, score_fn, sde, num_steps=400, t_eps=1e-3)
+    euler = S.ode_euler(None, x_T, score_fn, sde, num_steps=80, t_eps=1e-3)  # the same 80 evaluations
+    assert int(nfe) == 80
+    assert float(jnp.max(jnp.abs(mid - exact))) < 0.5 * float(jnp.max(jnp.abs(euler - exact)))
+    half = S.sample_steps(None, x_T.astype(jnp.bfloat16), times, step)
+    assert half.dtype == jnp.bfloat16
+    full = S.sample_steps(None, x_T.astype(jnp.bfloat16).astype(jnp.float32), times, step)
+    np.testing.assert_array_equal(np.asarray(half, np.float32), np.asarray(full.astype(jnp.bfloat16), np.float32))

@@ -1,4 +1,4 @@
-"""Samplers: pure functions ``NAME(key, x_T, score_fn, sde, *, num_steps, t_eps, **options) -> x_0``.
+"""Samplers: pure functions ``NAME(key, x_T, score_fn, process, *, num_steps, t_eps, **options) -> x_0``.
 
 Reverse-time SDE: :func:`euler_maruyama`, :func:`reverse_diffusion`, :func:`pc` (predictor-corrector).
 Discrete chains: :func:`ancestral` (DDPM for VP, SMLD for VE), :func:`annealed_langevin` (NCSN),
@@ -18,20 +18,28 @@ Dtypes: every sampler returns ``x_T``'s dtype and solves in ``promote_types(x_T.
 float16 input is cast to float32 on entry (carry, times, coefficients and the ``x`` given to ``score_fn`` are
 float32) and the result is cast back at the end.
 
-One-step kernels (predictors ``(key, x, t, t_next, score_fn, sde) -> (x, x_mean)``, correctors
-``(key, x, t, score_fn, sde) -> (x, x_mean)``): :func:`euler_maruyama_step`, :func:`reverse_diffusion_step`,
-:func:`langevin_corrector_step`, :func:`ode_euler_step`, :func:`ode_heun_step`, :func:`ddim_step`; the DDPM and
-NCSN steps live in :mod:`diffjax.discrete` (``ancestral_step``, ``smld_ancestral_step``, ``langevin_step``).
+One-step kernels (predictors ``(key, x, t, t_next, score_fn, process) -> (x, x_mean)``, correctors
+``(key, x, t, score_fn, process) -> (x, x_mean)``): :func:`euler_maruyama_step`, :func:`reverse_diffusion_step`,
+:func:`langevin_corrector_step` (:class:`LangevinCorrector` with its options bound), :func:`ode_euler_step`,
+:func:`ode_heun_step`, :func:`ddim_step`; the DDPM and NCSN steps live in :mod:`diffjax.discrete`
+(``ancestral_step``, ``smld_ancestral_step``, ``langevin_step``).
+
+The loop: every fixed-step sampler is a :class:`SamplerStep` (``init`` / ``step`` / ``output`` / ``nfe``) that
+:func:`sample_steps` scans over a time grid (one ``lax.scan``, jitted per step object); :func:`run_steps` is the
+same loop unjitted, for use inside a jitted function. A new sampler is a new step object.
 """
+from diffjax.samplers._driver import *  # noqa: F401,F403
 from diffjax.samplers._kernels import *  # noqa: F401,F403
 from diffjax.samplers._samplers import *  # noqa: F401,F403
+from diffjax.samplers._chains import *  # noqa: F401,F403
+from diffjax.samplers._ode import *  # noqa: F401,F403
 from diffjax.samplers._conditional import *  # noqa: F401,F403
 from diffjax.samplers._edm import *  # noqa: F401,F403
 from diffjax.samplers._grids import *  # noqa: F401,F403
 from diffjax.samplers._dpm_solver import *  # noqa: F401,F403
 from diffjax.samplers._unipc import *  # noqa: F401,F403
-from diffjax.samplers import _dpm_solver, _unipc
-from diffjax.samplers import _conditional, _edm, _grids, _kernels, _samplers
+from diffjax.samplers import _chains, _conditional, _dpm_solver, _driver, _edm, _grids, _kernels, _ode, _samplers
+from diffjax.samplers import _unipc
 
-__all__ = (_samplers.__all__ + _conditional.__all__ + _edm.__all__ + _kernels.__all__ + _grids.__all__
-           + _dpm_solver.__all__ + _unipc.__all__)
+__all__ = (_samplers.__all__ + _chains.__all__ + _ode.__all__ + _conditional.__all__ + _edm.__all__ + _kernels.__all__
+           + _grids.__all__ + _dpm_solver.__all__ + _unipc.__all__ + _driver.__all__)

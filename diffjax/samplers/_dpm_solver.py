@@ -1,53 +1,40 @@
 """DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095) on the process protocol: one implementation for every process.
 
 Every process is a Gaussian path ``x_t = a(t) x_0 + s(t) eps``; in the half log-SNR ``l = log(a/s)``
-(``sde.log_snr(t) / 2``) its probability-flow ODE has the exact solution
+(``process.log_snr(t) / 2``) its probability-flow ODE has the exact solution
 
 .. math:: x_t = \\frac{s_t}{s_u} x_u + s_t \\int_{l_u}^{l_t} e^{l} D(x_l, l)\\, dl
 
 with the data prediction ``D(x, t) = (x + s^2 score(x, t)) / a``. DPM-Solver++ Taylor-expands ``D`` in ``l``
 (multistep: from past evaluations; singlestep: from evaluations inside the step), so the same steps serve VP,
-sub-VP, VE, cosine VP, EDM and rectified flow through ``sde.marginal`` and ``sde.log_snr`` alone.
+sub-VP, VE, cosine VP, EDM and rectified flow through ``process.marginal`` and ``process.log_snr`` alone.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
 from diffjax.core.process import bcast
-from diffjax.samplers._common import batch_time, check_common, from_solve_dtype, time_dtype, to_solve_dtype
-from diffjax.core._jit import jit_static as _jit
+from diffjax.samplers._common import check_bool, check_common, deprecated_sde_keyword
+from diffjax.samplers._driver import sample_steps
 from diffjax.samplers._grids import check_time_grid, uniform_log_snr
+from diffjax.samplers._kernels import data_prediction
 
 __all__ = ["dpm_solver"]
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 METHODS = ("multistep", "singlestep")
 ORDERS = (1, 2, 3)
 LOWER_ORDER_FINAL_BELOW = 15  # diffusers' lower_order_final: lower orders at the end when num_steps < 15
 
 
-def _data_prediction(score_fn, sde):
-    """``D(x, t) = (x + s^2 score) / a``: the denoiser (the posterior mean of x_0) of the exact score."""
-
-    def denoise(x, t):
-        tb = batch_time(t, x)
-        a, s = sde.marginal(tb)
-        return (x + bcast(s**2, x) * score_fn(x, tb)) / bcast(a, x)
-
-    return denoise
-
-
-def _coeffs(sde, t):
+def _coeffs(process, t):
     """``(a, s, l)`` at time ``t`` (a scalar), ``l = log(a/s)`` the half log-SNR."""
-    a, s = sde.marginal(t)
-    return a, s, 0.5 * sde.log_snr(t)
+    a, s = process.marginal(t)
+    return a, s, 0.5 * process.log_snr(t)
 
 
 def multistep_orders(order: int, num_steps: int, lower_order_final: bool) -> tuple:
@@ -107,45 +94,54 @@ def _multistep_update(o, x, d0, d1, d2, l_1, l_2, c, c_next, key, sde_variant):
     return out + bcast(a_n * phi1, x) * dd1 + bcast(a_n * phi2, x) * dd2
 
 
-@_jit("score_fn", "sde", "num_steps", "t_eps", "orders", "sde_variant", "time_grid", "denoise")
-def _multistep(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, sde_variant, time_grid, denoise):
-    x_in, x_T = x_T, to_solve_dtype(x_T)
-    D = _data_prediction(score_fn, sde)
-    times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
-    max_order = max(orders)
+@dataclasses.dataclass(frozen=True)
+class MultistepStep:
+    """One DPM-Solver++ multistep step of order ``orders[i]``; the state carries the last two data predictions and
+    half log-SNRs, and the step count ``i``. ``denoise``: ``D(x, t_eps)`` after the last step."""
+    score_fn: Callable
+    process: Any
+    orders: tuple
+    sde_variant: bool
+    denoise: bool
+    t_eps: float
 
-    def body(carry, inputs):
-        x, d1, d2, l_1, l_2 = carry
-        i, o, t, t_next = inputs
-        c, c_next = _coeffs(sde, t), _coeffs(sde, t_next)
-        d0 = D(x, t)
-        k = jax.random.fold_in(key, i) if sde_variant else None  # deterministic samplers ignore key
-        branches = [lambda op, o=o_: _multistep_update(o, *op, sde_variant) for o_ in range(1, max_order + 1)]
-        x_next = jax.lax.switch(o - 1, branches, (x, d0, d1, d2, l_1, l_2, c, c_next, k)) if max_order > 1 \
-            else branches[0]((x, d0, d1, d2, l_1, l_2, c, c_next, k))
-        return (x_next, d0, d1, c[2], l_1), None
+    def init(self, x_T, t):
+        zero = jnp.zeros((), t.dtype)
+        return x_T, jnp.zeros_like(x_T), jnp.zeros_like(x_T), zero, zero, jnp.zeros((), jnp.int32)
 
-    zero = jnp.zeros((), times.dtype)
-    init = (x_T, jnp.zeros_like(x_T), jnp.zeros_like(x_T), zero, zero)
-    xs = (jnp.arange(num_steps), jnp.asarray(orders, jnp.int32), times[:-1], times[1:])
-    (x, *_), _ = jax.lax.scan(body, init, xs)
-    return from_solve_dtype(D(x, t_eps) if denoise else x, x_in)
+    def step(self, key, state, t, t_next):
+        x, d1, d2, l_1, l_2, i = state
+        c, c_next = _coeffs(self.process, t), _coeffs(self.process, t_next)
+        d0 = data_prediction(x, t, self.score_fn, self.process)
+        k = key if self.sde_variant else None  # deterministic samplers ignore key
+        max_order = max(self.orders)
+        branches = [lambda op, o=o_: _multistep_update(o, *op, self.sde_variant) for o_ in range(1, max_order + 1)]
+        operands = (x, d0, d1, d2, l_1, l_2, c, c_next, k)
+        x_next = jax.lax.switch(jnp.asarray(self.orders, jnp.int32)[i] - 1, branches, operands) if max_order > 1 \
+            else branches[0](operands)
+        return x_next, d0, d1, c[2], l_1, i + 1
+
+    def output(self, key, state):
+        return data_prediction(state[0], self.t_eps, self.score_fn, self.process) if self.denoise else state[0]
+
+    def nfe(self, num_steps: int) -> int:
+        return num_steps + self.denoise
 
 
 # -------------------------------------------------------------------------------------------------- singlestep
 
 
-def _singlestep_update(o, x, t, t_next, D, sde):
+def _singlestep_update(o, x, t, t_next, D, process):
     """One DPM-Solver++ singlestep step of order ``o`` (``o`` evaluations; intermediate points at ``r = 1/2`` for
     order 2 and ``1/3, 2/3`` for order 3 of the step in half log-SNR)."""
-    a, s, l0 = _coeffs(sde, t)
-    a_n, s_n, l_n = _coeffs(sde, t_next)
+    a, s, l0 = _coeffs(process, t)
+    a_n, s_n, l_n = _coeffs(process, t_next)
     h = l_n - l0
     d0 = D(x, t)
 
     def to(r):  # the time at fraction r of the step in l, with its coefficients and the first-order move there
-        t_r = sde.t_from_log_snr(2.0 * (l0 + r * h))
-        a_r, s_r, _ = _coeffs(sde, t_r)
+        t_r = process.t_from_log_snr(2.0 * (l0 + r * h))
+        a_r, s_r, _ = _coeffs(process, t_r)
         return t_r, a_r, bcast(s_r / s, x) * x - bcast(a_r * jnp.expm1(-r * h), x) * d0
 
     out = bcast(s_n / s, x) * x - bcast(a_n * jnp.expm1(-h), x) * d0
@@ -162,26 +158,37 @@ def _singlestep_update(o, x, t, t_next, D, sde):
     return out + bcast(a_n * (jnp.expm1(-h) / h + 1.0) / r2, x) * (D(u2, t2) - d0)
 
 
-@_jit("score_fn", "sde", "t_eps", "orders", "time_grid", "denoise")
-def _singlestep(key, x_T, *, score_fn, sde, t_eps, orders, time_grid, denoise):
-    del key
-    x_in, x_T = x_T, to_solve_dtype(x_T)
-    D = _data_prediction(score_fn, sde)
-    times = time_grid(sde, len(orders), t_eps).astype(time_dtype(x_T))
-    max_order = max(orders)
+@dataclasses.dataclass(frozen=True)
+class SinglestepStep:
+    """One DPM-Solver++ singlestep step of order ``orders[i]`` (``orders[i]`` evaluations); the state is ``(x, i)``.
+    ``denoise``: ``D(x, t_eps)`` after the last step."""
+    score_fn: Callable
+    process: Any
+    orders: tuple
+    denoise: bool
+    t_eps: float
 
-    def body(x, inputs):
-        o, t, t_next = inputs
-        branches = [lambda op, o=o_: _singlestep_update(o, *op, D, sde) for o_ in range(1, max_order + 1)]
+    def init(self, x_T, t):
+        return x_T, jnp.zeros((), jnp.int32)
+
+    def step(self, key, state, t, t_next):
+        x, i = state
+        D = lambda y, t: data_prediction(y, t, self.score_fn, self.process)  # noqa: E731
+        max_order = max(self.orders)
+        branches = [lambda op, o=o_: _singlestep_update(o, *op, D, self.process) for o_ in range(1, max_order + 1)]
         if max_order == 1:
-            return branches[0]((x, t, t_next)), None
-        return jax.lax.switch(o - 1, branches, (x, t, t_next)), None
+            return branches[0]((x, t, t_next)), i + 1
+        return jax.lax.switch(jnp.asarray(self.orders, jnp.int32)[i] - 1, branches, (x, t, t_next)), i + 1
 
-    x, _ = jax.lax.scan(body, x_T, (jnp.asarray(orders, jnp.int32), times[:-1], times[1:]))
-    return from_solve_dtype(D(x, t_eps) if denoise else x, x_in)
+    def output(self, key, state):
+        return data_prediction(state[0], self.t_eps, self.score_fn, self.process) if self.denoise else state[0]
+
+    def nfe(self, num_steps: int) -> int:
+        return sum(self.orders) + self.denoise
 
 
-def dpm_solver(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, order: int = 2,
+@deprecated_sde_keyword
+def dpm_solver(key, x_T, score_fn, process, *, num_steps: int = 20, t_eps=None, order: int = 2,
                method: str = "multistep", sde_variant: bool = False, lower_order_final: bool = True,
                time_grid=uniform_log_snr, denoise: bool = False, return_nfe: bool = False):
     """DPM-Solver++ (Lu et al. 2022): the probability-flow ODE solved exactly in its linear part, with a Taylor
@@ -200,22 +207,22 @@ def dpm_solver(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, orde
 
     Args:
         key: PRNG key (used by ``sde_variant`` only).
-        x_T: (batch, *dims) prior sample, e.g. ``sde.prior_sample(key, shape)``.
+        x_T: (batch, *dims) prior sample, e.g. ``process.prior_sample(key, shape)``.
         score_fn: ``score_fn(x, t)``.
-        sde: any forward process (VP, sub-VP, VE, cosine VP, rectified flow, EDM, ``gaussian_path``).
+        process: any forward process (VP, sub-VP, VE, cosine VP, rectified flow, EDM, ``gaussian_path``).
         num_steps: the number of network evaluations ``K`` (default 20), ``>= order``. Multistep: ``K`` steps on
             ``time_grid``. Singlestep: the paper's adaptive-order split of ``K`` evaluations (DPM-Solver-fast):
             order 3 takes ``K // 3 + 1`` steps of orders ``3, ..., 3, 2, 1`` if ``3 | K``, else ``K // 3`` steps of
             order 3 and one of order ``K % 3``; order 2 takes ``K // 2`` steps of order 2 (and one of order 1 if
             ``K`` is odd); the steps lie on ``time_grid`` with that many intervals.
-        t_eps: last time (default ``sde.t_eps``).
+        t_eps: last time (default ``process.t_eps``).
         order: 1, 2 or 3 (at most 2 with ``sde_variant``).
         method: "multistep" or "singlestep".
         sde_variant: DPM-Solver++(2M) SDE (multistep only); stochastic, uses ``key``.
         lower_order_final: multistep with ``num_steps < 15``: the last step is first order and the one before it
             at most second order (diffusers' rule; it steadies few-step sampling). Singlestep ignores it (its split
             already ends in lower orders).
-        time_grid: ``time_grid(sde, n, t_eps) -> (n + 1,)`` decreasing times (:mod:`diffjax.samplers._grids`);
+        time_grid: ``time_grid(process, n, t_eps) -> (n + 1,)`` decreasing times (:mod:`diffjax.samplers._grids`);
             default uniform in log-SNR, the paper's choice.
         denoise: finish with ``D(x, t_eps)`` (one more evaluation).
         return_nfe: also return the number of score evaluations (an int32 array).
@@ -224,26 +231,24 @@ def dpm_solver(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, orde
         (batch, *dims) samples at ``t_eps`` (or ``(samples, nfe)``). Score evaluations: ``num_steps`` (+1 if
         ``denoise``), for every method and order.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=20, sampler="dpm_solver")
+    c = check_common("dpm_solver", x_T, score_fn, process, num_steps, t_eps, default_steps=20, denoise=denoise,
+                     return_nfe=return_nfe)
+    num_steps = c.num_steps
     order = check_int("order", order)
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS} for dpm_solver, got {order!r}")
     check_choice("method", method, METHODS)
-    sde_variant = _check_bool("sde_variant", sde_variant)
-    lower_order_final = _check_bool("lower_order_final", lower_order_final)
-    denoise, return_nfe = _check_bool("denoise", denoise), _check_bool("return_nfe", return_nfe)
+    sde_variant = check_bool("sde_variant", sde_variant)
+    lower_order_final = check_bool("lower_order_final", lower_order_final)
     if num_steps < order:
         raise ValueError(f"num_steps must be >= order={order} for dpm_solver, got {num_steps!r}")
     if sde_variant and (method != "multistep" or order > 2):
         raise ValueError(f"sde_variant=True is DPM-Solver++(2M) SDE: it needs method='multistep' and order 1 or 2, "
                          f"got method={method!r}, order={order!r}")
-    steps = num_steps if method == "multistep" else len(singlestep_orders(order, num_steps))
-    check_time_grid(time_grid, sde, steps, t_eps)
     if method == "multistep":
-        x = _multistep(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
-                       orders=multistep_orders(order, num_steps, lower_order_final), sde_variant=sde_variant,
-                       time_grid=time_grid, denoise=denoise)
+        step = MultistepStep(score_fn, process, multistep_orders(order, num_steps, lower_order_final), sde_variant,
+                             c.denoise, c.t_eps)
     else:
-        x = _singlestep(key, x_T, score_fn=score_fn, sde=sde, t_eps=t_eps, orders=singlestep_orders(order, num_steps),
-                        time_grid=time_grid, denoise=denoise)
-    return (x, jnp.int32(num_steps + denoise)) if return_nfe else x
+        step = SinglestepStep(score_fn, process, singlestep_orders(order, num_steps), c.denoise, c.t_eps)
+    times = check_time_grid(time_grid, process, len(step.orders), c.t_eps)
+    return sample_steps(key, x_T, times, step, return_nfe=c.return_nfe)

@@ -13,71 +13,80 @@ and the same second-order method on VP, VE, rectified flow or any :func:`~diffja
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_nonnegative
-from diffjax.samplers._common import batch_time, check_common, from_solve_dtype, time_dtype, to_solve_dtype
+from diffjax.samplers._common import batch_time, check_common, deprecated_sde_keyword
+from diffjax.samplers._driver import sample_steps
 from diffjax.samplers._grids import check_time_grid, karras
-from diffjax.samplers._samplers import _check_bool, _jit
 
 __all__ = ["edm_heun"]
 
 _MAX_GAMMA = math.sqrt(2.0) - 1.0  # EDM: gamma_i <= sqrt(2) - 1, at most doubling the noise variance
 
 
-def _levels(time_grid, sde, num_steps, t_eps):
-    """EDM's ``N = num_steps`` noise levels ``t_0 .. t_{N-1}``: ``time_grid`` with ``N - 1`` intervals down to
-    ``t_eps`` (``sigma_min``); EDM's ``t_N = 0`` (the data) is not among them. ``N = 1``: the grid's top only."""
-    if num_steps == 1:
-        return time_grid(sde, 1, t_eps)[:1]
-    return time_grid(sde, num_steps - 1, t_eps)
+@dataclasses.dataclass(frozen=True)
+class EDMHeunStep:
+    """One step of EDM's Algorithm 2 in ``y = x / a`` and ``sigma = s / a`` (module docstring): churn at ``t``,
+    then Heun to ``t_next``. The state is ``(y, t)``; the output is EDM's last step, Euler to ``sigma = 0``
+    (``denoise``), or ``x = a y`` at the last level."""
+    score_fn: Callable
+    process: Any
+    gamma: float  # min(s_churn / N, sqrt(2) - 1)
+    s_churn: float
+    s_tmin: float
+    s_tmax: float
+    s_noise: float
+    denoise: bool
 
+    def _sigma_gamma(self, t):
+        """``sigma = s/a`` at ``t`` and its churn ``gamma_i`` (``gamma`` where ``s_tmin <= sigma <= s_tmax``)."""
+        a, s = self.process.marginal(t)
+        sigma = s / a
+        return sigma, jnp.where((sigma >= self.s_tmin) & (sigma <= self.s_tmax), self.gamma, 0.0).astype(t.dtype)
 
-@_jit("score_fn", "sde", "num_steps", "t_eps", "time_grid", "s_churn", "s_tmin", "s_tmax", "s_noise", "denoise")
-def _edm_heun(key, x_T, *, score_fn, sde, num_steps, t_eps, time_grid, s_churn, s_tmin, s_tmax, s_noise, denoise):
-    x_in, x_T = x_T, to_solve_dtype(x_T)
-    times = _levels(time_grid, sde, num_steps, t_eps).astype(time_dtype(x_T))
-    a_levels, s_levels = sde.marginal(times)
-    sigmas = s_levels / a_levels
-    gamma = min(s_churn / num_steps, _MAX_GAMMA)
-    gammas = jnp.where((sigmas >= s_tmin) & (sigmas <= s_tmax), gamma, 0.0).astype(times.dtype)
-
-    def slope(y, t, sigma):
+    def _slope(self, y, t, sigma):
         """``dy/dsigma = (y - D(y; sigma)) / sigma`` with the score at time ``t`` (whose ``s/a`` is ``sigma``)."""
-        tb = batch_time(t, y)
-        a = sde.marginal(t)[0]
-        return -sigma * a * score_fn(a * y, tb)
+        a = self.process.marginal(t)[0]
+        return -sigma * a * self.score_fn(a * y, batch_time(t, y))
 
-    def churn(i, y, t, sigma, gamma_i):
+    def _churn(self, key, y, t):
         """Lines 4-6: raise the noise to ``sigma_hat = (1 + gamma_i) sigma``, at its time ``t_hat``."""
-        if s_churn == 0.0:
+        sigma, gamma_i = self._sigma_gamma(t)
+        if self.s_churn == 0.0:
             return y, t, sigma
         sigma_hat = sigma * (1.0 + gamma_i)
-        t_hat = jnp.where(gamma_i > 0, sde.t_from_log_snr(-2.0 * jnp.log(sigma_hat)), t)
-        eps = s_noise * jax.random.normal(jax.random.fold_in(key, i), y.shape, y.dtype)
+        t_hat = jnp.where(gamma_i > 0, self.process.t_from_log_snr(-2.0 * jnp.log(sigma_hat)), t)
+        eps = self.s_noise * jax.random.normal(key, y.shape, y.dtype)
         return y + sigma * jnp.sqrt(gamma_i * (2.0 + gamma_i)) * eps, t_hat, sigma_hat  # sqrt(sig_hat^2 - sig^2)
 
-    def heun(y, inputs):
-        i, t, t_next, sigma, sigma_next, gamma_i = inputs
-        y_hat, t_hat, sigma_hat = churn(i, y, t, sigma, gamma_i)
-        d = slope(y_hat, t_hat, sigma_hat)
-        y_next = y_hat + (sigma_next - sigma_hat) * d  # Euler (line 8)
-        d_next = slope(y_next, t_next, sigma_next)
-        return y_hat + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_next), None  # trapezoid (line 11)
+    def init(self, x_T, t):
+        return x_T / self.process.marginal(t)[0], t
 
-    y = x_T / a_levels[0]
-    last = num_steps - 1
-    if last:
-        y, _ = jax.lax.scan(heun, y, (jnp.arange(last), times[:-1], times[1:], sigmas[:-1], sigmas[1:], gammas[:-1]))
-    if not denoise:
-        return from_solve_dtype(a_levels[last] * y, x_in)
-    # The last step, from sigma_{N-1} to sigma_N = 0, is Euler (EDM line 9): y - sigma_hat d = D(y_hat; sigma_hat).
-    y_hat, t_hat, sigma_hat = churn(last, y, times[last], sigmas[last], gammas[last])
-    return from_solve_dtype(y_hat - sigma_hat * slope(y_hat, t_hat, sigma_hat), x_in)
+    def step(self, key, state, t, t_next):
+        y_hat, t_hat, sigma_hat = self._churn(key, state[0], t)
+        sigma_next = self._sigma_gamma(t_next)[0]
+        d = self._slope(y_hat, t_hat, sigma_hat)
+        y_next = y_hat + (sigma_next - sigma_hat) * d  # Euler (line 8)
+        d_next = self._slope(y_next, t_next, sigma_next)
+        return y_hat + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_next), t_next  # trapezoid (line 11)
+
+    def output(self, key, state):
+        y, t = state
+        if not self.denoise:
+            return self.process.marginal(t)[0] * y
+        # The last step, from sigma_{N-1} to sigma_N = 0, is Euler (EDM line 9): y - sigma_hat d = D(y_hat; sigma_hat).
+        y_hat, t_hat, sigma_hat = self._churn(key, y, t)
+        return y_hat - sigma_hat * self._slope(y_hat, t_hat, sigma_hat)
+
+    def nfe(self, num_steps: int) -> int:
+        return 2 * num_steps + self.denoise
 
 
 def _check_s_tmax(s_tmax, s_tmin):
@@ -86,7 +95,8 @@ def _check_s_tmax(s_tmax, s_tmin):
     return float(s_tmax)
 
 
-def edm_heun(key, x_T, score_fn, sde, *, num_steps: int = 18, t_eps=None, time_grid=karras, s_churn: float = 0.0,
+@deprecated_sde_keyword
+def edm_heun(key, x_T, score_fn, process, *, num_steps: int = 18, t_eps=None, time_grid=karras, s_churn: float = 0.0,
              s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0, denoise: bool = True,
              return_nfe: bool = False):
     """EDM's stochastic Heun sampler (Karras et al. 2022, Algorithm 2) on any process, in ``sigma = s/a``.
@@ -103,19 +113,19 @@ def edm_heun(key, x_T, score_fn, sde, *, num_steps: int = 18, t_eps=None, time_g
         + d(y^E_{i+1}, \\sigma_{i+1})),\\quad \\hat y_i = y_i + \\sqrt{\\hat\\sigma_i^2 - \\sigma_i^2}\\, S_{noise} z_i
 
     The sampler starts from ``y_0 = x_T / a(t_0)`` and evaluates the score at ``(a y, t)``; a churned level's time
-    is ``sde.t_from_log_snr(-2 log sigma_hat)`` (closed forms for VP, VE, EDM, rectified flow; for a
+    is ``process.t_from_log_snr(-2 log sigma_hat)`` (closed forms for VP, VE, EDM, rectified flow; for a
     :func:`~diffjax.gaussian_path`, whose inverse bisects ``[0, T]``, a ``sigma_hat`` above ``s/a`` at ``T`` maps
     to ``T``: keep ``s_tmax`` below it there).
 
     Args:
         key: PRNG key; step ``i``'s churn noise is ``s_noise * jax.random.normal(jax.random.fold_in(key, i),
             x_T.shape)`` (no draws when ``s_churn = 0``).
-        x_T: (batch, *dims) prior sample, e.g. ``sde.prior_sample(key, shape)``.
+        x_T: (batch, *dims) prior sample, e.g. ``process.prior_sample(key, shape)``.
         score_fn: ``score_fn(x, t)``.
-        sde: any forward process.
+        process: any forward process.
         num_steps: EDM's ``N`` (default 18, its CIFAR-10 setting), >= 1.
-        t_eps: the lowest noise level's time, EDM's ``sigma_min`` (default ``sde.t_eps``: 0.002 on ``edm_sde()``).
-        time_grid: the levels' times, ``time_grid(sde, N - 1, t_eps)`` (any grid of :mod:`diffjax.samplers`).
+        t_eps: the lowest noise level's time, EDM's ``sigma_min`` (default ``process.t_eps``: 0.002 on ``edm_sde()``).
+        time_grid: the levels' times, ``time_grid(process, N - 1, t_eps)`` (any grid of :mod:`diffjax.samplers`).
         s_churn, s_tmin, s_tmax, s_noise: EDM's ``S_churn`` (total churn; 0: deterministic), ``S_tmin``,
             ``S_tmax`` (the ``sigma`` range that is churned) and ``S_noise`` (the churn noise's scale; EDM's
             ImageNet-64 setting is 80, 0.05, 50, 1.003).
@@ -127,19 +137,18 @@ def edm_heun(key, x_T, score_fn, sde, *, num_steps: int = 18, t_eps=None, time_g
         ``x_0`` (batch, *dims), or ``(x_0, nfe)`` if ``return_nfe``. Score evaluations: ``2 N - 1`` (Heun on all
         but the last step; EDM's 35 at N = 18), ``2 (N - 1)`` with ``denoise=False``.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=18, sampler="edm_heun")
-    denoise = _check_bool("denoise", denoise)
-    if num_steps == 1 and not denoise:
+    c = check_common("edm_heun", x_T, score_fn, process, num_steps, t_eps, default_steps=18, denoise=denoise,
+                     return_nfe=return_nfe)
+    if c.num_steps == 1 and not c.denoise:
         raise ValueError("num_steps must be >= 2 for edm_heun with denoise=False (N - 1 Heun steps from T to t_eps), "
                          "got 1")
-    check_time_grid(time_grid, sde, max(num_steps - 1, 1), t_eps)
+    # EDM's N = num_steps noise levels: the grid with N - 1 intervals down to t_eps (sigma_min); N = 1: its top only.
+    # EDM's t_N = 0 (the data) is not among them: the output's last step goes there.
+    levels = check_time_grid(time_grid, process, max(c.num_steps - 1, 1), c.t_eps)[:c.num_steps]
     s_churn = check_nonnegative("s_churn", s_churn)
     s_tmin = check_nonnegative("s_tmin", s_tmin)
     s_tmax = _check_s_tmax(s_tmax, s_tmin)
     s_noise = check_nonnegative("s_noise", s_noise)
-    return_nfe = _check_bool("return_nfe", return_nfe)
-    x = _edm_heun(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps, time_grid=time_grid,
-                  s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, denoise=denoise)
-    if return_nfe:
-        return x, jnp.asarray(2 * num_steps - 1 if denoise else 2 * (num_steps - 1), jnp.int32)
-    return x
+    step = EDMHeunStep(score_fn, process, min(s_churn / c.num_steps, _MAX_GAMMA), s_churn, s_tmin, s_tmax, s_noise,
+                       c.denoise)
+    return sample_steps(key, x_T, levels, step, return_nfe=c.return_nfe)

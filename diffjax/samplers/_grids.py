@@ -1,7 +1,8 @@
 """Time grids shared by the samplers: ``grid(process, num_steps, t_eps) -> (num_steps + 1,)`` float32 times,
 decreasing from ``process.T`` to ``t_eps`` (both ends exact; :func:`ddpm_strided` starts at its top strided step's
-own time instead). Module-level functions (or ``functools.partial`` of them), so they are hashable and can be static
-arguments of a jitted sampler.
+own time instead). Module-level functions (or ``functools.partial`` of them), so they are hashable: a sampler computes
+its grid once per (grid, process, num_steps, t_eps) before tracing (:func:`check_time_grid`) and compiles the one
+sampler loop for those times.
 
 Each grid is defined on one of the process's coordinates, so the same grid means the same thing on every process:
 ``uniform_time`` on t, ``uniform_log_snr`` on lambda(t) = log(a^2 / s^2) (DPM-Solver's choice), ``karras`` on the
@@ -103,7 +104,7 @@ def quadratic_time(process, num_steps: int, t_eps: float) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=32)
-def _chain(process, where: str) -> DDPMGrid:
+def concrete_ddpm_chain(process, where: str = "ddim") -> DDPMGrid:
     """The process's DDPM chain with concrete arrays, computed once (one compiled call, not one per operation)."""
     with jax.ensure_compile_time_eval():
         return jax.jit(lambda: require_chain(process, DDPMGrid, where=where, hint=_EVERY_PROCESS))()
@@ -113,7 +114,7 @@ def _ddpm_strided(process, num_steps: int, t_eps: float, *, spacing: str) -> jax
     """The grid of :func:`ddpm_strided` (see there)."""
     where = f"ddpm_strided(spacing={spacing!r})"
     num_steps, t_eps = _check(process, num_steps, t_eps, where)
-    grid = _chain(process, where)
+    grid = concrete_ddpm_chain(process, where)
     with jax.ensure_compile_time_eval():  # concrete even inside a caller's jit: the steps are static
         most = grid.N if spacing == "trailing" else grid.N - 1
         if num_steps > most:
@@ -153,7 +154,7 @@ def ddpm_strided(spacing: str = "leading"):
         spacing: "leading", "trailing" or "linspace" (:data:`diffjax.core.chains.DDIM_SPACINGS`).
 
     Returns:
-        A hashable grid function (the same object for the same ``spacing``, so a jitted sampler does not retrace).
+        A hashable grid function (the same object for the same ``spacing``: one entry of the grid cache).
         It raises ``ValueError`` for a process without a DDPM chain, ``num_steps`` above ``N`` ("trailing") or
         ``N - 1``, and a ``t_eps`` not below the lowest strided step's time.
     """
@@ -193,6 +194,6 @@ def check_time_grid(time_grid, process, num_steps: int, t_eps: float) -> np.ndar
     try:
         hash(time_grid)
     except TypeError:
-        raise ValueError(f"time_grid must be hashable (a module-level function or functools.partial of one: it is a "
-                         f"static argument of the jitted sampler), got {time_grid!r}") from None
+        raise ValueError(f"time_grid must be hashable (a module-level function or functools.partial of one: its "
+                         f"times are computed once per argument tuple), got {time_grid!r}") from None
     return _checked_grid(time_grid, process, num_steps, t_eps)

@@ -2,11 +2,13 @@
 
 Stochastic kernels return ``(x_next, x_mean)``, the sample and its noise-free mean (score-SDE's ``x_mean``, which
 a sampler returns after its last step: "noise removal"). Predictors share the signature
-``predictor(key, x, t, t_next, score_fn, sde) -> (x, x_mean)`` and correctors
-``corrector(key, x, t, score_fn, sde) -> (x, x_mean)`` (options bound with ``functools.partial``), so
+``predictor(key, x, t, t_next, score_fn, process) -> (x, x_mean)`` and correctors
+``corrector(key, x, t, score_fn, process) -> (x, x_mean)`` (options bound with ``functools.partial``), so
 :func:`diffjax.samplers.pc` takes any of them.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ from diffjax.core._checks import check_choice
 from diffjax.core.learned_variance import has_learned_variance
 from diffjax.core.sde import bcast, probability_flow_ode
 from diffjax.discrete.ddpm import DDPMGrid
-from diffjax.samplers._common import batch_time
+from diffjax.samplers._common import batch_time, deprecated_sde_keyword
 
 __all__ = [
     "euler_maruyama_step",
@@ -24,23 +26,36 @@ __all__ = [
     "ode_euler_step",
     "ode_heun_step",
     "ddim_step",
+    "LangevinCorrector",
 ]
 
 
-def euler_maruyama_step(key, x, t, t_next, score_fn, sde):
+def data_prediction(x, t, score_fn, process):
+    """The posterior mean of the data (Tweedie), ``D(x, t) = (x + s^2 score(x, t)) / a``, at a scalar time ``t``.
+
+    .. math:: D(x, t) = \\frac{x + s(t)^2 s_\\theta(x, t)}{a(t)} = \\mathbb E[x_0 \\mid x_t = x]
+    """
+    tb = batch_time(t, x)
+    a, s = process.marginal(tb)
+    return (x + bcast(s**2, x) * score_fn(x, tb)) / bcast(a, x)
+
+
+@deprecated_sde_keyword
+def euler_maruyama_step(key, x, t, t_next, score_fn, process):
     """Euler-Maruyama on the reverse-time SDE (score-SDE eq. 6) with ``dt = t_next - t < 0``.
 
     .. math:: x' = x + [f(x,t) - g(t)^2 s_\\theta(x,t)]\\,\\Delta t + g(t)\\sqrt{|\\Delta t|}\\, z
     """
     tb = batch_time(t, x)
     dt = jnp.asarray(t_next - t, x.dtype)
-    f, g = sde.coefficients(x, tb)
+    f, g = process.coefficients(x, tb)
     g = bcast(g, x)
     x_mean = x + (f - g**2 * score_fn(x, tb)) * dt
     return x_mean + g * jnp.sqrt(-dt) * jax.random.normal(key, x.shape, x.dtype), x_mean
 
 
-def reverse_diffusion_step(key, x, t, t_next, score_fn, sde):
+@deprecated_sde_keyword
+def reverse_diffusion_step(key, x, t, t_next, score_fn, process):
     """Reverse diffusion predictor (score-SDE eq. 47): the forward chain's step run backwards.
 
     .. math:: x' = x - F + G^2 s_\\theta(x, t) + G z
@@ -50,7 +65,7 @@ def reverse_diffusion_step(key, x, t, t_next, score_fn, sde):
     whose score-SDE predictor uses the Euler-Maruyama step, it is the exact transition instead).
     """
     tb = batch_time(t, x)
-    F, G2 = sde.forward_chain_step(x, jnp.asarray(t, tb.dtype), jnp.asarray(t_next, tb.dtype))
+    F, G2 = process.forward_chain_step(x, jnp.asarray(t, tb.dtype), jnp.asarray(t_next, tb.dtype))
     G2 = jnp.asarray(G2, x.dtype)
     x_mean = x - F + G2 * score_fn(x, tb)
     return x_mean + jnp.sqrt(G2) * jax.random.normal(key, x.shape, x.dtype), x_mean
@@ -60,18 +75,19 @@ def _per_example_norm_mean(a):
     return jnp.mean(jnp.sqrt(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=-1)))
 
 
-def langevin_corrector_step(key, x, t, score_fn, sde, *, snr: float = 0.16, n_steps: int = 1):
+@deprecated_sde_keyword
+def langevin_corrector_step(key, x, t, score_fn, process, *, snr: float = 0.16, n_steps: int = 1):
     """score-SDE's Langevin corrector (Algorithm 4): ``n_steps`` Langevin moves at time ``t``.
 
     .. math:: \\epsilon = 2\\alpha \\left(r \\frac{\\|z\\|}{\\|s_\\theta(x,t)\\|}\\right)^2,\\quad
               x' = x + \\epsilon s_\\theta(x,t) + \\sqrt{2\\epsilon}\\, z
 
-    with ``r = snr``, norms averaged over the batch as in score-SDE, and ``alpha = sde.langevin_alpha(t, T / N)``:
-    the forward chain's ``alpha`` over one step of the ``sde.N``-step grid (DDPM's ``1 - beta_i`` for VP and sub-VP,
+    with ``r = snr``, norms averaged over the batch as in score-SDE, and ``alpha = process.langevin_alpha(t, T / N)``:
+    the forward chain's ``alpha`` over one step of the ``process.N``-step grid (DDPM's ``1 - beta_i`` for VP and sub-VP,
     which score-SDE writes as ``1 - beta(t) T / N``; 1 for VE), in ``(0, 1]`` for any ``N``.
     """
     tb = batch_time(t, x)
-    alpha = sde.langevin_alpha(t, sde.T / sde.N)
+    alpha = process.langevin_alpha(t, process.T / process.N)
 
     def body(j, carry):
         x, _ = carry
@@ -85,18 +101,32 @@ def langevin_corrector_step(key, x, t, score_fn, sde, *, snr: float = 0.16, n_st
     return jax.lax.fori_loop(0, n_steps, body, (x, x))
 
 
-def ode_euler_step(x, t, t_next, score_fn, sde):
+@dataclasses.dataclass(frozen=True)
+class LangevinCorrector:
+    """:func:`langevin_corrector_step` with ``snr`` and ``n_steps`` bound: a corrector kernel that hashes and
+    compares by value (a jit static argument that does not retrace), e.g. ``pc(..., corrector=LangevinCorrector(
+    snr=0.16, n_steps=1))``. ``n_steps`` score evaluations per call."""
+    snr: float = 0.16
+    n_steps: int = 1
+
+    def __call__(self, key, x, t, score_fn, process):
+        return langevin_corrector_step(key, x, t, score_fn, process, snr=self.snr, n_steps=self.n_steps)
+
+
+@deprecated_sde_keyword
+def ode_euler_step(x, t, t_next, score_fn, process):
     """Euler step of the probability-flow ODE (score-SDE eq. 13). One score evaluation."""
-    vf = probability_flow_ode(sde, score_fn)
+    vf = probability_flow_ode(process, score_fn)
     return x + vf(x, batch_time(t, x)) * jnp.asarray(t_next - t, x.dtype)
 
 
-def ode_heun_step(x, t, t_next, score_fn, sde):
+@deprecated_sde_keyword
+def ode_heun_step(x, t, t_next, score_fn, process):
     """Heun's (explicit trapezoidal, 2nd order) step of the probability-flow ODE. Two score evaluations.
 
     .. math:: \\tilde x = x + h v(x, t),\\quad x' = x + \\tfrac{h}{2}[v(x, t) + v(\\tilde x, t + h)]
     """
-    vf = probability_flow_ode(sde, score_fn)
+    vf = probability_flow_ode(process, score_fn)
     h = jnp.asarray(t_next - t, x.dtype)
     d1 = vf(x, batch_time(t, x))
     d2 = vf(x + h * d1, batch_time(t_next, x))

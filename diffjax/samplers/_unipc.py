@@ -14,17 +14,20 @@ exponential-integrator functions), with ``B(h) = -h`` ("bh1") or ``e^{-h} - 1`` 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int
-from diffjax.core._jit import jit_static as _jit
 from diffjax.core.process import bcast
-from diffjax.samplers._common import check_common, from_solve_dtype, time_dtype, to_solve_dtype
-from diffjax.samplers._dpm_solver import _check_bool, _coeffs, _data_prediction
+from diffjax.samplers._common import check_bool, check_common, deprecated_sde_keyword
+from diffjax.samplers._dpm_solver import _coeffs
+from diffjax.samplers._driver import sample_steps
 from diffjax.samplers._grids import check_time_grid, uniform_log_snr
+from diffjax.samplers._kernels import data_prediction
 
 __all__ = ["unipc"]
 
@@ -94,38 +97,49 @@ def _step(o, x, m0, older, l_older, c, c_next, model_next, variant):
     return out - bcast(a_n * big_b, x) * sum(bcast(w, x) * d for w, d in zip(rho, diffs))
 
 
-@_jit("score_fn", "sde", "num_steps", "t_eps", "orders", "variant", "time_grid", "denoise")
-def _unipc(key, x_T, *, score_fn, sde, num_steps, t_eps, orders, variant, time_grid, denoise):
-    del key
-    x_in, x_T = x_T, to_solve_dtype(x_T)
-    D = _data_prediction(score_fn, sde)
-    times = time_grid(sde, num_steps, t_eps).astype(time_dtype(x_T))
-    max_order = max(orders)
-    predictors = [lambda op, o=o: _step(o, *op, None, variant) for o in range(1, max_order + 1)]
-    # corrector branch 0: no correction (step 0); branch o: UniC after a UniP-o step
-    correctors = [lambda op: op[0]] + [
-        lambda op, o=o: _step(o, *op[1:], variant) for o in range(1, max_order + 1)]
+@dataclasses.dataclass(frozen=True)
+class UniPCStep:
+    """One UniPC step: one evaluation ``D(x_i, t_i)`` at UniP's prediction ``x_i``, UniC's correction of ``x_i``
+    with it (after a UniP step of order ``orders[i - 1]``; none at step 0), then UniP of order ``orders[i]``.
 
-    def body(carry, inputs):
-        # x: UniP's prediction at t; x_prev: the (corrected) sample at t_prev it started from; d_k, l_k: the data
-        # predictions and half log-SNRs k steps back
-        x, x_prev, d1, d2, d3, l_1, l_2, l_3 = carry
-        o, o_c, t_prev, t, t_next = inputs
-        c_prev, c, c_next = _coeffs(sde, t_prev), _coeffs(sde, t), _coeffs(sde, t_next)
-        d0 = D(x, t)  # one evaluation per step, shared by UniC (for the step into t) and UniP (out of t)
+    The state: ``x`` (UniP's prediction at ``t``), ``x_prev`` (the corrected sample at ``t_prev`` it started from),
+    the data predictions ``d_k`` and half log-SNRs ``l_k`` ``k`` steps back, ``t_prev`` and the step count ``i``.
+    """
+    score_fn: Callable
+    process: Any
+    orders: tuple
+    variant: str
+    denoise: bool
+    t_eps: float
+
+    def init(self, x_T, t):
+        zero, zeros = jnp.zeros((), t.dtype), jnp.zeros_like(x_T)
+        return x_T, x_T, zeros, zeros, zeros, zero, zero, zero, t, jnp.zeros((), jnp.int32)  # t_prev: a placeholder
+
+    def step(self, key, state, t, t_next):
+        x, x_prev, d1, d2, d3, l_1, l_2, l_3, t_prev, i = state
+        max_order = max(self.orders)
+        predictors = [lambda op, o=o: _step(o, *op, None, self.variant) for o in range(1, max_order + 1)]
+        # corrector branch 0: no correction (step 0); branch o: UniC after a UniP-o step
+        correctors = [lambda op: op[0]] + [
+            lambda op, o=o: _step(o, *op[1:], self.variant) for o in range(1, max_order + 1)]
+        o = jnp.asarray(self.orders, jnp.int32)[i]
+        o_c = jnp.asarray((0,) + self.orders[:-1], jnp.int32)[i]
+        c_prev, c, c_next = (_coeffs(self.process, s) for s in (t_prev, t, t_next))
+        d0 = data_prediction(x, t, self.score_fn, self.process)  # one evaluation per step, for UniC and UniP
         x = jax.lax.switch(o_c, correctors, (x, x_prev, d1, (d2, d3), (l_2, l_3), c_prev, c, d0))
         x_next = jax.lax.switch(o - 1, predictors, (x, d0, (d1, d2), (l_1, l_2), c, c_next))
-        return (x_next, x, d0, d1, d2, c[2], l_1, l_2), None
+        return x_next, x, d0, d1, d2, c[2], l_1, l_2, t, i + 1
 
-    zero, zeros = jnp.zeros((), times.dtype), jnp.zeros_like(x_T)
-    init = (x_T, x_T, zeros, zeros, zeros, zero, zero, zero)
-    xs = (jnp.asarray(orders, jnp.int32), jnp.asarray((0,) + orders[:-1], jnp.int32),
-          jnp.concatenate([times[:1], times[:-2]]), times[:-1], times[1:])  # step 0's t_prev: a placeholder
-    (x, *_), _ = jax.lax.scan(body, init, xs)
-    return from_solve_dtype(D(x, t_eps) if denoise else x, x_in)
+    def output(self, key, state):
+        return data_prediction(state[0], self.t_eps, self.score_fn, self.process) if self.denoise else state[0]
+
+    def nfe(self, num_steps: int) -> int:
+        return num_steps + self.denoise
 
 
-def unipc(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, order: int = 2, variant: str = "bh2",
+@deprecated_sde_keyword
+def unipc(key, x_T, score_fn, process, *, num_steps: int = 20, t_eps=None, order: int = 2, variant: str = "bh2",
           lower_order_final: bool = True, time_grid=uniform_log_snr, denoise: bool = False,
           return_nfe: bool = False):
     """UniPC (Zhao et al. 2023), multistep, data prediction: the UniP predictor of order ``order`` and the UniC
@@ -142,11 +156,11 @@ def unipc(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, order: in
 
     Args:
         key: PRNG key (unused: the sampler is deterministic; kept for the common signature).
-        x_T: (batch, *dims) prior sample, e.g. ``sde.prior_sample(key, shape)``.
+        x_T: (batch, *dims) prior sample, e.g. ``process.prior_sample(key, shape)``.
         score_fn: ``score_fn(x, t)``.
-        sde: any forward process (VP, sub-VP, VE, cosine VP, rectified flow, EDM, ``gaussian_path``).
+        process: any forward process (VP, sub-VP, VE, cosine VP, rectified flow, EDM, ``gaussian_path``).
         num_steps: steps on ``time_grid`` (default 20), ``>= 1``, one score evaluation each.
-        t_eps: last time (default ``sde.t_eps``).
+        t_eps: last time (default ``process.t_eps``).
         order: the predictor's order, 1, 2 or 3 (UniPC-p: the corrected steps are of order ``p + 1``); the first
             steps take orders ``1, 2, ..`` while the history fills.
         variant: ``B(h)``: "bh2" (``e^{-h} - 1``, default; diffusers' default, the paper's choice for guided
@@ -154,7 +168,7 @@ def unipc(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, order: in
         lower_order_final: step ``i`` of ``n`` is of order at most ``n - i`` (the last first order), as the UniPC
             reference code and diffusers at every ``num_steps`` (:func:`diffjax.samplers.dpm_solver` applies its
             rule below 15 steps only).
-        time_grid: ``time_grid(sde, n, t_eps) -> (n + 1,)`` decreasing times (:mod:`diffjax.samplers._grids`);
+        time_grid: ``time_grid(process, n, t_eps) -> (n + 1,)`` decreasing times (:mod:`diffjax.samplers._grids`);
             default uniform in log-SNR.
         denoise: finish with ``D(x, t_eps)`` (one more evaluation).
         return_nfe: also return the number of score evaluations (an int32 array).
@@ -163,15 +177,14 @@ def unipc(key, x_T, score_fn, sde, *, num_steps: int = 20, t_eps=None, order: in
         (batch, *dims) samples at ``t_eps``, or ``(samples, nfe)`` if ``return_nfe``. Score evaluations:
         ``num_steps`` (+1 if ``denoise``): the corrector reuses the next step's evaluation.
     """
-    num_steps, t_eps = check_common(x_T, score_fn, sde, num_steps, t_eps, default_steps=20, sampler="unipc")
+    c = check_common("unipc", x_T, score_fn, process, num_steps, t_eps, default_steps=20, denoise=denoise,
+                     return_nfe=return_nfe)
     order = check_int("order", order)
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS} for unipc, got {order!r}")
     check_choice("variant", variant, VARIANTS)
-    lower_order_final = _check_bool("lower_order_final", lower_order_final)
-    denoise, return_nfe = _check_bool("denoise", denoise), _check_bool("return_nfe", return_nfe)
-    check_time_grid(time_grid, sde, num_steps, t_eps)
-    x = _unipc(key, x_T, score_fn=score_fn, sde=sde, num_steps=num_steps, t_eps=t_eps,
-               orders=unipc_orders(order, num_steps, lower_order_final), variant=variant, time_grid=time_grid,
-               denoise=denoise)
-    return (x, jnp.int32(num_steps + denoise)) if return_nfe else x
+    lower_order_final = check_bool("lower_order_final", lower_order_final)
+    times = check_time_grid(time_grid, process, c.num_steps, c.t_eps)
+    step = UniPCStep(score_fn, process, unipc_orders(order, c.num_steps, lower_order_final), variant, c.denoise,
+                     c.t_eps)
+    return sample_steps(key, x_T, times, step, return_nfe=c.return_nfe)
