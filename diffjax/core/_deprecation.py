@@ -24,12 +24,15 @@ def renamed_keywords(**renames: str):
         if unknown:
             raise ValueError(f"renamed_keywords: {fn.__qualname__} has no parameter {unknown}")
 
+        position = {new: list(params).index(new) for new in renames.values()}
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             for old, new in renames.items():
                 if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"{fn.__qualname__}() got both {old}= and {new}=; pass {new}= only")
+                    if new in kwargs or len(args) > position[new]:
+                        raise TypeError(f"{fn.__qualname__}() got both {old}= and {new}= (or {new} by position); "
+                                        f"pass {new} only")
                     warnings.warn(f"{fn.__qualname__}(): the keyword {old}= is deprecated and will be removed in the "
                                   f"next release; pass {new}= (or the argument by position)", DeprecationWarning,
                                   stacklevel=2)

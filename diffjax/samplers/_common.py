@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import warnings
 
 import jax
 import jax.numpy as jnp
 
+from diffjax.core._deprecation import renamed_keywords
 from diffjax.core._checks import check_batched, check_floating, check_int, check_t_eps
 from diffjax.core.chains import DDPMGrid, SMLDChain
 from diffjax.core.process import batch_time, check_process, time_dtype  # noqa: F401 (re-exported)
@@ -61,22 +61,8 @@ def in_solve_dtype(fn):
     return wrapper
 
 
-def deprecated_sde_keyword(fn):
-    """Decorator: ``fn``'s parameter ``process`` is also accepted as the keyword ``sde=`` (its name before diffjax
-    0.x), with a ``DeprecationWarning``; positional use is unchanged. To be removed after one release."""
-    position = list(inspect.signature(fn).parameters).index("process")
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if "sde" in kwargs:
-            if "process" in kwargs or len(args) > position:
-                raise TypeError(f"{fn.__name__}() got the process twice (sde= is the deprecated name of process)")
-            warnings.warn(f"{fn.__name__}(sde=...) is deprecated: the argument is now called process "
-                          f"(pass it positionally or as process=...)", DeprecationWarning, stacklevel=2)
-            kwargs["process"] = kwargs.pop("sde")
-        return fn(*args, **kwargs)
-
-    return wrapper
+# ``sde=`` (the parameter's name before ``process``) still works, with a DeprecationWarning, for one release
+deprecated_sde_keyword = renamed_keywords(sde="process")
 
 
 def check_bool(name: str, value) -> bool:
