@@ -217,6 +217,11 @@ def test_every_sampler_option_is_settable_from_the_command_line():
                 assert config_lib.build_sampler(cfg).keywords == {"time_grid": dj.samplers.karras}, method
                 seen += 1
                 continue
+            if name == "corrector":  # a name on the command line; config_lib resolves it to the kernel
+                kw = config_lib.build_sampler(_parse(*args, "--config.sampling.options.corrector=langevin")).keywords
+                assert kw == {"corrector": dj.samplers.langevin_corrector_step}, kw
+                seen += 1
+                continue
             if name == "solver":  # a name on the command line; config_lib resolves it to the diffrax solver object
                 import diffrax
                 kw = config_lib.build_sampler(_parse(*args, "--config.sampling.options.solver=tsit5")).keywords

@@ -55,9 +55,9 @@ TIME_GRIDS = {
     "ddpm_trailing": _samplers.ddpm_strided("trailing"),
     "ddpm_linspace": _samplers.ddpm_strided("linspace"),
 }
-# sampling.options.corrector (pc's) -> what pc takes for it: its own Langevin corrector, built from the options
-# snr and n_corrector_steps, is named "langevin" there
-CORRECTORS = {"langevin": "langevin"}
+# sampling.options.corrector="langevin" -> pc's corrector=diffjax.samplers.langevin_corrector_step (pc binds its
+# snr and n_corrector_steps, sampling.options.snr / n_corrector_steps)
+CORRECTORS = {"langevin": _samplers.langevin_corrector_step}
 
 
 def _solver(name: str):

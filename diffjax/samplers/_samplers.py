@@ -110,13 +110,8 @@ def _check_kernel(name: str, kernel, return_nfe: bool):
 
 def _bound_langevin(corrector, snr: float, n_steps: int):
     """pc's default corrector, Langevin with pc's ``snr`` and ``n_corrector_steps``, when ``corrector`` is
-    :func:`langevin_corrector_step` or its name "langevin" (what a config passes until :mod:`diffjax.config_lib`
-    resolves the name itself); any other corrector unchanged."""
-    if isinstance(corrector, str):
-        check_choice("corrector", corrector, ("langevin",))
-    elif corrector is not langevin_corrector_step:
-        return corrector
-    return LangevinCorrector(snr, n_steps)
+    :func:`langevin_corrector_step`; any other corrector unchanged."""
+    return LangevinCorrector(snr, n_steps) if corrector is langevin_corrector_step else corrector
 
 
 def _predictor_only(sampler: str, predictor, key, x_T, score_fn, process, num_steps, t_eps, time_grid, denoise,
@@ -130,8 +125,8 @@ def _predictor_only(sampler: str, predictor, key, x_T, score_fn, process, num_st
 
 @deprecated_sde_keyword
 def pc(key, x_T, score_fn, process, *, num_steps=None, t_eps=None, time_grid=process_default,
-       predictor=reverse_diffusion_step, corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
-       denoise: bool = True, return_nfe: bool = False):
+       predictor=reverse_diffusion_step, corrector=langevin_corrector_step, snr: float = 0.16,
+       n_corrector_steps: int = 1, denoise: bool = True, return_nfe: bool = False):
     """Predictor-corrector sampler (score-SDE Algorithm 1): at each time, corrector moves then one predictor step.
 
     Args:
@@ -150,7 +145,7 @@ def pc(key, x_T, score_fn, process, *, num_steps=None, t_eps=None, time_grid=pro
             :func:`reverse_diffusion_step` (default, score-SDE's for NCSN++) or :func:`euler_maruyama_step`;
             ``None`` for corrector only.
         corrector: ``corrector(key, x, t, score_fn, process) -> (x, x_mean)``; :func:`langevin_corrector_step`
-            (or its name "langevin", the default, as configs give it) runs with ``snr`` and ``n_corrector_steps``
+            (the default; a config names it "langevin") runs with ``snr`` and ``n_corrector_steps``
             (a :class:`LangevinCorrector` carries its own); ``None`` for predictor only.
         snr: signal-to-noise ratio of the default Langevin corrector (score-SDE: 0.16).
         n_corrector_steps: Langevin steps per time of the default corrector (score-SDE: 1).
