@@ -155,7 +155,7 @@ def test_consistency_distillation_moves_student_toward_the_ode_map():
         return distill.cd_loss(key, x0, f, student(jax.lax.stop_gradient(w)), gaussian_score(p), p, num_scales=18)
 
     # mean squared distance to the exact map at the loss's own grid times, on noised data
-    times = jnp.asarray(dj.samplers.karras(p, 17, p.t_eps))
+    times = jnp.asarray(dj.samplers.karras_grid(p, 17, p.t_eps))
     noise = jax.random.normal(jax.random.key(7), (len(times),) + x0.shape)
 
     @jax.jit

@@ -26,7 +26,7 @@ def teacher_x0(process):
 
 def three_times(process):
     """``t > t_mid > t_next`` inside ``[t_eps, T]`` of the process."""
-    grid = np.asarray(dj.samplers.uniform_time(process, 8, process.t_eps))
+    grid = np.asarray(dj.samplers.uniform_time_grid(process, 8, process.t_eps))
     return float(grid[3]), float(grid[4]), float(grid[5])
 
 

@@ -39,7 +39,7 @@ def _finite(*xs):
 
 def _hand_inputs(proc, n):
     p = PROCESSES[proc]
-    times = np.asarray(S.uniform_log_snr(p, n, p.t_eps), np.float64)
+    times = np.asarray(S.uniform_log_snr_grid(p, n, p.t_eps), np.float64)
     x = p.prior_sample(jax.random.key(11), (16, 2))
     return p, times, x
 
@@ -207,7 +207,7 @@ def test_20_nfe_as_good_as_euler_maruyama_1000(data_name, proc, ground_truth):
     x_T = p.prior_sample(jax.random.key(7), (N_POINTS,) + mix.event_shape)
     # rectified flow's log-SNR runs over +-13.8 (T = 0.999): 10 steps uniform in log-SNR are too coarse at its
     # middle; its own uniform-t grid is the right one for it (measured: 0.05 vs 0.02 on mix16)
-    grid = S.uniform_time if proc == "rectified_flow" else S.uniform_log_snr
+    grid = S.uniform_time_grid if proc == "rectified_flow" else S.uniform_log_snr_grid
 
     def run(x_T):  # one compilation for the three samplers
         return (S.euler_maruyama(jax.random.key(3), x_T, sc, p, num_steps=1000),
@@ -231,7 +231,7 @@ def test_the_10_nfe_bound_is_a_real_test(ground_truth):
     data, tol, _ = ground_truth["mix16"]
     x_T = p.prior_sample(jax.random.key(7), data.shape)
     ed = float(energy_distance(S.ode_euler(None, x_T, score("mix16", "edm"), p, num_steps=10,
-                                           time_grid=S.uniform_time), data))
+                                           time_grid=S.uniform_time_grid), data))
     assert ed > 1.5 * tol, ed
 
 

@@ -467,7 +467,7 @@ def test_a_new_sampler_is_a_step_object_over_the_one_loop():
     Euler at the same evaluations (second order), and keeps the samplers' dtype rule."""
     sde, score_fn = SDES["vp"], SCORES["vp"]
     x_T = _prior(sde, n=64)
-    times = np.asarray(S.uniform_time(sde, 40, 1e-3))
+    times = np.asarray(S.uniform_time_grid(sde, 40, 1e-3))
     step = _MidpointStep(score_fn, sde)
     mid, nfe = S.sample_steps(None, x_T, times, step, return_nfe=True)
     x = x_T

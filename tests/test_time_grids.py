@@ -13,7 +13,7 @@ from diffjax.discrete import ddpm_grid
 
 S = dj.samplers
 PROCESSES = {"vp": dj.vp_sde(), "ve": dj.ve_sde(), "rectified_flow": dj.rectified_flow(), "edm": dj.edm_sde()}
-GRIDS = ("uniform_time", "uniform_log_snr", "karras", "quadratic_time")
+GRIDS = ("uniform_time_grid", "uniform_log_snr_grid", "karras_grid", "quadratic_time_grid")
 
 
 def _ratio(p, t):
@@ -25,11 +25,11 @@ def _by_hand(name, p, n, t_eps):
     """The grid's defining coordinate at the returned times and the same coordinate by the formula (float64)."""
     i = np.arange(n + 1) / n
     T = float(p.T)
-    if name == "uniform_time":
+    if name == "uniform_time_grid":
         return (lambda t: np.asarray(t, np.float64)), T + i * (t_eps - T)
-    if name == "quadratic_time":
+    if name == "quadratic_time_grid":
         return (lambda t: np.asarray(t, np.float64)), t_eps + (T - t_eps) * (1.0 - i) ** 2
-    if name == "uniform_log_snr":  # equal steps of lambda = log(a^2 / s^2)
+    if name == "uniform_log_snr_grid":  # equal steps of lambda = log(a^2 / s^2)
         lo, hi = (2.0 * np.log(1.0 / _ratio(p, t)) for t in (T, t_eps))
         return (lambda t: -2.0 * np.log(_ratio(p, t))), lo + i * (hi - lo)
     smax, smin = _ratio(p, T), _ratio(p, t_eps)  # karras: EDM eq. 5 on sigma = s / a, rho = 7
@@ -49,7 +49,7 @@ def test_grid_is_its_formula(name, proc, n):
     assert t[0] == np.float32(p.T) and t[-1] == np.float32(t_eps), (t[0], t[-1])  # exact ends
     coordinate, want = _by_hand(name, p, n, t_eps)
     got = coordinate(times)
-    if name == "uniform_log_snr":  # log-SNR spans ~25 nats; float32 inversion: absolute tolerance
+    if name == "uniform_log_snr_grid":  # log-SNR spans ~25 nats; float32 inversion: absolute tolerance
         np.testing.assert_allclose(got, want, atol=2e-3)
         np.testing.assert_allclose(np.diff(got), np.full(n, (want[-1] - want[0]) / n), atol=3e-3)
     else:
@@ -60,7 +60,7 @@ def test_karras_on_edm_is_edm_sigmas():
     """On edm_sde time is sigma: the grid is EDM's 18 sigmas from 80 to 0.002 (its CIFAR-10 sampler), float32."""
     i = np.arange(18) / 17
     want = (80.0 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
-    np.testing.assert_allclose(S.karras(dj.edm_sde(), 17, 0.002), want, rtol=2e-6)
+    np.testing.assert_allclose(S.karras_grid(dj.edm_sde(), 17, 0.002), want, rtol=2e-6)
 
 
 def _diffusers_steps(spacing, N, n):
@@ -105,13 +105,13 @@ def test_ddpm_strided_is_one_hashable_object_per_spacing_and_validates():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: S.uniform_time(dj.vp_sde(), 0, 1e-3), r"num_steps must be >= 1, got 0"),
-    (lambda: S.uniform_time(dj.vp_sde(), 2.5, 1e-3), r"num_steps must be an integer, got 2.5"),
-    (lambda: S.quadratic_time(dj.vp_sde(), 4, 1.5), r"t_eps must lie in \[0, T=1.0\).*got 1.5"),
-    (lambda: S.uniform_log_snr(dj.vp_sde(), 4, 0.0), r"t_eps=0.0 gives an infinite log-SNR"),
-    (lambda: S.karras(dj.edm_sde(), 4, 0.0), r"karras needs t_eps > 0"),
-    (lambda: S.karras(dj.edm_sde(), 4, 0.002, rho=-1.0), r"rho must be a finite number > 0, got -1.0"),
-    (lambda: S.uniform_time("vp", 4, 1e-3), r"process must be a forward process"),
+    (lambda: S.uniform_time_grid(dj.vp_sde(), 0, 1e-3), r"num_steps must be >= 1, got 0"),
+    (lambda: S.uniform_time_grid(dj.vp_sde(), 2.5, 1e-3), r"num_steps must be an integer, got 2.5"),
+    (lambda: S.quadratic_time_grid(dj.vp_sde(), 4, 1.5), r"t_eps must lie in \[0, T=1.0\).*got 1.5"),
+    (lambda: S.uniform_log_snr_grid(dj.vp_sde(), 4, 0.0), r"t_eps=0.0 gives an infinite log-SNR"),
+    (lambda: S.karras_grid(dj.edm_sde(), 4, 0.0), r"karras needs t_eps > 0"),
+    (lambda: S.karras_grid(dj.edm_sde(), 4, 0.002, rho=-1.0), r"rho must be a finite number > 0, got -1.0"),
+    (lambda: S.uniform_time_grid("vp", 4, 1e-3), r"process must be a forward process"),
 ])
 def test_bad_grid_arguments_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
@@ -137,7 +137,7 @@ class _Unhashable:
     __hash__ = None
 
     def __call__(self, process, num_steps, t_eps):
-        return S.uniform_time(process, num_steps, t_eps)
+        return S.uniform_time_grid(process, num_steps, t_eps)
 
 
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "reverse_diffusion", "pc", "ode_euler", "ode_heun",
@@ -168,14 +168,14 @@ def test_ode_euler_walks_the_given_grid():
     sde = dj.edm_sde()
     score_fn = _gauss_score(sde)
     x_T = sde.prior_sample(jax.random.key(1), (4, 2))
-    got = S.ode_euler(jax.random.key(0), x_T, score_fn, sde, num_steps=9, time_grid=S.karras)
-    t = np.asarray(S.karras(sde, 9, sde.t_eps))
+    got = S.ode_euler(jax.random.key(0), x_T, score_fn, sde, num_steps=9, time_grid=S.karras_grid)
+    t = np.asarray(S.karras_grid(sde, 9, sde.t_eps))
     x = x_T
     for k in range(9):
         x = x + (t[k + 1] - t[k]) * (-t[k]) * score_fn(x, jnp.float32(t[k]))
     assert bool(jnp.all(jnp.isfinite(got)))
     np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5)
-    uniform = S.ode_euler(jax.random.key(0), x_T, score_fn, sde, num_steps=9, time_grid=S.uniform_time)
+    uniform = S.ode_euler(jax.random.key(0), x_T, score_fn, sde, num_steps=9, time_grid=S.uniform_time_grid)
     assert float(jnp.max(jnp.abs(uniform - got))) > 1e-2  # the grid matters
 
 
@@ -186,7 +186,7 @@ def _time_summing_predictor(key, x, t, t_next, score_fn, sde):
     return x, x
 
 
-@pytest.mark.parametrize("name, grid", [("uniform", S.uniform_time), ("karras", S.karras),
+@pytest.mark.parametrize("name, grid", [("uniform", S.uniform_time_grid), ("karras", S.karras_grid),
                                         ("ddpm_trailing", S.ddpm_strided("trailing"))])
 def test_pc_runs_the_grid_of_the_callers_process(name, grid):
     """pc holds the process with N = num_steps (its corrector's step rule); the grid still sees the caller's
@@ -204,7 +204,7 @@ def test_pc_runs_the_grid_of_the_callers_process(name, grid):
 def test_process_default_is_the_process_s_own_grid(proc, n):
     """Equal steps in t on VP, VE and rectified flow; EDM's rho-grid on EDM's process (whose time is sigma)."""
     p = PROCESSES[proc]
-    own = S.karras if proc == "edm" else S.uniform_time
+    own = S.karras_grid if proc == "edm" else S.uniform_time_grid
     got = S.process_default(p, n, float(p.t_eps))
     assert got.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(got)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(own(p, n, float(p.t_eps))), rtol=1e-6)
@@ -214,7 +214,7 @@ def test_process_default_is_the_process_s_own_grid(proc, n):
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "reverse_diffusion", "pc", "ode_euler", "ode_heun"])
 def test_default_grid_is_process_default(sampler, proc):
     sde = PROCESSES[proc]
-    own = S.karras if proc == "edm" else S.uniform_time
+    own = S.karras_grid if proc == "edm" else S.uniform_time_grid
     score_fn = _gauss_score(sde)
     x_T = sde.prior_sample(jax.random.key(1), (4, 2))
     a = getattr(S, sampler)(jax.random.key(2), x_T, score_fn, sde, num_steps=5)

@@ -129,7 +129,7 @@ def test_20_nfe_as_good_as_euler_maruyama_1000(data_name, proc, ground_truth):  
     data, tol, rms = ground_truth[data_name]
     sc = score(data_name, proc)
     x_T = p.prior_sample(jax.random.key(7), (N_POINTS,) + mix.event_shape)
-    grid = S.uniform_time if proc == "rectified_flow" else S.uniform_log_snr  # as tests/test_dpm_solver.py
+    grid = S.uniform_time_grid if proc == "rectified_flow" else S.uniform_log_snr_grid  # as tests/test_dpm_solver.py
 
     def run(x_T):  # one compilation: the reference and both UniPC runs
         return (S.euler_maruyama(jax.random.key(3), x_T, sc, p, num_steps=1000),

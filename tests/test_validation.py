@@ -214,7 +214,7 @@ def test_every_sampler_option_is_settable_from_the_command_line():
             if name == "time_grid":  # a name of config_lib.TIME_GRIDS, resolved to the grid function
                 cfg = _parse(*args, "--config.sampling.options.time_grid=karras")
                 config_lib.validate(cfg, device_count=1)
-                assert config_lib.build_sampler(cfg).keywords == {"time_grid": dj.samplers.karras}, method
+                assert config_lib.build_sampler(cfg).keywords == {"time_grid": dj.samplers.karras_grid}, method
                 seen += 1
                 continue
             if name == "corrector":  # a name on the command line; config_lib resolves it to the kernel
@@ -239,19 +239,19 @@ def test_every_sampler_option_is_settable_from_the_command_line():
 
 
 def test_time_grid_from_the_command_line_is_the_grid_function():
-    """--config.sampling.options.time_grid=karras builds the sampler with diffjax.samplers.karras: same samples."""
+    """--config.sampling.options.time_grid=karras builds the sampler with diffjax.samplers.karras_grid: same samples."""
     cfg = _parse("--config.sampling.method=ode_heun", "--config.sampling.num_steps=6",
                  "--config.sampling.options.time_grid=karras")
     config_lib.validate(cfg, device_count=1)
     sample = config_lib.build_sampler(cfg)
-    assert sample.keywords == {"time_grid": dj.samplers.karras, "num_steps": 6}
+    assert sample.keywords == {"time_grid": dj.samplers.karras_grid, "num_steps": 6}
     sde = config_lib.build_sde(cfg)
     score_fn = dj.mixture_score_fn(dj.ring_mixture(), sde)
     x_T = sde.prior_sample(jax.random.key(0), (8, 2))
     got = sample(jax.random.key(1), x_T, score_fn, sde)
-    want = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6, time_grid=dj.samplers.karras)
+    want = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6, time_grid=dj.samplers.karras_grid)
     uniform = dj.samplers.ode_heun(jax.random.key(1), x_T, score_fn, sde, num_steps=6,
-                                   time_grid=dj.samplers.uniform_time)
+                                   time_grid=dj.samplers.uniform_time_grid)
     assert bool(jnp.all(jnp.isfinite(got)))
     np.testing.assert_array_equal(got, want)
     assert float(jnp.max(jnp.abs(got - uniform))) > 1e-3

@@ -44,13 +44,14 @@ _OPTION_TYPES = {t.__name__: t for t in (bool, int, float, str)}
 # Options a sampler takes as an object and a config names with a string, resolved here once (diffrax on first use):
 # sampling.options.solver="tsit5" -> ode_adaptive(..., solver=diffrax.Tsit5()).
 SOLVERS = {"dopri5": "Dopri5", "tsit5": "Tsit5"}
-# sampling.options.time_grid="karras" -> the samplers' time_grid=diffjax.samplers.karras (the same object each time)
+# sampling.options.time_grid="karras" -> the samplers' time_grid=diffjax.samplers.karras_grid (the same object each
+# time)
 TIME_GRIDS = {
     "default": _samplers.process_default,
-    "uniform": _samplers.uniform_time,
-    "log_snr": _samplers.uniform_log_snr,
-    "karras": _samplers.karras,
-    "quadratic": _samplers.quadratic_time,
+    "uniform": _samplers.uniform_time_grid,
+    "log_snr": _samplers.uniform_log_snr_grid,
+    "karras": _samplers.karras_grid,
+    "quadratic": _samplers.quadratic_time_grid,
     "ddpm_leading": _samplers.ddpm_strided("leading"),
     "ddpm_trailing": _samplers.ddpm_strided("trailing"),
     "ddpm_linspace": _samplers.ddpm_strided("linspace"),

@@ -29,7 +29,7 @@ from jax.scipy.special import erf
 from diffjax.core._checks import (check_batched, check_finite, check_floating, check_int, check_positive,
                                   check_t_eps)
 from diffjax.core.process import bcast, check_process
-from diffjax.samplers._grids import check_time_grid, karras
+from diffjax.samplers._grids import check_time_grid, karras_grid
 from diffjax.samplers._kernels import ode_heun_step
 
 __all__ = [
@@ -220,7 +220,7 @@ def _consistency_term(x_next, t_next, x_cur, t_cur, sigma, sigma_next, student_f
 
 def cd_loss(key, x0, student_fn: Callable, target_fn: Callable, teacher_score_fn: Callable, process, *,
             num_scales: int = 18, ode_step: Callable = ode_heun_step, metric: Callable = squared_l2,
-            weighting: Callable = unit_weight, t_eps: float | None = None, time_grid=karras):
+            weighting: Callable = unit_weight, t_eps: float | None = None, time_grid=karras_grid):
     """Consistency distillation (Song et al. 2023, Algorithm 2), averaged over the batch.
 
     On the ``num_scales`` times ``t_eps = t_1 < ... < t_N = T`` of ``time_grid`` (default EDM's rho-grid of the
@@ -250,7 +250,7 @@ def cd_loss(key, x0, student_fn: Callable, target_fn: Callable, teacher_score_fn
         metric: ``d(x, y) -> (batch,)``: :func:`squared_l2` (default) or :func:`pseudo_huber` (no LPIPS offline).
         weighting: ``lambda(sigma_n, sigma_{n+1})``: :func:`unit_weight` (default) or :func:`ict_weight`.
         t_eps: the boundary time (default ``process.t_eps``; the same as the consistency function's).
-        time_grid: grid function from :mod:`diffjax.samplers` (default :func:`~diffjax.samplers.karras`).
+        time_grid: grid function from :mod:`diffjax.samplers` (default :func:`~diffjax.samplers.karras_grid`).
 
     Returns:
         Scalar loss.

@@ -28,7 +28,7 @@ from diffjax.core.parameterizations import x0_from_score
 from diffjax.distill.consistency import (cd_loss, consistency_sample, ct_loss, ict_num_scales, ict_weight, pseudo_huber,
                                          unit_weight)
 from diffjax.distill.progressive import pd_loss, pd_sample
-from diffjax.samplers import karras, ode_heun_step, process_default
+from diffjax.samplers import karras_grid, ode_heun_step, process_default
 
 __all__ = ["DistillNetworks", "DistillMethod", "ProgressiveDistillation", "ConsistencyDistillation",
            "ConsistencyTraining"]
@@ -235,7 +235,7 @@ class _ConsistencyModel:
             return (float(process.T),)
         eps = process.t_eps if self.t_eps is None else self.t_eps
         with jax.ensure_compile_time_eval():
-            grid = np.asarray(karras(process, k, eps))
+            grid = np.asarray(karras_grid(process, k, eps))
         return tuple(float(v) for v in grid[:k])
 
     def loss_fn(self, nets, process, round_index: int) -> Callable:

@@ -11,7 +11,8 @@ singlestep, 2M SDE), :func:`unipc` (UniPC: UniP predictor 1-3 with the UniC corr
 
 Time grids, the ``time_grid`` argument of the continuous-time samplers (``grid(process, num_steps, t_eps)``):
 :func:`process_default` (the process's own, ``process.default_times``: uniform in t; EDM's rho-grid on EDM's
-process), :func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras` (EDM's rho-grid), :func:`quadratic_time`,
+process), :func:`uniform_time_grid`, :func:`uniform_log_snr_grid`, :func:`karras_grid` (EDM's rho-grid),
+:func:`quadratic_time_grid`,
 :func:`ddpm_strided` (the DDPM chain's strided steps).
 
 Dtypes: every sampler returns ``x_T``'s dtype and solves in ``promote_types(x_T.dtype, float32)``: bfloat16 /
@@ -43,3 +44,17 @@ from diffjax.samplers import _unipc
 
 __all__ = (_samplers.__all__ + _chains.__all__ + _ode.__all__ + _conditional.__all__ + _edm.__all__ + _kernels.__all__
            + _grids.__all__ + _dpm_solver.__all__ + _unipc.__all__ + _driver.__all__)
+
+# The grids' names before 0.x (``uniform_time`` also named the training-time sampler diffjax.uniform_time): kept for
+# one release with a DeprecationWarning
+_RENAMED = {"uniform_time": "uniform_time_grid", "uniform_log_snr": "uniform_log_snr_grid", "karras": "karras_grid",
+            "quadratic_time": "quadratic_time_grid"}
+
+
+def __getattr__(name):
+    if name in _RENAMED:
+        import warnings
+        warnings.warn(f"diffjax.samplers.{name} is deprecated: it is diffjax.samplers.{_RENAMED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module 'diffjax.samplers' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from diffjax.core._checks import check_choice, check_int
 from diffjax.core.process import bcast
 from diffjax.samplers._common import check_bool, check_common, deprecated_sde_keyword
 from diffjax.samplers._driver import sample_steps
-from diffjax.samplers._grids import check_time_grid, uniform_log_snr
+from diffjax.samplers._grids import check_time_grid, uniform_log_snr_grid
 from diffjax.samplers._kernels import data_prediction
 
 __all__ = ["dpm_solver"]
@@ -190,7 +190,7 @@ class SinglestepStep:
 @deprecated_sde_keyword
 def dpm_solver(key, x_T, score_fn, process, *, num_steps: int = 20, t_eps=None, order: int = 2,
                method: str = "multistep", sde_variant: bool = False, lower_order_final: bool = True,
-               time_grid=uniform_log_snr, denoise: bool = False, return_nfe: bool = False):
+               time_grid=uniform_log_snr_grid, denoise: bool = False, return_nfe: bool = False):
     """DPM-Solver++ (Lu et al. 2022): the probability-flow ODE solved exactly in its linear part, with a Taylor
     expansion of the data prediction ``D = (x + s^2 score) / a`` in the half log-SNR ``l = log(a/s)``.
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from diffjax.core._checks import check_nonnegative
 from diffjax.samplers._common import batch_time, check_common, deprecated_sde_keyword
 from diffjax.samplers._driver import sample_steps
-from diffjax.samplers._grids import check_time_grid, karras
+from diffjax.samplers._grids import check_time_grid, karras_grid
 
 __all__ = ["edm_heun"]
 
@@ -96,13 +96,13 @@ def _check_s_tmax(s_tmax, s_tmin):
 
 
 @deprecated_sde_keyword
-def edm_heun(key, x_T, score_fn, process, *, num_steps: int = 18, t_eps=None, time_grid=karras, s_churn: float = 0.0,
-             s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0, denoise: bool = True,
-             return_nfe: bool = False):
+def edm_heun(key, x_T, score_fn, process, *, num_steps: int = 18, t_eps=None, time_grid=karras_grid,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+             denoise: bool = True, return_nfe: bool = False):
     """EDM's stochastic Heun sampler (Karras et al. 2022, Algorithm 2) on any process, in ``sigma = s/a``.
 
     ``N = num_steps`` noise levels ``sigma_i = s/a`` at the times ``t_0 = T > ... > t_{N-1} = t_eps`` of
-    ``time_grid`` (with ``N - 1`` intervals; default :func:`karras`, EDM's eq. 5 with rho = 7, so on
+    ``time_grid`` (with ``N - 1`` intervals; default :func:`karras_grid`, EDM's eq. 5 with rho = 7, so on
     ``edm_sde()`` these are EDM's ``sigma_i`` from 80 to 0.002), then ``sigma_N = 0``. Step ``i`` first adds noise
     (churn) up to ``sigma_hat = (1 + gamma_i) sigma_i``, ``gamma_i = min(s_churn / N, sqrt(2) - 1)`` where
     ``s_tmin <= sigma_i <= s_tmax`` (else 0), then takes a Heun step of ``dy/dsigma`` (module docstring) to

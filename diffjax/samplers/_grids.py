@@ -5,8 +5,9 @@ its grid once per (grid, process, num_steps, t_eps) before tracing (:func:`check
 sampler loop for those times.
 
 Each grid is defined on one of the process's coordinates, so the same grid means the same thing on every process:
-``uniform_time`` on t, ``uniform_log_snr`` on lambda(t) = log(a^2 / s^2) (DPM-Solver's choice), ``karras`` on the
-noise-to-signal ratio sigma = s / a (EDM's rho-grid), ``quadratic_time`` on t (DDIM's "quadratic" sequence).
+``uniform_time_grid`` on t, ``uniform_log_snr_grid`` on lambda(t) = log(a^2 / s^2) (DPM-Solver's choice),
+``karras_grid`` on the noise-to-signal ratio sigma = s / a (EDM's rho-grid), ``quadratic_time_grid`` on t (DDIM's
+"quadratic" sequence).
 ``process_default`` is the process's own choice (``process.default_times``), the samplers' default.
 """
 from __future__ import annotations
@@ -23,9 +24,11 @@ from diffjax.core._checks import check_choice, check_int, check_positive
 from diffjax.core.chains import DDIM_SPACINGS, DDPMGrid, require_chain
 from diffjax.core.process import check_process, karras_time_grid
 
-__all__ = ["process_default", "uniform_time", "uniform_log_snr", "karras", "quadratic_time", "ddpm_strided"]
+__all__ = ["process_default", "uniform_time_grid", "uniform_log_snr_grid", "karras_grid", "quadratic_time_grid",
+           "ddpm_strided"]
 
-_EVERY_PROCESS = "; the grids for every process are uniform_time, uniform_log_snr, karras, quadratic_time"
+_EVERY_PROCESS = ("; the grids for every process are uniform_time_grid, uniform_log_snr_grid, karras_grid, "
+                  "quadratic_time_grid")
 
 
 def _check(process, num_steps, t_eps, where):
@@ -41,46 +44,48 @@ def _pin_ends(times, process, t_eps):
     return times.at[0].set(process.T).at[-1].set(t_eps).astype(jnp.float32)
 
 
-def uniform_time(process, num_steps: int, t_eps: float) -> jax.Array:
+def uniform_time_grid(process, num_steps: int, t_eps: float) -> jax.Array:
     """``num_steps`` equal steps in t (score-SDE's grid).
 
     .. math:: t_i = T + \\tfrac{i}{n} (t_\\epsilon - T)
     """
-    num_steps, t_eps = _check(process, num_steps, t_eps, "uniform_time")
+    num_steps, t_eps = _check(process, num_steps, t_eps, "uniform_time_grid")
     return jnp.linspace(process.T, t_eps, num_steps + 1, dtype=jnp.float32)
 
 
 def process_default(process, num_steps: int, t_eps: float) -> jax.Array:
-    """The process's own grid, ``process.default_times(num_steps, t_eps)``: equal steps in t (:func:`uniform_time`)
-    on VP, sub-VP, VE, rectified flow and :func:`~diffjax.gaussian_path`; :func:`karras` on EDM's process, whose time
+    """The process's own grid, ``process.default_times(num_steps, t_eps)``: equal steps in t (:func:`uniform_time_grid`)
+    on VP, sub-VP, VE, rectified flow and :func:`~diffjax.gaussian_path`; :func:`karras_grid` on EDM's process,
+    whose time
     is sigma itself. The default ``time_grid`` of the samplers that step in t."""
     num_steps, t_eps = _check(process, num_steps, t_eps, "process_default")
     return _pin_ends(jnp.asarray(process.default_times(num_steps, t_eps)), process, t_eps)
 
 
-def uniform_log_snr(process, num_steps: int, t_eps: float) -> jax.Array:
+def uniform_log_snr_grid(process, num_steps: int, t_eps: float) -> jax.Array:
     """``num_steps`` equal steps in log-SNR (DPM-Solver's ``logSNR`` spacing; ``t_eps > 0`` needed where the
     log-SNR is infinite at t = 0).
 
     .. math:: t_i = \\lambda^{-1}\\big(\\lambda(T) + \\tfrac{i}{n} (\\lambda(t_\\epsilon) - \\lambda(T))\\big)
     """
-    num_steps, t_eps = _check(process, num_steps, t_eps, "uniform_log_snr")
+    num_steps, t_eps = _check(process, num_steps, t_eps, "uniform_log_snr_grid")
     with jax.ensure_compile_time_eval():
         lo, hi = (float(process.log_snr(jnp.float32(t))) for t in (process.T, t_eps))
     if not (math.isfinite(lo) and math.isfinite(hi)):  # Python floats: no tracer under a caller's jit
-        raise ValueError(f"t_eps={t_eps!r} gives an infinite log-SNR on {process!r}; uniform_log_snr needs t_eps > 0")
+        raise ValueError(f"t_eps={t_eps!r} gives an infinite log-SNR on {process!r}; uniform_log_snr_grid needs "
+                         f"t_eps > 0")
     lams = jnp.linspace(lo, hi, num_steps + 1, dtype=jnp.float32)
     return _pin_ends(process.t_from_log_snr(lams), process, t_eps)
 
 
-def karras(process, num_steps: int, t_eps: float, *, rho: float = 7.0) -> jax.Array:
+def karras_grid(process, num_steps: int, t_eps: float, *, rho: float = 7.0) -> jax.Array:
     """Karras et al.'s rho-grid (EDM eq. 5) on the noise-to-signal ratio ``s/a`` between its values at ``T`` and
-    ``t_eps``; ``functools.partial(karras, rho=3.0)`` for another rho.
+    ``t_eps``; ``functools.partial(karras_grid, rho=3.0)`` for another rho.
 
     .. math:: \\sigma_i = \\big(\\sigma_{max}^{1/\\rho} + \\tfrac{i}{n}(\\sigma_{min}^{1/\\rho}
         - \\sigma_{max}^{1/\\rho})\\big)^\\rho
     """
-    num_steps, t_eps = _check(process, num_steps, t_eps, "karras")
+    num_steps, t_eps = _check(process, num_steps, t_eps, "karras_grid")
     rho = check_positive("rho", rho)
     if t_eps <= 0.0:
         raise ValueError(f"karras needs t_eps > 0 (sigma_min = s/a at t_eps must be > 0), got {t_eps!r}")
@@ -93,12 +98,12 @@ def karras(process, num_steps: int, t_eps: float, *, rho: float = 7.0) -> jax.Ar
     return _pin_ends(times, process, t_eps)
 
 
-def quadratic_time(process, num_steps: int, t_eps: float) -> jax.Array:
+def quadratic_time_grid(process, num_steps: int, t_eps: float) -> jax.Array:
     """Steps that shrink quadratically toward ``t_eps`` (DDIM's "quadratic" sequence on continuous time).
 
     .. math:: t_i = t_\\epsilon + (T - t_\\epsilon) (1 - i/n)^2
     """
-    num_steps, t_eps = _check(process, num_steps, t_eps, "quadratic_time")
+    num_steps, t_eps = _check(process, num_steps, t_eps, "quadratic_time_grid")
     u = 1.0 - jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
     return _pin_ends(t_eps + (process.T - t_eps) * u ** 2, process, t_eps)
 
@@ -189,7 +194,8 @@ def check_time_grid(time_grid, process, num_steps: int, t_eps: float) -> np.ndar
     (naming its argument) propagates."""
     if not callable(time_grid):
         raise ValueError(f"time_grid must be a grid function time_grid(process, num_steps, t_eps) -> (num_steps + 1,) "
-                         f"times, e.g. diffjax.samplers.uniform_time, uniform_log_snr, karras, quadratic_time or "
+                         f"times, e.g. diffjax.samplers.uniform_time_grid, uniform_log_snr_grid, karras_grid, "
+                         f"quadratic_time_grid or "
                          f"ddpm_strided('leading'), got {time_grid!r}")
     try:
         hash(time_grid)

@@ -138,8 +138,8 @@ def pc(key, x_T, score_fn, process, *, num_steps=None, t_eps=None, time_grid=pro
         t_eps: last time (default ``process.t_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
         time_grid: the times, ``time_grid(process, num_steps, t_eps) -> (num_steps + 1,)`` decreasing to ``t_eps``:
             :func:`process_default` (default: uniform in t, score-SDE's; EDM's rho-grid on :func:`~diffjax.edm_sde`),
-            :func:`uniform_time`, :func:`uniform_log_snr`, :func:`karras`,
-            :func:`quadratic_time`, :func:`ddpm_strided` (``diffjax.samplers``) or any such hashable function.
+            :func:`uniform_time_grid`, :func:`uniform_log_snr_grid`, :func:`karras_grid`,
+            :func:`quadratic_time_grid`, :func:`ddpm_strided` (``diffjax.samplers``) or any such hashable function.
             The Langevin corrector's step rule keeps the spacing ``T / num_steps`` of the uniform grid.
         predictor: ``predictor(key, x, t, t_next, score_fn, process) -> (x, x_mean)``, e.g.
             :func:`reverse_diffusion_step` (default, score-SDE's for NCSN++) or :func:`euler_maruyama_step`;

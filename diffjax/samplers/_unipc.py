@@ -26,7 +26,7 @@ from diffjax.core.process import bcast
 from diffjax.samplers._common import check_bool, check_common, deprecated_sde_keyword
 from diffjax.samplers._dpm_solver import _coeffs
 from diffjax.samplers._driver import sample_steps
-from diffjax.samplers._grids import check_time_grid, uniform_log_snr
+from diffjax.samplers._grids import check_time_grid, uniform_log_snr_grid
 from diffjax.samplers._kernels import data_prediction
 
 __all__ = ["unipc"]
@@ -140,7 +140,7 @@ class UniPCStep:
 
 @deprecated_sde_keyword
 def unipc(key, x_T, score_fn, process, *, num_steps: int = 20, t_eps=None, order: int = 2, variant: str = "bh2",
-          lower_order_final: bool = True, time_grid=uniform_log_snr, denoise: bool = False,
+          lower_order_final: bool = True, time_grid=uniform_log_snr_grid, denoise: bool = False,
           return_nfe: bool = False):
     """UniPC (Zhao et al. 2023), multistep, data prediction: the UniP predictor of order ``order`` and the UniC
     corrector after every step but the last, in the half log-SNR ``l = log(a/s)`` of any process.

@@ -33,7 +33,7 @@ def mixture():
 # label -> (sampler, extra options, steps for an NFE budget, NFE of those steps, processes it applies to)
 def samplers():
     # equal steps in t, named: the samplers' default grid is the process's own (EDM's rho-grid on edm_sde)
-    uniform = {"time_grid": S.uniform_time}
+    uniform = {"time_grid": S.uniform_time_grid}
     ode_t_eps = {"t_eps": 1e-3}
     return {
         "euler_maruyama": (S.euler_maruyama, uniform, lambda b: b, lambda n: n, None),
@@ -41,7 +41,7 @@ def samplers():
         "pc (Langevin, 1 corrector)": (S.pc, uniform, lambda b: b // 2, lambda n: 2 * n, None),
         "ode_euler": (S.ode_euler, dict(ode_t_eps, **uniform), lambda b: b, lambda n: n, None),
         "ode_heun": (S.ode_heun, dict(ode_t_eps, **uniform), lambda b: b // 2, lambda n: 2 * n, None),
-        "ode_heun, Karras grid": (S.ode_heun, dict(ode_t_eps, time_grid=S.karras), lambda b: b // 2,
+        "ode_heun, Karras grid": (S.ode_heun, dict(ode_t_eps, time_grid=S.karras_grid), lambda b: b // 2,
                                   lambda n: 2 * n, None),
         "ddim (eta 0)": (S.ddim, {}, lambda b: b, lambda n: n, ("vp",)),
         "ddim (eta 1)": (S.ddim, {"eta": 1.0}, lambda b: b, lambda n: n, ("vp",)),
