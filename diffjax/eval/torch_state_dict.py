@@ -157,19 +157,21 @@ def _finish(obj) -> dict[str, np.ndarray]:
     return out
 
 
+def zip_archive(zf: zipfile.ZipFile, path: str):
+    """The parts of a torch zip archive (``torch.save`` or TorchScript): ``(prefix, data.pkl bytes, names,
+    load_bytes(key) -> the storage bytes of key)``."""
+    names = zf.namelist()
+    pkl = [n for n in names if n.endswith("data.pkl")]
+    if len(pkl) != 1:
+        raise ValueError(f"path {path!r} is a zip but not a torch archive (no single */data.pkl member)")
+    prefix = pkl[0][: -len("data.pkl")]
+    return prefix, zf.read(pkl[0]), names, lambda key: zf.read(f"{prefix}data/{key}")
+
+
 def _read_zip(path: str) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = [n for n in names if n.endswith("data.pkl")]
-        if len(pkl) != 1:
-            raise ValueError(f"path {path!r} is a zip but not a torch checkpoint (no single */data.pkl member)")
-        prefix = pkl[0][: -len("data.pkl")]
-
-        def load_bytes(key):
-            return zf.read(f"{prefix}data/{key}")
-
-        unpickler = _StateDictUnpickler(io.BytesIO(zf.read(pkl[0])), {}, load_bytes)
-        return _finish(unpickler.load())
+        _, data, _, load_bytes = zip_archive(zf, path)
+        return _finish(_StateDictUnpickler(io.BytesIO(data), {}, load_bytes).load())
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):

