@@ -125,6 +125,9 @@ def get_config():
     model.scale_by_sigma = False
     model.ema_rate = 0.9999
     model.ema_schedule = "debiased"          # debiased (optax.ema(debias=True)) | warmup (min(rate, (1+n)/(10+n)))
+                                             # | power_warmup (min(rate, 1-(1+n)^-ema_power), diffusers' EMA warm-up)
+                                             # | constant
+    model.ema_power = 2 / 3                  # power_warmup's exponent (diffusers' EMAModel default)
                                              # | constant (score-SDE: keeps rate^n of the initialisation)
     model.posthoc_sigma_rels = (0.05, 0.10)  # EDM2 power EMAs tracked when training.posthoc_ema_freq > 0
     model.beta_min = 0.1

@@ -29,6 +29,21 @@ def test_warmup_decay_hand_computed_sequence():
     assert float(E.warmup_decay(0.9)(10_000)) == pytest.approx(0.9)
 
 
+def test_power_warmup_decay_is_diffusers_ema_warmup_sequence():
+    # diffusers EMAModel(use_ema_warmup=True, power=2/3, decay=0.9999).get_decay(n) at optimisation step n = k + 1:
+    # 0 at n = 1, then 1 - n_minus_1_plus_1^(-2/3) = 1 - (1 + k)^(-2/3); written out for k = 0..3
+    decay = E.power_warmup_decay(0.9999, 2 / 3)
+    want = [0.0, 1 - 2 ** (-2 / 3), 1 - 3 ** (-2 / 3), 1 - 4 ** (-2 / 3)]
+    got = [float(decay(k)) for k in range(4)]
+    assert all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert float(decay(10**9)) == pytest.approx(0.9999)  # capped at the rate
+    # the first update copies the parameters: no weight on the initialisation
+    np.testing.assert_allclose(_run(decay, [jnp.float32(5.0)], jnp.float32(1e3)), [5.0])
+    with pytest.raises(ValueError, match="power"):
+        E.power_warmup_decay(0.99, -1.0)
+
+
 def test_debiased_decay_equals_optax_debiased_ema_and_forgets_the_init():
     rng = np.random.default_rng(0)
     seq = [jnp.asarray(rng.normal(size=(5,)), jnp.float32) for _ in range(30)]
@@ -191,8 +206,11 @@ def test_config_rejects_bad_ema_settings():
                                 ("model.ema_rate", 1.0, "ema_rate"),
                                 ("training.posthoc_ema_freq", 3, "posthoc_ema_freq"),
                                 ("sampling.ema_sigma_rel", 0.1, "posthoc_ema_freq"),
-                                ("model.posthoc_sigma_rels", (0.05, 0.5), "sigma_rel")):
+                                ("model.posthoc_sigma_rels", (0.05, 0.5), "sigma_rel"),
+                                ("model.ema_power", -0.5, "ema_power")):
         cfg = tiny.get_config()
+        if field == "model.ema_power":
+            cfg.model.ema_schedule = "power_warmup"
         if field == "model.posthoc_sigma_rels":
             cfg.training.posthoc_ema_freq = 2
         section, name = field.split(".")

@@ -2,6 +2,8 @@
 ``data.*``: process, network, optimizer and learning rate, EMA decay, the loop's compiled steps, input pipeline."""
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import numpy as np
@@ -83,7 +85,7 @@ def _lr_decay(config):
                                                                                                "constant")]()
 
 
-EMA_SCHEDULES = ("debiased", "warmup", "constant")
+EMA_SCHEDULES = ("debiased", "warmup", "power_warmup", "constant")
 
 
 def build_ema_decay(config):
@@ -91,7 +93,8 @@ def build_ema_decay(config):
     from diffjax.train import ema
     m = config.model
     _choice("model.ema_schedule", m.ema_schedule, EMA_SCHEDULES)
-    make = {"debiased": ema.debiased_decay, "warmup": ema.warmup_decay, "constant": ema.constant_decay}
+    make = {"debiased": ema.debiased_decay, "warmup": ema.warmup_decay, "constant": ema.constant_decay,
+            "power_warmup": lambda rate: ema.power_warmup_decay(rate, float(m.get("ema_power", 2 / 3)))}
     return make[m.ema_schedule](float(m.ema_rate))
 
 
@@ -102,6 +105,10 @@ def validate_ema(config):
     rate = m.ema_rate
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
         raise ValueError(f"model.ema_rate must be a float in [0, 1), got {rate!r}")
+    power = m.get("ema_power", 2 / 3)
+    if m.ema_schedule == "power_warmup" and (isinstance(power, bool) or not isinstance(power, (int, float))
+                                             or not 0.0 < power < math.inf):
+        raise ValueError(f"model.ema_power must be a positive float (diffusers' default 2/3), got {power!r}")
     freq = t.posthoc_ema_freq
     if isinstance(freq, bool) or not isinstance(freq, int) or freq < 0 or freq % t.n_jitted_steps:
         raise ValueError(f"training.posthoc_ema_freq must be 0 (off) or a positive multiple of "

@@ -13,7 +13,8 @@ and the schedules are functions ``decay(k) -> beta_k`` (like optax's learning-ra
 * :func:`debiased_decay`: the bias-corrected EMA of Adam / ``optax.ema(decay, debias=True)``; weights
   ``proportional to r^(n-k)`` over the updates only, none on the initialisation.
 * :func:`warmup_decay`: ``min(r, (1 + k) / (10 + k))`` (TensorFlow's ``ExponentialMovingAverage(num_updates)``,
-  diffusers' ``EMAModel``).
+  diffusers' ``EMAModel`` default).
+* :func:`power_warmup_decay`: ``min(r, 1 - (1 + k)^(-p))`` (diffusers' ``EMAModel(use_ema_warmup=True, power=p)``).
 * :func:`power_decay`: ``(1 - 1/(k+1))^(gamma+1)`` (EDM2 eq. 3), whose averaging profile is ``proportional to
   tau^gamma`` at every time, i.e. its length is a fixed fraction ``sigma_rel`` of the training so far.
 
@@ -35,8 +36,8 @@ import numpy as np
 
 from diffjax.core._checks import check_positive
 
-__all__ = ["ema_update", "constant_decay", "debiased_decay", "warmup_decay", "power_decay", "sigma_rel_to_gamma",
-           "gamma_to_sigma_rel", "posthoc_coefficients", "posthoc_combine", "save_posthoc_snapshot",
+__all__ = ["ema_update", "constant_decay", "debiased_decay", "warmup_decay", "power_warmup_decay", "power_decay",
+           "sigma_rel_to_gamma", "gamma_to_sigma_rel", "posthoc_coefficients", "posthoc_combine", "save_posthoc_snapshot",
            "list_posthoc_snapshots", "posthoc_ema"]
 
 DecaySchedule = Callable[[jax.Array], jax.Array]
@@ -89,6 +90,17 @@ def warmup_decay(rate: float) -> DecaySchedule:
     TensorFlow's ``ExponentialMovingAverage(decay, num_updates)`` and diffusers' ``EMAModel`` default."""
     rate = _check_rate(rate)
     return lambda k: jnp.minimum(rate, (1.0 + jnp.asarray(k, jnp.float32)) / (10.0 + jnp.asarray(k, jnp.float32)))
+
+
+def power_warmup_decay(rate: float, power: float = 2 / 3) -> DecaySchedule:
+    """.. math:: \\beta_k = \\min\\big(r, 1 - (1 + k)^{-p}\\big)
+
+    diffusers' ``EMAModel(decay=r, use_ema_warmup=True, inv_gamma=1, power=p)`` (its ``get_decay`` at optimisation
+    step ``k + 1``): ``beta_0 = 0``, and the EMA's length grows like a power of the steps taken until it reaches
+    ``r``. ``p = 2/3`` is diffusers' default (its docs: 2/3 for short runs, 3/4 for ~1M steps)."""
+    rate = _check_rate(rate)
+    power = check_positive("power", power)
+    return lambda k: jnp.minimum(rate, 1.0 - (1.0 + jnp.asarray(k, jnp.float32)) ** (-power))
 
 
 def gamma_to_sigma_rel(gamma: float) -> float:

@@ -199,20 +199,46 @@ def rescore(args) -> None:
         raise SystemExit(f"{bad} rows differ from the record")
 
 
+def _fid_rows(artifacts: str) -> dict:
+    """``evidence_fid.py``'s rows by (SHA-256, split); empty when it has not run."""
+    path = os.path.join(artifacts, "fid.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {(r["sha256"], r["split"]): r for r in map(json.loads, filter(str.strip, f))}
+
+
+def _mean_spread(values) -> str:
+    v = np.array(values, float)
+    return f"{v.mean():.2f} ({v.min():.2f}-{v.max():.2f})" if len(v) > 1 else f"{v.mean():.2f}"
+
+
 def table(args) -> None:
-    rows = [r for r in load_rows(args.artifacts) if r["split"] == "test"]
+    fid = _fid_rows(args.artifacts)
+    rows = [r for r in load_rows(args.artifacts) if r["split"] == "test" and r["method"] != "real_train_images"]
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["method"], r["sampler"], r["nfe"]), []).append(r)
-    print("| method | sampler (chosen on val) | NFE | seeds | classifier FD, mean (spread) | per seed [95% bootstrap] |")
+        groups.setdefault(r["method"], []).append(r)
+    print("| method | sampler chosen on val (NFE) | seeds | classifier FD, mean (range) | FID, mean (range) | "
+          "per seed: FD [95% bootstrap]; FID [95%] |")
     print("|---|---|---|---|---|---|")
-    for (method, sampler, nfe), rs in sorted(groups.items(), key=lambda kv: np.mean(
-            [r["frechet_distance"] for r in kv[1]])):
-        fds = np.array([r["frechet_distance"] for r in rs])
-        spread = f"{fds.min():.2f}-{fds.max():.2f}" if len(fds) > 1 else "-"
-        per = "; ".join(f"s{r['seed']}: {r['frechet_distance']:.2f} [{r['fd_interval'][0]:.2f}, "
-                        f"{r['fd_interval'][1]:.2f}]" for r in sorted(rs, key=lambda r: r["seed"]))
-        print(f"| {method} | {sampler} | {nfe} | {len(rs)} | {fds.mean():.2f} ({spread}) | {per} |")
+    for method, rs in sorted(groups.items(), key=lambda kv: np.mean([r["frechet_distance"] for r in kv[1]])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        fids = [fid.get((r["sha256"], "test")) for r in rs]
+        fid_col = _mean_spread([f["fid"] for f in fids]) if all(fids) else "-"
+        samplers = ", ".join(sorted({f"{r['sampler']} ({r['nfe']})" for r in rs}))
+        per = "; ".join(f"s{r['seed']} {r['sampler']}: {r['frechet_distance']:.2f} [{r['fd_interval'][0]:.2f}, "
+                        f"{r['fd_interval'][1]:.2f}]" + (f"; {f['fid']:.2f} [{f['fid_interval'][0]:.2f}, "
+                                                         f"{f['fid_interval'][1]:.2f}]" if f else "")
+                        for r, f in zip(rs, fids))
+        print(f"| {method} | {samplers} | {len(rs)} | {_mean_spread([r['frechet_distance'] for r in rs])} | "
+              f"{fid_col} | {per} |")
+    for r in load_rows(args.artifacts):  # the floor: real images at the same n
+        if r["method"] == "real_train_images":
+            f = fid.get((r["sha256"], r["split"]))
+            fid_col = f"{f['fid']:.2f}" if f else "-"
+            print(f"| floor: real training images, n = {r['n']} ({r['split']} half) | - | - | "
+                  f"{r['frechet_distance']:.2f} | {fid_col} | |")
 
 
 def main(argv=None) -> None:

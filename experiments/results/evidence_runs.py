@@ -23,30 +23,92 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import evidence  # noqa: E402
 from fmnist_budget import overrides_to_flags as flags, run as call  # noqa: E402
 
-# label -> (NFE, overrides); every menu at most 50 network evaluations
+# The sampler menus, the same for both libraries (labels as in experiments/baselines/diffusers_fashion_mnist.py);
+# label -> (NFE, diffjax sampling overrides), every entry at most 50 network evaluations.
 FLOW_MENU = {
     "euler50": (50, {"sampling.method": "ode_euler", "sampling.num_steps": 50}),
     "heun25": (50, {"sampling.method": "ode_heun", "sampling.num_steps": 25}),
     "unipc25": (25, {"sampling.method": "unipc", "sampling.num_steps": 25}),
 }
-METHODS = {
-    "rectified_flow": ("configs/fashion_mnist_budget_rf.py", FLOW_MENU),
+DDPM_MENU = {  # DDIM with diffusers' clipping convention (x0 clipped, the network's eps kept)
+    "ddim50_clip": (50, {"sampling.method": "ddim", "sampling.num_steps": 50, "sampling.options.clip_x0": True}),
+    "dpmpp2m25": (25, {"sampling.method": "dpm_solver", "sampling.num_steps": 25, "sampling.options.order": 2}),
+    "unipc25": (25, {"sampling.method": "unipc", "sampling.num_steps": 25}),
 }
+EDM_MENU = {
+    "heun25_karras": (50, {"sampling.method": "ode_heun", "sampling.num_steps": 25,
+                           "sampling.options.time_grid": "karras"}),
+    "dpmpp2m25": (25, {"sampling.method": "dpm_solver", "sampling.num_steps": 25, "sampling.options.order": 2}),
+    "unipc25": (25, {"sampling.method": "unipc", "sampling.num_steps": 25}),
+}
+# diffusers' training example in diffjax (experiments/baselines/diffusers_fashion_mnist.py, --recipe peer): AdamW
+# 2e-4 with torch's weight decay 0.01, constant rate, no clipping, EMAModel(0.9999, use_ema_warmup=True, power=2/3)
+PEER_RECIPE = {"optim.optimizer": "adamw", "optim.lr": 2e-4, "optim.weight_decay": 0.01, "optim.warmup": 0,
+               "optim.lr_decay": "constant", "optim.grad_clip": 0.0, "model.ema_rate": 0.9999,
+               "model.ema_schedule": "power_warmup", "model.ema_power": 2 / 3}
+PEER = os.path.join(REPO, "experiments", "baselines", "diffusers_fashion_mnist.py")
 
 
-def sample(base: list, overrides: dict, seed: int, n: int, workdir: str, out: str, log: str) -> str:
-    cmd = base + flags({**overrides, "sampling.num_samples": n, "seed": seed, "sampling.clip_denoised": False}) \
-        + ["--mode", "sample", "--noprogress"]
-    call(cmd, log)
-    # --mode sample names its file samples_STEP_METHOD_STEPS.npz: the newest of this sampler's
-    written = sorted(glob.glob(os.path.join(workdir, "samples", f"samples_*_{overrides['sampling.method']}_"
-                                                                f"{overrides['sampling.num_steps']}.npz")),
-                     key=os.path.getmtime)
-    if not written:
-        raise SystemExit(f"no sample file of {overrides} in {workdir}/samples after: {' '.join(cmd)}")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    shutil.copyfile(written[-1], out)
-    return " ".join(cmd[1:])
+class Diffjax:
+    """A diffjax row: ``python -m diffjax.main --config CONFIG`` with training overrides."""
+
+    def __init__(self, config: str, menu: dict, overrides: dict | None = None):
+        self.config, self.menu, self.overrides = config, menu, dict(overrides or {})
+
+    def _base(self, workdir):
+        return [sys.executable, "-m", "diffjax.main", "--config", self.config, "--workdir", workdir]
+
+    def train(self, workdir, seed, log, args):
+        cmd = self._base(workdir) + flags({**self.overrides, "seed": seed}) + ["--noprogress"]
+        call(cmd, log)  # trains, resumes, or finds the run finished
+        return " ".join(cmd[1:])
+
+    def sample(self, workdir, label, seed, out, log, args):
+        ov = self.menu[label][1]
+        cmd = self._base(workdir) + flags({**self.overrides, **ov, "sampling.num_samples": args.num_samples,
+                                           "seed": seed, "sampling.clip_denoised": False}) \
+            + ["--mode", "sample", "--noprogress"]
+        call(cmd, log)
+        # --mode sample names its file samples_STEP_METHOD_STEPS.npz: the newest of this sampler's
+        written = sorted(glob.glob(os.path.join(workdir, "samples", f"samples_*_{ov['sampling.method']}_"
+                                                                    f"{ov['sampling.num_steps']}.npz")),
+                         key=os.path.getmtime)
+        if not written:
+            raise SystemExit(f"no sample file of {ov} in {workdir}/samples after: {' '.join(cmd)}")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        shutil.copyfile(written[-1], out)
+        return " ".join(cmd[1:])
+
+
+class Diffusers:
+    """A diffusers row: the peer script (torch and diffusers in their own environment, ``--peer-python``)."""
+
+    def __init__(self, method: str, recipe: str, menu: dict):
+        self.method, self.recipe, self.menu = method, recipe, menu
+
+    def train(self, workdir, seed, log, args):
+        cmd = [args.peer_python, PEER, "train", "--out", workdir, "--method", self.method, "--recipe", self.recipe,
+               "--seed", str(seed), "--threads", str(args.threads)]
+        call(cmd, log)
+        return " ".join(cmd[1:])
+
+    def sample(self, workdir, label, seed, out, log, args):
+        cmd = [args.peer_python, PEER, "sample", "--out", workdir, "--sampler", label, "--sample-seed", str(seed),
+               "--num-samples", str(args.num_samples), "--to", out, "--threads", str(args.threads)]
+        call(cmd, log)
+        return " ".join(cmd[1:])
+
+
+METHODS = {
+    "rectified_flow": Diffjax("configs/fashion_mnist_budget_rf.py", FLOW_MENU),
+    "edm": Diffjax("configs/fashion_mnist_budget_edm.py", EDM_MENU),
+    "ddpm": Diffjax("configs/fashion_mnist_budget.py", DDPM_MENU),
+    "ddpm_peer_recipe": Diffjax("configs/fashion_mnist_budget.py", DDPM_MENU, PEER_RECIPE),
+    "diffusers_ddpm": Diffusers("ddpm", "peer", DDPM_MENU),
+    "diffusers_ddpm_diffjax_recipe": Diffusers("ddpm", "diffjax", DDPM_MENU),
+    "diffusers_flow_matching_diffjax_recipe": Diffusers("flow_matching", "diffjax", FLOW_MENU),
+    "diffusers_flow_matching": Diffusers("flow_matching", "peer", FLOW_MENU),
+}
 
 
 def record(scorer, path, split, method, seed, sampler, nfe, chosen, command):
@@ -65,33 +127,33 @@ def main() -> None:
     p.add_argument("--runs", default="/work/runs/evidence")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--peer-python", default="/work/venv-peer/bin/python",
+                   help="a python with torch and diffusers, for the diffusers_* rows")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the diffusers rows")
     p.add_argument("methods", nargs="+", choices=sorted(METHODS))
     args = p.parse_args()
     scorer = evidence.Scorer()
     for method in args.methods:
-        config, menu = METHODS[method]
+        side = METHODS[method]
         for seed in args.seeds:
             workdir = os.path.join(args.runs, f"{method}_seed{seed}")
             log = workdir + ".log"
-            base = [sys.executable, "-m", "diffjax.main", "--config", config, "--workdir", workdir]
-            train_cmd = base + [f"--config.seed={seed}", "--noprogress"]
-            call(train_cmd, log)  # trains, resumes, or finds the run finished
+            train_cmd = side.train(workdir, seed, log, args)
             rows = [r for r in evidence.load_rows() if r["method"] == method and r["seed"] == seed]
             val = {r["sampler"]: r for r in rows if r["split"] == "val"}
-            for label, (nfe, ov) in menu.items():
+            for label, (nfe, _) in side.menu.items():
                 if label in val:
                     continue
                 out = os.path.join(evidence.ARTIFACTS, "samples", f"{method}_seed{seed}_{label}_val.npz")
-                cmd = sample(base, ov, 100 + seed, args.num_samples, workdir, out, log)
+                cmd = side.sample(workdir, label, 100 + seed, out, log, args)
                 val[label] = record(scorer, out, "val", method, seed, label, nfe, False, cmd)
             best = min(val.values(), key=lambda r: r["frechet_distance"])["sampler"]
             if any(r["split"] == "test" for r in rows):
                 continue
-            nfe, ov = menu[best]
             out = os.path.join(evidence.ARTIFACTS, "samples", f"{method}_seed{seed}_{best}_test.npz")
-            cmd = sample(base, ov, 200 + seed, args.num_samples, workdir, out, log)
-            record(scorer, out, "test", method, seed, best, nfe, True,
-                   f"{cmd}  # trained by: {' '.join(train_cmd[1:])}")
+            cmd = side.sample(workdir, best, 200 + seed, out, log, args)
+            record(scorer, out, "test", method, seed, best, side.menu[best][0], True,
+                   f"{cmd}  # trained by: {train_cmd}")
 
 
 if __name__ == "__main__":
