@@ -12,12 +12,13 @@ _xla_flags.apply_cpu_defaults()  # before any JAX backend starts: XLA reads XLA_
 
 from diffjax import core, discrete, samplers  # noqa: E402
 from diffjax import distill  # noqa: E402  (few-step generation: progressive distillation, consistency)
+from diffjax import adapt  # noqa: E402  (LoRA on parameter trees)
 from diffjax._host_memory import reuse_freed_host_memory  # noqa: E402
 from diffjax.core import *  # noqa: F401,F403,E402
 from diffjax.samplers import colorize, inpaint  # noqa: E402  (samplers, at top level like the core)
 
 __version__ = "0.1.0"
-__all__ = ["core", "discrete", "samplers", "nets", "train", "data", "eval", "run",
+__all__ = ["core", "discrete", "samplers", "distill", "adapt", "nets", "train", "data", "eval", "run",
            "reuse_freed_host_memory", "inpaint", "colorize"] + core.__all__
 
 _LAZY = ("nets", "train", "data", "eval", "run")
