@@ -48,6 +48,7 @@ def get_config():
     config.seed = 42
     config.task = "diffusion"                # diffusion | classifier (the Fashion-MNIST feature classifier)
                                              # | noisy_classifier (p(y | x_t, t) for classifier guidance)
+                                             # | adapt (a LoRA adapter of a trained model, config.adapt)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128
@@ -95,6 +96,7 @@ def get_config():
     sampling.ema_sigma_rel = 0.0             # > 0: sample the post-hoc EMA of this length (needs posthoc_ema_freq)
     sampling.guidance_scale = 0.0            # classifier-free guidance w (class-conditional models)
     sampling.classifier_scale = 0.0          # classifier guidance scale (0: off); labels y = arange(n) % classes
+    sampling.adapter_scale = 1.0             # config.task="adapt": the LoRA's strength (0: the base model)
     sampling.classifier_workdir = ""         # workdir of a config.task="noisy_classifier" run (same process)
     sampling.clip_denoised = False           # clip the predicted x0 to [-1, 1] (DDPM's sampler; diffusers' clip_sample)
     sampling.dynamic_threshold = 0.0         # Imagen's dynamic thresholding percentile (0: off)
@@ -243,4 +245,20 @@ def get_config():
     dist.heartbeat_timeout_s = 100           # a process silent this long is dead: the others exit with an error
     dist.fsdp = 1                            # size of the "fsdp" mesh axis
     dist.fsdp_min_size = 2 ** 18
+    # config.task = "adapt": a LoRA adapter (diffjax.adapt) of the model this config describes, trained in
+    # adapt.base_workdir; only the adapter is trained and checkpointed (diffjax/run/_adapt.py)
+    config.adapt = ad = ml_collections.ConfigDict()
+    ad.method = "lora"                       # lora (dreambooth, textual_inversion: with the text-conditional models)
+    ad.base_workdir = ""                     # the trained base model's workdir (read-only)
+    ad.images = ""                           # the new concept: an .npz (uint8 x, (N, H, W, C)) or a folder of PNGs
+    ad.label = -1                            # class-conditional bases: the class the images are taught under
+    ad.rank = 4
+    ad.alpha = 0.0                           # the update's scale alpha / rank; 0: alpha = rank
+    ad.targets = ()                          # kernel path patterns (fnmatch, e.g. "*attn*"); (): every Dense / Conv
+    ad.batch_size = 16
+    ad.n_iters = 300
+    ad.lr = 1e-3
+    ad.ema_rate = 0.99                       # bias-corrected EMA of the adapter (what --mode sample uses)
+    ad.log_freq = 50
+    ad.checkpoint_freq = 100
     return config

@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
 MODES = ("train", "sample", "eval", "likelihood", "stats", "describe")
-TASKS = ("diffusion", "classifier", "noisy_classifier")
+TASKS = ("diffusion", "classifier", "noisy_classifier", "adapt")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_string("compile_cache", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
@@ -64,7 +64,7 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
     from diffjax import config_lib as cl
     _choice("mode", mode, MODES)
     _choice("task", config.task, TASKS)
-    if config.task == "diffusion":
+    if config.task in ("diffusion", "adapt"):  # an adapter's config is its base model's plus adapt.*
         cl.validate(config)
     if mode == "describe":
         return dr.describe(config)
@@ -78,6 +78,10 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
         if mode != "train":
             raise ValueError(f"config.task='noisy_classifier' supports --mode train only, got --mode {mode}")
         return dr.train_noisy_classifier(config, workdir)
+    if config.task == "adapt":
+        if mode not in ("train", "sample"):
+            raise ValueError(f"config.task='adapt' supports --mode train and sample, got --mode {mode}")
+        return (dr.train_adapter if mode == "train" else dr.sample_adapter)(config, workdir, progress=progress)
     method = cl.distill_method(config)
     if method is not None and mode != "stats":  # a few-step student
         if mode not in ("train", "sample"):

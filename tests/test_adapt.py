@@ -138,8 +138,6 @@ def test_bad_settings_and_another_base_are_rejected(model):
     _, params, _ = model
     with pytest.raises(ValueError, match="rank must be"):
         adapt.lora_init(jax.random.key(0), params, rank=0)
-    with pytest.raises(ValueError, match="exceeds min"):
-        adapt.lora_init(jax.random.key(0), params, rank=4)  # out/kernel is 5 x 3
     with pytest.raises(ValueError, match="matches no Dense or Conv kernel"):
         adapt.lora_init(jax.random.key(0), params, rank=1, targets=["*bias*"])
     with pytest.raises(ValueError, match="alpha"):

@@ -89,7 +89,8 @@ def lora_init(key: jax.Array, params, *, rank: int, alpha: Optional[float] = Non
     Args:
         key: PRNG key of the Gaussian ``down`` matrices.
         params: the base model's parameter tree (any nesting; only its kernels are read).
-        rank: ``r``, the rank of every update, ``1 <= r <= min(fan_in, fan_out)`` of each kernel.
+        rank: ``r``, the rank of every update (an update's rank is at most ``min(fan_in, fan_out)`` of its kernel,
+            e.g. 1 for an output conv to one channel, whatever ``r`` is).
         alpha: the update's scale numerator (default ``rank``: scale 1).
         targets: kernel path patterns (:func:`lora_kernel_paths`); default every Dense and Conv kernel.
     """
@@ -104,9 +105,6 @@ def lora_init(key: jax.Array, params, *, rank: int, alpha: Optional[float] = Non
     for path, k in zip(paths, jax.random.split(key, len(paths))):
         shape = kernels[path].shape
         fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
-        if rank > min(fan_in, fan_out):
-            raise ValueError(f"rank={rank} exceeds min(fan_in, fan_out)={min(fan_in, fan_out)} of {path} "
-                             f"{tuple(shape)}; choose a smaller rank or narrower targets")
         layers[path] = {"down": jax.random.normal(k, (fan_in, rank), dtype) / math.sqrt(fan_in),
                         "up": jnp.zeros((rank, fan_out), dtype)}
     return LoraAdapter(layers=layers, alpha=alpha, rank=rank)

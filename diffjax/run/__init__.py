@@ -14,6 +14,8 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
   (``diffjax/run/_noisy_classifier.py``).
 - :func:`train_distill`, :func:`sample_distill`, :class:`Distiller`: few-step students (``config.distill``:
   progressive distillation, consistency distillation / training) (``diffjax/run/_distill.py``).
+- :func:`train_adapter`, :func:`sample_adapter`: a LoRA adapter of a trained model (``config.task="adapt"``,
+  ``config.adapt``) (``diffjax/run/_adapt.py``).
 """
 from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
 from diffjax.run._noisy_classifier import (NOISY_CLASSIFIER_JSON, init_noisy_classifier, make_noisy_classifier_step,
@@ -23,8 +25,10 @@ from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_label, eval
                                validate_eval)
 from diffjax.run._run import Run, describe, sample, sampler_label, train
 from diffjax.run._distill import DistillState, Distiller, sample_distill, train_distill
+from diffjax.run._adapt import AdapterRun, load_adapt_images, sample_adapter, train_adapter
 
 __all__ = ["Run", "train", "sample", "sampler_label", "describe", "Distiller", "DistillState", "train_distill", "sample_distill",
+           "train_adapter", "sample_adapter", "AdapterRun", "load_adapt_images",
            "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
            "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",
            "NOISY_CLASSIFIER_JSON", "FEATURE_NETS",

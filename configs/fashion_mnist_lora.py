@@ -1,0 +1,24 @@
+"""A LoRA adapter (diffjax.adapt) of the budget rectified-flow model (configs/fashion_mnist_budget_rf.py): teach it a
+concept from a few images, training only rank-4 factors of its Dense and Conv kernels.
+
+    python -m diffjax.main --config configs/fashion_mnist_budget_rf.py --workdir BASE          # the base model
+    python -m diffjax.main --config configs/fashion_mnist_lora.py --workdir W \\
+        --config.adapt.base_workdir=BASE --config.adapt.images=concept.npz                    # uint8 x (N, 28, 28, 1)
+    python -m diffjax.main --config configs/fashion_mnist_lora.py --workdir W --mode sample \\
+        --config.adapt.base_workdir=BASE --config.sampling.adapter_scale=0.5
+"""
+from configs import fashion_mnist_budget_rf
+
+
+def get_config():
+    config = fashion_mnist_budget_rf.get_config()
+    config.task = "adapt"
+    a = config.adapt
+    a.method = "lora"
+    a.rank = 4
+    a.batch_size = 16
+    a.n_iters = 300
+    a.lr = 1e-3
+    config.sampling.num_samples = 64
+    config.sampling.batch_size = 64
+    return config
