@@ -1,7 +1,8 @@
 """CLIP on Fashion-MNIST and its templated captions (diffjax.data: class synonyms plus dark / light and small / large
-measured from the pixels): a small transformer text encoder and a small residual CNN image encoder trained with
-CLIP's symmetric InfoNCE loss and a learned temperature. Retrieval accuracy on the test split (image -> the 10 class
-prompts, and image <-> held-out captions whose sentence frames training never used) goes to WORKDIR/clip.json:
+measured from the pixels): a small transformer text encoder and a small residual CNN image encoder (config.clip.*,
+defaults in configs/default.py) trained with CLIP's symmetric InfoNCE loss and a learned temperature. Retrieval
+accuracy on the test split (image -> the 10 class prompts, and image <-> held-out captions whose sentence frames
+training never used) goes to WORKDIR/clip.json:
 
     python -m diffjax.main --config configs/fashion_mnist_clip.py --workdir /tmp/fmnist_clip
 
@@ -18,19 +19,6 @@ from configs import fashion_mnist_ddpm
 def get_config():
     config = fashion_mnist_ddpm.get_config()
     config.task = "clip"
-    c = config.clip
-    c.embed_dim = 64
-    c.text_width = 64
-    c.text_depth = 2
-    c.text_heads = 4
-    c.ch = 16
-    c.ch_mult = (1, 2, 2)
-    c.num_res_blocks = 1
-    c.norm_groups = 8
-    c.steps = 2000
-    c.batch_size = 128
-    c.log_every = 100
-    c.num_test_examples = 2000
     o = config.optim
     o.lr = 1e-3
     o.warmup = 100

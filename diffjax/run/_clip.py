@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import append_metrics, split_rows, train_lock
+from diffjax.run._common import append_metrics, split_rows, task_batches, task_optimizer, train_lock
 from diffjax.run._noisy_classifier import _save_params_atomic
 
 CLIP_JSON = "clip.json"
@@ -62,6 +62,23 @@ def make_clip_step(config, model, sde, optimizer):
     return step
 
 
+def _noised(config, sde, t):
+    """``(key, x) -> (x,)`` for ``t=None``, else ``(key, x) -> (x_t, noise labels)`` at time ``t`` on the config's
+    process (fresh noise per image): what the image tower is fed."""
+    if t is None:
+        return lambda key, x: (x,)
+    import jax
+    import jax.numpy as jnp
+    from diffjax import config_lib as cl
+    marginal, labels_of = cl.network_marginal(config, sde), cl.clip_noise_labels(config, sde)
+
+    def seen(key, x):
+        tb = jnp.full((x.shape[0],), t, jnp.float32)
+        return marginal.perturb(x, tb, jax.random.normal(key, x.shape, x.dtype)), labels_of(tb)
+
+    return seen
+
+
 def clip_retrieval(config, model, sde, params, images, labels, key, *, t=None):
     """Retrieval accuracy of a CLIP model on uint8 ``images`` ``(N, H, W, C)`` with class ``labels``, the images
     seen at time ``t`` (``x_t``, fresh noise per image; noise-aware models only; ``None``: clean images).
@@ -86,16 +103,11 @@ def clip_retrieval(config, model, sde, params, images, labels, key, *, t=None):
                                         shades, sizes, split="heldout")
     class_ids, class_mask = tok.encode(ddata.class_prompts(), max_length=int(c.max_length))
     x, bs = ddata.to_unit(images), int(c.eval_batch_size)
-    labels_of = cl.clip_noise_labels(config, sde) if t is not None else None
-    marginal = cl.network_marginal(config, sde)
+    seen_at = _noised(config, sde, t)
 
     @jax.jit
     def embed_images(params, key, xb):
-        if labels_of is None:
-            return model.apply({"params": params}, xb, method=model.encode_image)
-        tb = jnp.full((xb.shape[0],), t, jnp.float32)
-        xt = marginal.perturb(xb, tb, jax.random.normal(key, xb.shape, xb.dtype))
-        return model.apply({"params": params}, xt, labels_of(tb), method=model.encode_image)
+        return model.apply({"params": params}, *seen_at(key, xb), method=model.encode_image)
 
     @jax.jit
     def embed_texts(params, ids, mask):
@@ -140,11 +152,7 @@ def _train(config, workdir):
     t0 = time.perf_counter()
     images, labels = split_rows(config, "train", int(c.num_train_examples))
     x_test, y_test = split_rows(config, "test", int(c.num_test_examples))
-    batches = ddata.ImageData.from_arrays(images, labels, global_batch=int(c.batch_size), seed=int(config.seed),
-                                          process_index=0, process_count=1)
-    opt_config = config.copy_and_resolve_references()
-    opt_config.training.n_iters = int(c.steps)  # optim.lr_decay's horizon: the CLIP model's steps
-    optimizer = cl.build_optimizer(opt_config)
+    batches, optimizer = task_batches(config, images, labels, c.batch_size), task_optimizer(config, c.steps)
     sde, model, tok = cl.build_sde(config), cl.build_clip(config), cl.clip_tokenizer(config)
     key = jax.random.key(config.seed)
     params = cl.init_clip(config, model, jax.random.fold_in(key, 0))
