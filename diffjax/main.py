@@ -68,7 +68,7 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
     if config.task == "diffusion":
         cl.validate(config)
     if mode == "describe":
-        return dr.describe(config)
+        return dr.describe_clip(config) if config.task == "clip" else dr.describe(config)
     if not workdir:
         raise ValueError(f"--workdir is required for --mode {mode}")
     if config.task == "classifier":

@@ -20,7 +20,7 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
 from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
 from diffjax.run._noisy_classifier import (NOISY_CLASSIFIER_JSON, init_noisy_classifier, make_noisy_classifier_step,
                                            noisy_classifier_accuracy_by_time, train_noisy_classifier)
-from diffjax.run._clip import CLIP_JSON, batch_captions, clip_retrieval, make_clip_step, train_clip
+from diffjax.run._clip import CLIP_JSON, batch_captions, clip_retrieval, describe_clip, make_clip_step, train_clip
 from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_label, eval_samples, eval_settings, evaluate,
                                evaluate_images, feature_net_name, likelihood, reference_statistics, stats_mode,
                                validate_eval)
@@ -31,6 +31,6 @@ __all__ = ["Run", "train", "sample", "sampler_label", "describe", "Distiller", "
            "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
            "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",
            "NOISY_CLASSIFIER_JSON", "FEATURE_NETS",
-           "train_clip", "make_clip_step", "clip_retrieval", "batch_captions", "CLIP_JSON",
+           "train_clip", "describe_clip", "make_clip_step", "clip_retrieval", "batch_captions", "CLIP_JSON",
            "validate_eval", "feature_net_name", "build_feature_net", "reference_statistics", "stats_mode",
            "evaluate_images", "eval_settings", "eval_label", "eval_samples", "evaluate", "likelihood"]

@@ -129,6 +129,25 @@ def clip_retrieval(config, model, sde, params, images, labels, key, *, t=None):
     return out
 
 
+def describe_clip(config):
+    """Print the CLIP model of ``config.clip`` (``--mode describe`` of ``config.task="clip"``): parameters per tower
+    and in all, after checking the config; compiles nothing."""
+    import jax
+    from diffjax import config_lib as cl
+    from diffjax.nets import count_params
+    cl.validate_clip(config)
+    model, c = cl.build_clip(config), config.clip
+    params = jax.eval_shape(lambda k: cl.init_clip(config, model, k), jax.random.key(0))
+    shape = cl.input_shape(config, 1)
+    print(f"CLIP on input {shape} and {c.max_length} tokens ({cl.clip_tokenizer(config).vocab_size} words)")
+    width = max(len(name) for name in params)
+    print("\n".join(f"{name:<{width}}  {count_params(p):>12,}" for name, p in params.items()))
+    n = count_params(params)
+    print(f"total parameters: {n:,} ({n / 1e6:.2f} M)")
+    print(f"task clip: {'noise-aware (training.sde ' + config.training.sde + ')' if c.noise_aware else 'clean'} image "
+          f"tower, embedding {c.embed_dim}; {c.steps} steps of batch {c.batch_size}; dataset {config.data.dataset}")
+
+
 def train_clip(config, workdir):
     """Train the CLIP model of ``config.clip`` on ``data.dataset``'s train split and its captions; write
     ``WORKDIR/clip_params.npz``, ``clip_config.json``, the test retrieval accuracy (``clip.json``; for a noise-aware
