@@ -238,3 +238,64 @@ def test_text_encoder_bad_inputs():
         model.init(jax.random.key(0), ids, ids > 0)
     with pytest.raises(ValueError, match=r"mask must be shaped like ids \(1, 4\), got \(1, 3\)"):
         model.init(jax.random.key(0), ids[:, :4], ids[:, :3] > 0)
+
+
+# --- the spatial transformer (cross-attention to text tokens)
+
+
+def _spatial(x, ctx, mask, key=0):
+    model = nets.SpatialTransformer(num_heads=2, norm_groups=4)
+    params = model.init(jax.random.key(key), x, ctx, mask)
+    # proj_out starts at zero (the block starts as the identity): give it weights to see the attention's effect
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, a: jax.random.normal(jax.random.key(5), a.shape) * 0.2
+        if "proj_out" in jax.tree_util.keystr(p) else a, params)
+    return model, params
+
+
+def test_spatial_transformer_shapes_identity_at_init_and_padding_mask():
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(k1, (2, 4, 4, 8))
+    ctx = jax.random.normal(k2, (2, 5, 6))
+    mask = jnp.array([[True, True, True, False, False], [True, True, True, True, True]])
+    model = nets.SpatialTransformer(num_heads=2, norm_groups=4)
+    fresh = model.init(jax.random.key(0), x, ctx, mask)
+    np.testing.assert_array_equal(model.apply(fresh, x, ctx, mask), x)  # zero-initialised output projection
+    model, params = _spatial(x, ctx, mask)
+    apply = jax.jit(model.apply)
+    out = apply(params, x, ctx, mask)
+    assert out.shape == x.shape and np.all(np.isfinite(np.asarray(out)))
+    assert float(jnp.abs(out - x).max()) > 1e-3
+    # the padded context tokens change nothing: other values there, or dropping them
+    ctx2 = ctx.at[0, 3:].set(100.0)
+    np.testing.assert_allclose(apply(params, x, ctx2, mask), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(apply(params, x[:1], ctx[:1, :3], mask[:1, :3]), out[:1], rtol=1e-5, atol=1e-5)
+    # a real context token does change the output
+    assert float(jnp.abs(apply(params, x, ctx.at[0, 1].set(3.0), mask)[0] - out[0]).max()) > 1e-4
+    # without a mask every token counts: the padded values then matter
+    assert float(jnp.abs(apply(params, x, ctx2, None)[0] - out[0]).max()) > 1e-4
+
+
+def test_spatial_transformer_takes_text_encoder_tokens():
+    tok = ddata.caption_tokenizer()
+    ids, mask = tok.encode(["a dark sneaker", "a photo of a pair of small light jeans"], max_length=16)
+    enc = nets.TextEncoder(vocab_size=tok.vocab_size, max_length=16, width=12, depth=1, num_heads=2)
+    tokens, _ = enc.apply(enc.init(jax.random.key(0), ids, mask), ids, mask)
+    x = jax.random.normal(jax.random.key(1), (2, 3, 3, 8))
+    model, params = _spatial(x, tokens, mask)
+    out = model.apply(params, x, tokens, mask)
+    assert out.shape == (2, 3, 3, 8) and np.all(np.isfinite(np.asarray(out)))
+
+
+@pytest.mark.parametrize("args,match", [
+    (((2, 4, 4, 6), (2, 5, 6), (2, 5)), r"x's channels 6 must be divisible by num_heads=4"),
+    (((2, 4, 4, 8), (3, 5, 6), (3, 5)), r"context must be shaped \(batch=2, M, D\), got shape \(3, 5, 6\)"),
+    (((2, 4, 4, 8), (2, 5, 6), (2, 4)), r"context_mask must be shaped \(batch, M\) = \(2, 5\), got \(2, 4\)"),
+    (((4, 4, 8), (2, 5, 6), (2, 5)), r"x must be shaped \(batch, H, W, C\), got shape \(4, 4, 8\)"),
+])
+def test_spatial_transformer_bad_inputs(args, match):
+    x, ctx, mask = jnp.zeros(args[0]), jnp.zeros(args[1]), jnp.ones(args[2], bool)
+    with pytest.raises(ValueError, match=match):
+        nets.SpatialTransformer(num_heads=4, norm_groups=2).init(jax.random.key(0), x, ctx, mask)
+    with pytest.raises(ValueError, match=r"num_heads must be >= 1, got 0"):
+        nets.SpatialTransformer(num_heads=0)

@@ -22,6 +22,7 @@ from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_condition
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
 from diffjax.nets._clip import CLIP
+from diffjax.nets._cross_attention import CrossAttention, SpatialTransformer, TransformerBlock
 from diffjax.nets._text import TEXT_POOLINGS, TextEncoder
 from diffjax.nets._dit import DiT, dit_timestep_embedding, sincos_pos_embed_2d
 from diffjax.nets._attention import AttnBlock, attention, masked_attention
@@ -50,4 +51,5 @@ __all__ = [
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d", "attention", "group_norm",
     "TextEncoder", "TEXT_POOLINGS", "CLIP", "masked_attention",
+    "CrossAttention", "TransformerBlock", "SpatialTransformer",
 ]

@@ -1,9 +1,9 @@
 """A small transformer text encoder (the ``tau_theta(y)`` of latent diffusion; CLIP's text tower, Radford et al. 2021).
 
-Token and learned position embeddings, ``depth`` pre-LN blocks (``x + Attn(LN(x))``, ``x + MLP(LN(x))``) whose
-attention leaves out the padding tokens, a final LayerNorm. Returns the per-token features (zero at padding, for
-cross-attention) and one pooled vector per text: the features at the EOS token (the last real token) or their mean
-over the real tokens. Padding tokens change nothing: neither the real tokens' features nor the pooled vector depend on
+Token and learned position embeddings, ``depth`` pre-LN blocks (``x + Attn(LN(x))``, ``x + MLP(LN(x))``,
+:class:`~diffjax.nets.TransformerBlock`) whose attention leaves out the padding tokens, a final LayerNorm. Returns the
+per-token features (zero at padding, for cross-attention) and one pooled vector per text: the features at the EOS
+token (the last real token) or their mean over the real tokens. Padding tokens change nothing: neither the real tokens' features nor the pooled vector depend on
 the ids or the number of padded positions.
 """
 from __future__ import annotations
@@ -14,37 +14,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffjax.core._checks import check_choice, check_int, check_positive
-from diffjax.nets._attention import masked_attention
+from diffjax.nets._cross_attention import TransformerBlock
 from diffjax.nets._inputs import check_dtype
 
 __all__ = ["TextEncoder", "TEXT_POOLINGS"]
 
 TEXT_POOLINGS = ("eos", "mean")
-_xavier = nn.initializers.xavier_uniform()
-
-
-def _dense(features, name, dtype):
-    return nn.Dense(features, kernel_init=_xavier, param_dtype=jnp.float32, dtype=dtype, name=name)
-
-
-class TextBlock(nn.Module):
-    """Pre-LN transformer block with a key padding mask."""
-
-    width: int
-    num_heads: int
-    mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, mask):
-        b, n, d = x.shape
-        h = nn.LayerNorm(dtype=self.dtype, name="norm1")(x)
-        qkv = _dense(3 * d, "qkv", self.dtype)(h).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-        h = masked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask).reshape(b, n, d)
-        x = x + _dense(d, "proj", self.dtype)(h)
-        h = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
-        h = nn.gelu(_dense(int(d * self.mlp_ratio), "fc1", self.dtype)(h), approximate=True)
-        return x + _dense(d, "fc2", self.dtype)(h)
 
 
 class TextEncoder(nn.Module):
@@ -97,7 +72,7 @@ class TextEncoder(nn.Module):
                      name="token_embed")(ids) + pos[None, :length]
         h = h.astype(self.dtype)
         for i in range(self.depth):
-            h = TextBlock(self.width, self.num_heads, self.mlp_ratio, self.dtype, name=f"block{i}")(h, mask)
+            h = TransformerBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"block{i}")(h, mask)
         h = nn.LayerNorm(dtype=self.dtype, name="norm_out")(h).astype(jnp.float32)
         tokens = jnp.where(mask[..., None], h, 0.0)
         count = jnp.sum(mask, axis=1)
