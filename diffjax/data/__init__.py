@@ -17,5 +17,6 @@ __all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array
            "random_flip", "dequantize", "ToyData", "ImageData", "TOY_DATASETS", "ring8", "swiss_roll", "checkerboard",
            "two_moons", "toy_sample",
            "CLASS_NAMES", "CLASS_SYNONYMS", "CAPTION_SPLITS", "Prompt", "attribute_measures", "measure_attributes",
-           "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt", "prompt_matches", "match_matrix",
+           "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt", "prompt_matches",
+           "match_matrix",
            "text_words", "Tokenizer", "caption_tokenizer", "SPECIAL_TOKENS"]

@@ -33,8 +33,8 @@ import numpy as np
 
 __all__ = ["CLASS_NAMES", "CLASS_SYNONYMS", "SHADE_WORDS", "SIZE_WORDS", "CAPTION_SPLITS", "INK_THRESHOLD",
            "DARK_BELOW", "LIGHT_ABOVE", "SMALL_BELOW", "LARGE_ABOVE", "Prompt", "measure_attributes",
-           "attribute_measures", "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt", "prompt_matches",
-           "match_matrix", "text_words"]
+           "attribute_measures", "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt",
+           "prompt_matches", "match_matrix", "text_words"]
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")

@@ -62,8 +62,9 @@ class CLIP(nn.Module):
         """Unit image embeddings ``(B, embed_dim)`` of ``x`` ``(B, H, W, C)`` (``x_t`` with its noise labels
         ``(B,)`` when ``noise_aware``)."""
         if self.noise_aware == (noise_labels is None):
+            got = "None" if noise_labels is None else "an array"
             raise ValueError(f"noise_aware={self.noise_aware}: encode_image needs noise_labels of x_t exactly when "
-                             f"the image tower is noise-aware, got noise_labels={'None' if noise_labels is None else 'an array'}")
+                             f"the image tower is noise-aware, got noise_labels={got}")
         labels = jnp.zeros((x.shape[0],), jnp.float32) if noise_labels is None else noise_labels
         return _unit(self.image_encoder(x, labels, train=train))
 

@@ -3,8 +3,8 @@
 Token and learned position embeddings, ``depth`` pre-LN blocks (``x + Attn(LN(x))``, ``x + MLP(LN(x))``,
 :class:`~diffjax.nets.TransformerBlock`) whose attention leaves out the padding tokens, a final LayerNorm. Returns the
 per-token features (zero at padding, for cross-attention) and one pooled vector per text: the features at the EOS
-token (the last real token) or their mean over the real tokens. Padding tokens change nothing: neither the real tokens' features nor the pooled vector depend on
-the ids or the number of padded positions.
+token (the last real token) or their mean over the real tokens. Padding tokens change nothing: neither the real
+tokens' features nor the pooled vector depend on the ids or the number of padded positions.
 """
 from __future__ import annotations
 
