@@ -49,6 +49,7 @@ def get_config():
     config.task = "diffusion"                # diffusion | classifier (the Fashion-MNIST feature classifier)
                                              # | noisy_classifier (p(y | x_t, t) for classifier guidance)
                                              # | adapt (a LoRA adapter of a trained model, config.adapt)
+                                             # | clip (contrastive text-image encoders on captioned images)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128
@@ -204,6 +205,31 @@ def get_config():
     ncl.num_test_examples = 2000             # first examples of the test split for the accuracy; 0: all
     ncl.num_noise_bins = 10                  # test accuracy in this many equal bins of t in [training.t_eps, T]
     ncl.eval_batch_size = 500
+
+    # config.task = "clip": a text encoder and an image encoder trained contrastively (CLIP) on Fashion-MNIST and
+    # its templated captions (diffjax.data.captions), optimizer optim.*; with noise_aware the image encoder sees x_t
+    # on training.sde's process (t ~ U[training.t_eps, T), time input model.time_input), for CLIP guidance
+    config.clip = clp = ml_collections.ConfigDict()
+    clp.embed_dim = 64                       # joint embedding width
+    clp.init_temperature = 0.07              # softmax temperature at initialisation (learned)
+    clp.noise_aware = False
+    clp.consistent_positives = True          # every caption of the batch that fits an image is its positive
+    clp.max_length = 16                      # tokens per caption with BOS / EOS (the longest caption has 13 words)
+    clp.text_width = 64
+    clp.text_depth = 2
+    clp.text_heads = 4
+    clp.pool = "eos"                         # eos | mean: the text embedding from the EOS token or the token mean
+    clp.ch = 16                              # image tower (a NoiseConditionalClassifier trunk)
+    clp.ch_mult = (1, 2, 2)
+    clp.num_res_blocks = 1
+    clp.norm_groups = 8
+    clp.steps = 2000
+    clp.batch_size = 128
+    clp.log_every = 100
+    clp.num_train_examples = 0               # first examples of the train split; 0: all
+    clp.num_test_examples = 2000             # first examples of the test split for retrieval; 0: all
+    clp.eval_batch_size = 500
+    clp.num_noise_bins = 5                   # noise_aware: retrieval at the centres of this many bins of t
 
     # Few-step generation (diffjax/run/_distill.py): with distill.method set, --mode train distils / trains the
     # student (same network as model.*, on training.sde) and --mode sample samples it with its few steps

@@ -1,7 +1,8 @@
 """Command line: ``python -m diffjax.main --config configs/X.py --workdir DIR --mode MODE``.
 
 Modes: ``train`` (a diffusion model, the Fashion-MNIST feature classifier when ``config.task="classifier"``, or the
-noise-conditional classifier of classifier guidance when ``config.task="noisy_classifier"``),
+noise-conditional classifier of classifier guidance when ``config.task="noisy_classifier"``, the contrastive
+text-image model when ``config.task="clip"``, or a LoRA adapter of a trained model when ``config.task="adapt"``),
 ``sample``, ``eval`` (FID-type metrics of EMA samples, resumable), ``likelihood`` (bits/dim through the
 probability-flow ODE, plus the DDPM variational bound for discrete DDPM models; NLL in nats on toy data),
 ``stats`` (cache the reference statistics only) and ``describe``.
@@ -32,7 +33,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
 MODES = ("train", "sample", "eval", "likelihood", "stats", "describe")
-TASKS = ("diffusion", "classifier", "noisy_classifier", "adapt")
+TASKS = ("diffusion", "classifier", "noisy_classifier", "clip", "adapt")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_string("compile_cache", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
@@ -67,7 +68,7 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
     if config.task in ("diffusion", "adapt"):  # an adapter's config is its base model's plus adapt.*
         cl.validate(config)
     if mode == "describe":
-        return dr.describe(config)
+        return dr.describe_clip(config) if config.task == "clip" else dr.describe(config)
     if not workdir:
         raise ValueError(f"--workdir is required for --mode {mode}")
     if config.task == "classifier":
@@ -82,6 +83,10 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
         if mode not in ("train", "sample"):
             raise ValueError(f"config.task='adapt' supports --mode train and sample, got --mode {mode}")
         return (dr.train_adapter if mode == "train" else dr.sample_adapter)(config, workdir, progress=progress)
+    if config.task == "clip":
+        if mode != "train":
+            raise ValueError(f"config.task='clip' supports --mode train only, got --mode {mode}")
+        return dr.train_clip(config, workdir)
     method = cl.distill_method(config)
     if method is not None and mode != "stats":  # a few-step student
         if mode not in ("train", "sample"):

@@ -32,7 +32,8 @@ def test_describe_every_config(name):
     assert "total parameters:" in text
     # the network the config's task trains
     expected = {"classifier": "FeatureClassifier on input (1, 28, 28, 1)",
-                "noisy_classifier": "NoiseConditionalClassifier on input (1, 28, 28, 1)"}.get(
+                "noisy_classifier": "NoiseConditionalClassifier on input (1, 28, 28, 1)",
+                "clip": "CLIP on input (1, 28, 28, 1) and 16 tokens"}.get(
                     cfg.task, f"model {cfg.model.name}: ")
     assert expected in text, text[-2000:]
 

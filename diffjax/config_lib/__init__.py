@@ -13,12 +13,15 @@ job:
 * ``_loss``: the training objective, from ``training.loss`` to ``loss_fn(params, key, batch)``.
 * ``_sampler``: the sampler of ``sampling.*`` and the typing of ``sampling.options``.
 * ``_noisy_classifier``: the noise-conditional classifier of classifier guidance.
+* ``_clip``: the contrastive text-image model of ``config.task="clip"`` and its tokenizer.
 * ``_distill``: the few-step method of ``config.distill`` as one object.
 * ``_validate``: :func:`validate`, the whole diffusion config before anything is compiled.
 """
 from diffjax.config_lib._build import (EMA_SCHEDULES, LR_DECAYS, MULTI_STEPS, build_dataset, build_ema_decay,
                                        build_learning_rate, build_model, build_optimizer, build_sde,
                                        build_train_steps, posthoc_sigma_rels)
+from diffjax.config_lib._clip import (CLIP_CONFIG, CLIP_DATASETS, CLIP_PARAMS, build_clip, clip_noise_labels,
+                                     clip_record, clip_tokenizer, init_clip, load_clip, validate_clip)
 from diffjax.config_lib._distill import (DISTILL_METHODS, DISTILL_METRICS, DISTILL_ODE_STEPS,
                                          DISTILL_PARAMETERIZATIONS, DISTILL_WEIGHTINGS, distill_method,
                                          distill_rounds, distill_student_config, distill_total_steps,
@@ -50,4 +53,6 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "load_noisy_classifier", "sampling_num_classes",
            "DISTILL_METHODS", "DISTILL_METRICS", "DISTILL_ODE_STEPS", "DISTILL_WEIGHTINGS", "DISTILL_PARAMETERIZATIONS",
            "distill_method", "validate_distill", "distill_rounds", "distill_total_steps", "distill_student_config",
-           "edm_preconditioned"]
+           "edm_preconditioned",
+           "CLIP_PARAMS", "CLIP_CONFIG", "CLIP_DATASETS", "build_clip", "clip_noise_labels", "clip_record",
+           "clip_tokenizer", "init_clip", "load_clip", "validate_clip"]

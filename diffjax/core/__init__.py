@@ -10,9 +10,10 @@ from diffjax.core.weighting import *  # noqa: F401,F403
 from diffjax.core.likelihood import *  # noqa: F401,F403
 from diffjax.core.guidance import *  # noqa: F401,F403
 from diffjax.core.learned_variance import *  # noqa: F401,F403
+from diffjax.core.contrastive import *  # noqa: F401,F403
 from diffjax.core import contracts, schedules, process, chains, sde, parameterizations, mixture, losses, likelihood, \
-    guidance, learned_variance, weighting
+    guidance, learned_variance, weighting, contrastive
 
 __all__ = (contracts.__all__ + schedules.__all__ + process.__all__ + sde.__all__ + parameterizations.__all__
            + mixture.__all__ + losses.__all__ + weighting.__all__ + likelihood.__all__ + guidance.__all__
-           + learned_variance.__all__)
+           + learned_variance.__all__ + contrastive.__all__)

@@ -1,7 +1,8 @@
 """Score networks (flax.linen) and the bridge to the core.
 
 Networks map ``(x, noise_labels[, y])`` to an array shaped like ``x`` and know nothing about SDEs;
-:func:`make_score_fn` (the only bridge) turns one into the core's ``score_fn(x, t)``.
+:func:`make_score_fn` (the only bridge) turns one into the core's ``score_fn(x, t)``. Text: :class:`TextEncoder`
+(a small transformer over token ids with a padding mask) and :class:`CLIP` (text and image towers, contrastive).
 
 Named constructors (keyword overrides of the fields): :func:`ddpm_cifar10`, :func:`ncsnpp_cifar10`,
 :func:`ncsnpp_deep_cifar10`, :func:`ddpmpp_cifar10`, :func:`ddpmpp_deep_cifar10`, :func:`small32`,
@@ -20,8 +21,11 @@ The layers (:class:`Conv`, :class:`GroupNorm`, :class:`AttnBlock`, :class:`ResBl
 from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_conditional_score_fn, make_score_fn,
                                   noise_labels_for, split_learned_sigma)
 from diffjax.nets._classifier import NoiseConditionalClassifier
+from diffjax.nets._clip import CLIP
+from diffjax.nets._cross_attention import CrossAttention, SpatialTransformer, TransformerBlock
+from diffjax.nets._text import TEXT_POOLINGS, TextEncoder
 from diffjax.nets._dit import DiT, dit_timestep_embedding, sincos_pos_embed_2d
-from diffjax.nets._attention import AttnBlock, attention
+from diffjax.nets._attention import AttnBlock, attention, masked_attention
 from diffjax.nets._base import Dense
 from diffjax.nets._blocks import Downsample, ResBlock, Upsample
 from diffjax.nets._conv import Conv
@@ -46,4 +50,6 @@ __all__ = [
     "sincos_pos_embed_2d", "dit_timestep_embedding",
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d", "attention", "group_norm",
+    "TextEncoder", "TEXT_POOLINGS", "CLIP", "masked_attention",
+    "CrossAttention", "TransformerBlock", "SpatialTransformer",
 ]

@@ -168,3 +168,14 @@ class AttnBlock(nn.Module):
         h = Dense(c, init_scale=self.init_scale, dtype=self.dtype, name="proj")(h)
         out = x + h
         return out / np.sqrt(2.0) if self.skip_rescale else out
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: Optional[jax.Array] = None) -> jax.Array:
+    """``softmax(q k^T / sqrt(d) + log m) v`` over ``(B, N, H, D)`` queries and ``(B, M, H, D)`` keys / values, the
+    keys where ``key_mask`` ``(B, M)`` is False left out (padding tokens); ``None``: every key. A row whose keys are
+    all masked averages all of them (a finite output, never NaN). Plain JAX (softmax in float32)."""
+    w = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+    if key_mask is not None:
+        w = jnp.where(jnp.asarray(key_mask, bool)[:, None, None, :], w, jnp.finfo(jnp.float32).min)
+    w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", w, v)

@@ -12,6 +12,8 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
 - :func:`train_noisy_classifier`, the noise-conditional classifier ``p(y | x_t, t)`` for classifier guidance, with
   :func:`make_noisy_classifier_step` and :func:`noisy_classifier_accuracy_by_time`
   (``diffjax/run/_noisy_classifier.py``).
+- :func:`train_clip`, the contrastive text-image model (``config.task="clip"``) on captioned Fashion-MNIST, with
+  :func:`make_clip_step`, :func:`clip_retrieval` and :func:`batch_captions` (``diffjax/run/_clip.py``).
 - :func:`train_distill`, :func:`sample_distill`, :class:`Distiller`: few-step students (``config.distill``:
   progressive distillation, consistency distillation / training) (``diffjax/run/_distill.py``).
 - :func:`train_adapter`, :func:`sample_adapter`: a LoRA adapter of a trained model (``config.task="adapt"``,
@@ -20,6 +22,7 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
 from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
 from diffjax.run._noisy_classifier import (NOISY_CLASSIFIER_JSON, init_noisy_classifier, make_noisy_classifier_step,
                                            noisy_classifier_accuracy_by_time, train_noisy_classifier)
+from diffjax.run._clip import CLIP_JSON, batch_captions, clip_retrieval, describe_clip, make_clip_step, train_clip
 from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_label, eval_samples, eval_settings, evaluate,
                                evaluate_images, feature_net_name, likelihood, reference_statistics, stats_mode,
                                validate_eval)
@@ -32,5 +35,6 @@ __all__ = ["Run", "train", "sample", "sampler_label", "describe", "Distiller", "
            "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
            "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",
            "NOISY_CLASSIFIER_JSON", "FEATURE_NETS",
+           "train_clip", "describe_clip", "make_clip_step", "clip_retrieval", "batch_captions", "CLIP_JSON",
            "validate_eval", "feature_net_name", "build_feature_net", "reference_statistics", "stats_mode",
            "evaluate_images", "eval_settings", "eval_label", "eval_samples", "evaluate", "likelihood"]

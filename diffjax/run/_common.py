@@ -47,6 +47,23 @@ def split_rows(config, split, n=0):
     return _rows(source, 0, min(n, source.size) if n else source.size)
 
 
+def task_optimizer(config, steps):
+    """``optim.*``'s optimizer for a task of its own ``steps`` (``optim.lr_decay``'s horizon, in place of
+    ``training.n_iters``)."""
+    from diffjax import config_lib as cl
+    opt_config = config.copy_and_resolve_references()
+    opt_config.training.n_iters = int(steps)
+    return cl.build_optimizer(opt_config)
+
+
+def task_batches(config, images, labels, batch_size):
+    """Single-process batches of uint8 ``images`` and ``labels`` (:class:`~diffjax.data.ImageData`, seeded by
+    ``config.seed``, flipped by ``data.random_flip``)."""
+    from diffjax import data as ddata
+    return ddata.ImageData.from_arrays(images, labels, global_batch=int(batch_size), seed=int(config.seed),
+                                       random_flip=bool(config.data.random_flip), process_index=0, process_count=1)
+
+
 def train_lock(workdir):
     """The workdir's training lock (:func:`diffjax.train.workdir_lock`), taken by process 0 only (the other
     processes of a multi-process run share its workdir)."""

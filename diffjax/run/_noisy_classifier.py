@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from diffjax.run._common import append_metrics, split_rows, train_lock
+from diffjax.run._common import append_metrics, split_rows, task_batches, task_optimizer, train_lock
 
 NOISY_CLASSIFIER_JSON = "noisy_classifier.json"
 
@@ -121,12 +121,8 @@ def _train(config, workdir):
     if labels.max(initial=0) >= n_classes:
         raise ValueError(f"noisy_classifier.num_classes={n_classes} but data.dataset={config.data.dataset!r} has "
                          f"label {int(labels.max())}")
-    batches = ddata.ImageData.from_arrays(images, labels, global_batch=int(c.batch_size), seed=int(config.seed),
-                                          random_flip=bool(config.data.random_flip), process_index=0,
-                                          process_count=1)
-    opt_config = config.copy_and_resolve_references()
-    opt_config.training.n_iters = int(c.steps)  # optim.lr_decay's horizon: the classifier's steps
-    optimizer = cl.build_optimizer(opt_config)
+    batches = task_batches(config, images, labels, c.batch_size)
+    optimizer = task_optimizer(config, c.steps)
     sde, model = cl.build_sde(config), cl.build_noisy_classifier(config)
     key = jax.random.key(config.seed)
     params = init_noisy_classifier(config, model, jax.random.fold_in(key, 0))
