@@ -1,7 +1,8 @@
 """Command line: ``python -m diffjax.main --config configs/X.py --workdir DIR --mode MODE``.
 
 Modes: ``train`` (a diffusion model, the Fashion-MNIST feature classifier when ``config.task="classifier"``, or the
-noise-conditional classifier of classifier guidance when ``config.task="noisy_classifier"``),
+noise-conditional classifier of classifier guidance when ``config.task="noisy_classifier"``, the KL autoencoder of
+latent diffusion when ``config.task="autoencoder"``),
 ``sample``, ``eval`` (FID-type metrics of EMA samples, resumable), ``likelihood`` (bits/dim through the
 probability-flow ODE, plus the DDPM variational bound for discrete DDPM models; NLL in nats on toy data),
 ``stats`` (cache the reference statistics only) and ``describe``.
@@ -32,7 +33,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
 MODES = ("train", "sample", "eval", "likelihood", "stats", "describe")
-TASKS = ("diffusion", "classifier", "noisy_classifier")
+TASKS = ("diffusion", "classifier", "noisy_classifier", "autoencoder")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_string("compile_cache", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
@@ -66,6 +67,8 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
     _choice("task", config.task, TASKS)
     if config.task == "diffusion":
         cl.validate(config)
+    if config.task == "autoencoder":
+        return dr.run_autoencoder(config, workdir, mode, progress=progress)
     if mode == "describe":
         return dr.describe(config)
     if not workdir:

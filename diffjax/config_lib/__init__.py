@@ -14,8 +14,11 @@ job:
 * ``_sampler``: the sampler of ``sampling.*`` and the typing of ``sampling.options``.
 * ``_noisy_classifier``: the noise-conditional classifier of classifier guidance.
 * ``_distill``: the few-step method of ``config.distill`` as one object.
+* ``_autoencoder``: the KL autoencoder of ``config.autoencoder`` (``config.task="autoencoder"``).
 * ``_validate``: :func:`validate`, the whole diffusion config before anything is compiled.
 """
+from diffjax.config_lib._autoencoder import (RECONSTRUCTION_LOSSES, autoencoder_loss_fn, build_autoencoder,
+                                             validate_autoencoder)
 from diffjax.config_lib._build import (EMA_SCHEDULES, LR_DECAYS, MULTI_STEPS, build_dataset, build_ema_decay,
                                        build_learning_rate, build_model, build_optimizer, build_sde,
                                        build_train_steps, posthoc_sigma_rels)
@@ -50,4 +53,5 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "load_noisy_classifier", "sampling_num_classes",
            "DISTILL_METHODS", "DISTILL_METRICS", "DISTILL_ODE_STEPS", "DISTILL_WEIGHTINGS", "DISTILL_PARAMETERIZATIONS",
            "distill_method", "validate_distill", "distill_rounds", "distill_total_steps", "distill_student_config",
-           "edm_preconditioned"]
+           "edm_preconditioned",
+           "RECONSTRUCTION_LOSSES", "build_autoencoder", "autoencoder_loss_fn", "validate_autoencoder"]
