@@ -53,9 +53,13 @@ class AutoencoderRun:
                           opt_state=self.optimizer.init(params), key=jax.random.key_data(k_train))
 
     def fresh_state(self):
+        """The initial train state, compiled like :meth:`diffjax.run.Run.fresh_state` (XLA's backend optimisations
+        off on the CPU: it runs once)."""
         import jax
+        from diffjax.run._run import FAST_COMPILE
         key = jax.random.key(self.config.seed)
-        return jax.jit(self._create, out_shardings=self.shardings)(key)
+        lowered = jax.jit(self._create, out_shardings=self.shardings).lower(key)
+        return lowered.compile(compiler_options=FAST_COMPILE if jax.default_backend() == "cpu" else None)(key)
 
     def restore(self):
         """``(state, step)`` of the newest intact checkpoint, ``(None, None)`` when there is none; a training run
