@@ -333,7 +333,7 @@ def test_exact_resume(tmp_path):
 
 
 def test_training_lowers_the_reconstruction_error():
-    c = _tiny_config()
+    c = _tiny_config(channels=(4,))
     c.autoencoder.sample_posterior = False
     model = cl.build_autoencoder(c)
     loss_fn = cl.autoencoder_loss_fn(c, model)
@@ -371,7 +371,7 @@ def test_psnr_formula():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``(config, workdir, final state)`` of a tiny autoencoder trained for 2 steps."""
-    c = _tiny_config(2)
+    c = _tiny_config(2, channels=(4, 4))
     wd = str(tmp_path_factory.mktemp("ae"))
     return c, wd, drun.train_autoencoder(c, wd, progress=False)
 
@@ -398,7 +398,7 @@ def test_eval_mode_reports_psnr_and_frechet_distance(trained, tmp_path):
 def test_load_autoencoder_of_a_workdir_and_its_errors(trained, tmp_path):
     _, wd, state = trained
     model, params, stored = drun.load_autoencoder(wd)
-    assert model.latent_channels == 2 and tuple(stored.autoencoder.block_out_channels) == (8, 8)
+    assert model.latent_channels == 2 and tuple(stored.autoencoder.block_out_channels) == (4, 4)
     jax.tree.map(np.testing.assert_array_equal, params, state.ema_params)
     with pytest.raises(ValueError, match="does not exist"):
         drun.load_autoencoder(str(tmp_path / "nowhere"))

@@ -184,52 +184,51 @@ class _Resampler(nn.Module):
         return Conv(self.features, 3, dtype=self.dtype, upsample=True, name="conv")(x)
 
 
-class Encoder(nn.Module):
-    """``x (B, H, W, C_in) -> moments (B, H/f, W/f, 2 * latent_channels)`` (before ``quant_conv``)."""
+class _Stack(nn.Module):
+    """The fields the encoder and the decoder share; ``channels``: the latent channels (the encoder's output has
+    twice as many: mean and log-variance) or the decoder's image channels."""
 
     block_out_channels: Sequence[int]
     layers_per_block: int
-    latent_channels: int
+    channels: int
     num_groups: int
     mid_attention: bool = True
     dtype: Dtype = jnp.float32
     layer_impl: str = "auto"
+
+    def _out(self, h):
+        """GroupNorm (``conv_norm_out``) and SiLU."""
+        return nn.silu(_GroupNormParams(self.num_groups, self.dtype, self.layer_impl, name="conv_norm_out")(h))
+
+    def _levels(self, h, channels, num_resnets, resample, prefix):
+        kw = dict(dtype=self.dtype, layer_impl=self.layer_impl)
+        for i, ch in enumerate(channels):
+            h = _Level(ch, num_resnets, self.num_groups, "" if i == len(channels) - 1 else resample,
+                       name=f"{prefix}_{i}", **kw)(h)
+        return h
+
+    def _mid(self, h):
+        return MidBlock(self.num_groups, self.mid_attention, self.dtype, self.layer_impl, name="mid_block")(h)
+
+
+class Encoder(_Stack):
+    """``x (B, H, W, C_in) -> moments (B, H/f, W/f, 2 * channels)`` (before ``quant_conv``)."""
 
     @nn.compact
     def __call__(self, x):
-        kw = dict(dtype=self.dtype, layer_impl=self.layer_impl)
         h = Conv(self.block_out_channels[0], 3, dtype=self.dtype, name="conv_in")(x)
-        last = len(self.block_out_channels) - 1
-        for i, ch in enumerate(self.block_out_channels):
-            h = _Level(ch, self.layers_per_block, self.num_groups, "" if i == last else "down",
-                       name=f"down_blocks_{i}", **kw)(h)
-        h = MidBlock(self.num_groups, self.mid_attention, name="mid_block", **kw)(h)
-        h = nn.silu(_GroupNormParams(self.num_groups, self.dtype, self.layer_impl, name="conv_norm_out")(h))
-        return Conv(2 * self.latent_channels, 3, dtype=self.dtype, name="conv_out")(h)
+        h = self._mid(self._levels(h, self.block_out_channels, self.layers_per_block, "down", "down_blocks"))
+        return Conv(2 * self.channels, 3, dtype=self.dtype, name="conv_out")(self._out(h))
 
 
-class Decoder(nn.Module):
-    """``z (B, h, w, latent_channels) -> x (B, h*f, w*f, out_channels)`` (after ``post_quant_conv``)."""
-
-    block_out_channels: Sequence[int]
-    layers_per_block: int
-    out_channels: int
-    num_groups: int
-    mid_attention: bool = True
-    dtype: Dtype = jnp.float32
-    layer_impl: str = "auto"
+class Decoder(_Stack):
+    """``z (B, h, w, latent channels) -> x (B, h*f, w*f, channels)`` (after ``post_quant_conv``)."""
 
     @nn.compact
     def __call__(self, z):
-        kw = dict(dtype=self.dtype, layer_impl=self.layer_impl)
-        h = Conv(self.block_out_channels[-1], 3, dtype=self.dtype, name="conv_in")(z)
-        h = MidBlock(self.num_groups, self.mid_attention, name="mid_block", **kw)(h)
-        channels = list(reversed(self.block_out_channels))
-        for i, ch in enumerate(channels):
-            h = _Level(ch, self.layers_per_block + 1, self.num_groups, "" if i == len(channels) - 1 else "up",
-                       name=f"up_blocks_{i}", **kw)(h)
-        h = nn.silu(_GroupNormParams(self.num_groups, self.dtype, self.layer_impl, name="conv_norm_out")(h))
-        return Conv(self.out_channels, 3, dtype=self.dtype, name="conv_out")(h)
+        h = self._mid(Conv(self.block_out_channels[-1], 3, dtype=self.dtype, name="conv_in")(z))
+        h = self._levels(h, tuple(reversed(self.block_out_channels)), self.layers_per_block + 1, "up", "up_blocks")
+        return Conv(self.channels, 3, dtype=self.dtype, name="conv_out")(self._out(h))
 
 
 class AutoencoderKL(nn.Module):
@@ -278,8 +277,8 @@ class AutoencoderKL(nn.Module):
         common = dict(block_out_channels=channels, layers_per_block=self.layers_per_block,
                       num_groups=self.norm_num_groups, mid_attention=self.mid_attention, dtype=self.dtype,
                       layer_impl=self.layer_impl)
-        self.encoder = Encoder(latent_channels=self.latent_channels, **common)
-        self.decoder = Decoder(out_channels=self.out_channels, **common)
+        self.encoder = Encoder(channels=self.latent_channels, **common)
+        self.decoder = Decoder(channels=self.out_channels, **common)
         if self.use_quant_conv:
             self.quant_conv = Conv(2 * self.latent_channels, 1, dtype=self.dtype)
         if self.use_post_quant_conv:
