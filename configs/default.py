@@ -50,6 +50,7 @@ def get_config():
                                              # | noisy_classifier (p(y | x_t, t) for classifier guidance)
                                              # | adapt (a LoRA adapter of a trained model, config.adapt)
                                              # | clip (contrastive text-image encoders on captioned images)
+                                             # | autoencoder (the KL autoencoder of latent diffusion)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128
@@ -230,6 +231,22 @@ def get_config():
     clp.num_test_examples = 2000             # first examples of the test split for retrieval; 0: all
     clp.eval_batch_size = 500
     clp.num_noise_bins = 5                   # noise_aware: retrieval at the centres of this many bins of t
+    # config.task = "autoencoder": the KL autoencoder of latent diffusion (diffusers' AutoencoderKL layout, down factor
+    # 2 ** (len(block_out_channels) - 1)) trained on data.* with training.* (batch, steps, checkpoints), optim.* and
+    # the EMA of model.ema_rate / model.ema_schedule; reconstruction + kl_weight x KL (no adversarial or perceptual
+    # term); --mode eval (and the end of training) reports PSNR and the Frechet distance of reconstructions
+    config.autoencoder = ae = ml_collections.ConfigDict()
+    ae.block_out_channels = (32, 64, 64)
+    ae.layers_per_block = 1
+    ae.latent_channels = 4
+    ae.norm_num_groups = 16
+    ae.mid_attention = True
+    ae.reconstruction_loss = "l1"           # l1 | l2 (per pixel, summed over the image)
+    ae.kl_weight = 1e-6                      # beta of the KL to N(0, I) (latent diffusion's KL-reg., 1e-6)
+    ae.sample_posterior = True               # decode a posterior sample in training (False: its mean)
+    ae.eval_num_examples = 10000             # first test images reconstructed by --mode eval; 0: all
+    ae.eval_batch_size = 500
+    ae.eval_at_end = True                    # --mode train ends with --mode eval's report
 
     # Few-step generation (diffjax/run/_distill.py): with distill.method set, --mode train distils / trains the
     # student (same network as model.*, on training.sde) and --mode sample samples it with its few steps

@@ -2,7 +2,8 @@
 
 Modes: ``train`` (a diffusion model, the Fashion-MNIST feature classifier when ``config.task="classifier"``, or the
 noise-conditional classifier of classifier guidance when ``config.task="noisy_classifier"``, the contrastive
-text-image model when ``config.task="clip"``, or a LoRA adapter of a trained model when ``config.task="adapt"``),
+text-image model when ``config.task="clip"``, the KL autoencoder of latent diffusion when
+``config.task="autoencoder"``, or a LoRA adapter of a trained model when ``config.task="adapt"``),
 ``sample``, ``eval`` (FID-type metrics of EMA samples, resumable), ``likelihood`` (bits/dim through the
 probability-flow ODE, plus the DDPM variational bound for discrete DDPM models; NLL in nats on toy data),
 ``stats`` (cache the reference statistics only) and ``describe``.
@@ -33,7 +34,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
 MODES = ("train", "sample", "eval", "likelihood", "stats", "describe")
-TASKS = ("diffusion", "classifier", "noisy_classifier", "clip", "adapt")
+TASKS = ("diffusion", "classifier", "noisy_classifier", "clip", "autoencoder", "adapt")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_string("compile_cache", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
@@ -67,6 +68,8 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
     _choice("task", config.task, TASKS)
     if config.task in ("diffusion", "adapt"):  # an adapter's config is its base model's plus adapt.*
         cl.validate(config)
+    if config.task == "autoencoder":
+        return dr.run_autoencoder(config, workdir, mode, progress=progress)
     if mode == "describe":
         return dr.describe_clip(config) if config.task == "clip" else dr.describe(config)
     if not workdir:

@@ -15,8 +15,11 @@ job:
 * ``_noisy_classifier``: the noise-conditional classifier of classifier guidance.
 * ``_clip``: the contrastive text-image model of ``config.task="clip"`` and its tokenizer.
 * ``_distill``: the few-step method of ``config.distill`` as one object.
+* ``_autoencoder``: the KL autoencoder of ``config.autoencoder`` (``config.task="autoencoder"``).
 * ``_validate``: :func:`validate`, the whole diffusion config before anything is compiled.
 """
+from diffjax.config_lib._autoencoder import (RECONSTRUCTION_LOSSES, autoencoder_loss_fn, build_autoencoder,
+                                             validate_autoencoder)
 from diffjax.config_lib._build import (EMA_SCHEDULES, LR_DECAYS, MULTI_STEPS, build_dataset, build_ema_decay,
                                        build_learning_rate, build_model, build_optimizer, build_sde,
                                        build_train_steps, posthoc_sigma_rels)
@@ -55,4 +58,5 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "distill_method", "validate_distill", "distill_rounds", "distill_total_steps", "distill_student_config",
            "edm_preconditioned",
            "CLIP_PARAMS", "CLIP_CONFIG", "CLIP_DATASETS", "build_clip", "clip_noise_labels", "clip_record",
-           "clip_tokenizer", "init_clip", "load_clip", "validate_clip"]
+           "clip_tokenizer", "init_clip", "load_clip", "validate_clip",
+           "RECONSTRUCTION_LOSSES", "build_autoencoder", "autoencoder_loss_fn", "validate_autoencoder"]

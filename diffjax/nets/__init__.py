@@ -8,7 +8,9 @@ Named constructors (keyword overrides of the fields): :func:`ddpm_cifar10`, :fun
 :func:`ncsnpp_deep_cifar10`, :func:`ddpmpp_cifar10`, :func:`ddpmpp_deep_cifar10`, :func:`small32`,
 :func:`fashion_mnist_small`, :func:`toy_mlp`, :func:`noise_classifier_cifar10`; the diffusion transformers
 :func:`dit_s2`, :func:`dit_b2`, :func:`dit_l2`, :func:`dit_xl2` (DiT's published sizes), :func:`dit_fashion_mnist` and
-:func:`dit_cifar10_small`.
+:func:`dit_cifar10_small`. The KL autoencoder of latent diffusion: :class:`AutoencoderKL` (diffusers' layout;
+:func:`autoencoder_params_from_diffusers` reads a diffusers state dict), its posterior :class:`DiagonalGaussian` and
+objective :func:`autoencoder_loss`.
 
 The layers (:class:`Conv`, :class:`GroupNorm`, :class:`AttnBlock`, :class:`ResBlock`, ...) and the functional
 :func:`attention` / :func:`group_norm` are public; the kernel variants they choose between (``conv_impl`` /
@@ -26,6 +28,8 @@ from diffjax.nets._cross_attention import CrossAttention, SpatialTransformer, Tr
 from diffjax.nets._text import TEXT_POOLINGS, TextEncoder
 from diffjax.nets._dit import DiT, dit_timestep_embedding, sincos_pos_embed_2d
 from diffjax.nets._attention import AttnBlock, attention, masked_attention
+from diffjax.nets._autoencoder import AutoencoderKL, DiagonalGaussian, autoencoder_loss
+from diffjax.nets._autoencoder_diffusers import autoencoder_params_from_diffusers
 from diffjax.nets._base import Dense
 from diffjax.nets._blocks import Downsample, ResBlock, Upsample
 from diffjax.nets._conv import Conv
@@ -52,4 +56,5 @@ __all__ = [
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d", "attention", "group_norm",
     "TextEncoder", "TEXT_POOLINGS", "CLIP", "masked_attention",
     "CrossAttention", "TransformerBlock", "SpatialTransformer",
+    "AutoencoderKL", "DiagonalGaussian", "autoencoder_loss", "autoencoder_params_from_diffusers",
 ]

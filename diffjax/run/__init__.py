@@ -14,11 +14,15 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
   (``diffjax/run/_noisy_classifier.py``).
 - :func:`train_clip`, the contrastive text-image model (``config.task="clip"``) on captioned Fashion-MNIST, with
   :func:`make_clip_step`, :func:`clip_retrieval` and :func:`batch_captions` (``diffjax/run/_clip.py``).
+- :func:`run_autoencoder`, :func:`train_autoencoder`, :func:`evaluate_autoencoder`, :func:`load_autoencoder`: the
+  KL autoencoder of latent diffusion (``config.task="autoencoder"``) (``diffjax/run/_autoencoder.py``).
 - :func:`train_distill`, :func:`sample_distill`, :class:`Distiller`: few-step students (``config.distill``:
   progressive distillation, consistency distillation / training) (``diffjax/run/_distill.py``).
 - :func:`train_adapter`, :func:`sample_adapter`: a LoRA adapter of a trained model (``config.task="adapt"``,
   ``config.adapt``) (``diffjax/run/_adapt.py``).
 """
+from diffjax.run._autoencoder import (AUTOENCODER_JSON, AutoencoderRun, evaluate_autoencoder, load_autoencoder, psnr,
+                                      run_autoencoder, train_autoencoder)
 from diffjax.run._classifier import CLASSIFIER_FILE, train_classifier
 from diffjax.run._noisy_classifier import (NOISY_CLASSIFIER_JSON, init_noisy_classifier, make_noisy_classifier_step,
                                            noisy_classifier_accuracy_by_time, train_noisy_classifier)
@@ -37,4 +41,6 @@ __all__ = ["Run", "train", "sample", "sampler_label", "describe", "Distiller", "
            "NOISY_CLASSIFIER_JSON", "FEATURE_NETS",
            "train_clip", "describe_clip", "make_clip_step", "clip_retrieval", "batch_captions", "CLIP_JSON",
            "validate_eval", "feature_net_name", "build_feature_net", "reference_statistics", "stats_mode",
-           "evaluate_images", "eval_settings", "eval_label", "eval_samples", "evaluate", "likelihood"]
+           "evaluate_images", "eval_settings", "eval_label", "eval_samples", "evaluate", "likelihood",
+           "AutoencoderRun", "run_autoencoder", "train_autoencoder", "evaluate_autoencoder", "load_autoencoder", "psnr",
+           "AUTOENCODER_JSON"]

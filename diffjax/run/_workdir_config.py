@@ -42,6 +42,8 @@ _NOISY_CLASSIFIER_FIELDS = ("training.sde", "training.continuous", "training.los
                             "model.beta_min", "model.beta_max", "model.sigma_min", "model.sigma_max",
                             "model.edm_sigma_min", "model.edm_sigma_max", "model.num_scales", "model.time_input",
                             "model.parameterization")
+# config.task="autoencoder" reads these fields outside its own section (diffjax/run/_autoencoder.py)
+_AUTOENCODER_FIELDS = ("training.batch_size", "model.ema_rate", "model.ema_schedule")
 # open-ended sections: a key on one side only is a difference (elsewhere it is a field added or removed by another
 # version of diffjax, and is not compared)
 _OPEN_SECTIONS = ("model.overrides.",)
@@ -84,6 +86,8 @@ def _compared(path: str, current: dict, *, distilling: bool) -> bool:
         return top in ("data", "classifier")
     if task == "noisy_classifier":
         return top in ("data", "optim", "noisy_classifier") or path in _NOISY_CLASSIFIER_FIELDS
+    if task == "autoencoder":
+        return top in ("data", "optim", "autoencoder") or path in _AUTOENCODER_FIELDS
     if top in ("classifier", "noisy_classifier"):
         return False
     if top == "distill" and not distilling:
