@@ -33,14 +33,15 @@ def test_describe_every_config(name):
     # the network the config's task trains
     expected = {"classifier": "FeatureClassifier on input (1, 28, 28, 1)",
                 "noisy_classifier": "NoiseConditionalClassifier on input (1, 28, 28, 1)",
-                "clip": "CLIP on input (1, 28, 28, 1) and 16 tokens"}.get(
+                "clip": "CLIP on input (1, 28, 28, 1) and 16 tokens",
+                "autoencoder": "AutoencoderKL on input (1, 28, 28, 1)"}.get(
                     cfg.task, f"model {cfg.model.name}: ")
     assert expected in text, text[-2000:]
 
 
 @pytest.mark.parametrize("path,expected", [
     ("training.bogus", ["unknown config field 'training.bogus'", "training has: batch_size,", "weighting"]),
-    ("sampling.snr", ["did you mean sampling.options.snr?", "score_sde", "sampling has: batch_size,"]),
+    ("sampling.snr", ["did you mean sampling.options.snr?", "score_sde", "sampling has: adapter_scale, batch_size,"]),
     ("sampling.n_steps_each", ["did you mean sampling.options.n_corrector_steps?"]),
     ("sampling.predictor", ["did you mean sampling.method?", "'reverse_diffusion'"]),
     ("sampling.corrector", ["did you mean sampling.options.corrector?"]),
@@ -51,7 +52,7 @@ def test_describe_every_config(name):
     ("eval.enable_bpd", ["--mode likelihood"]),
     ("training.batchsize", ["did you mean training.batch_size?"]),
     ("trainig.batch_size", ["unknown config field 'trainig.batch_size' (there is no 'trainig')",
-                            "did you mean training?", "the config has: classifier,"]),
+                            "did you mean training?", "the config has: adapt, autoencoder, classifier,"]),
     ("sampling.options.etaa", ["did you mean sampling.options.eta?", "ddim: eta, spacing"]),
     ("model.overrides.ch", ["model.overrides takes the fields the config file names (embedding_dim, hidden)",
                             "model.name='toy_mlp' has: hidden,"]),

@@ -117,6 +117,7 @@ def describe_autoencoder(config):
     for part, sub in params.items():
         print(f"{part:<{width}}  {count_params(sub):>12,}")
     n = count_params(params)
+    print(f"total parameters: {n:,} ({n / 1e6:.2f} M)")
     print(f"task autoencoder: {n:,} parameters; down factor {model.down_factor}, latent "
           f"{model.latent_shape(shape)[1:]}; loss {config.autoencoder.reconstruction_loss} + "
           f"{config.autoencoder.kl_weight:g} KL; dataset {config.data.dataset}; devices {jax.device_count()}")
