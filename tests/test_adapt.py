@@ -148,3 +148,96 @@ def test_bad_settings_and_another_base_are_rejected(model):
         adapt.lora_merge(other, a)
     with pytest.raises(ValueError, match="another base model"):
         adapt.lora_merge({k: v for k, v in params.items() if k != "conv"}, a)
+
+
+# ------------------------------------------------------------------ textual inversion, DreamBooth's prior loss
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    from diffjax.data import caption_tokenizer
+    from diffjax.nets import TextEncoder
+    tok = caption_tokenizer()
+    enc = TextEncoder(vocab_size=tok.vocab_size, max_length=8, width=16, depth=1, num_heads=2)
+    ids, mask = tok.encode(["a dark sneaker"], max_length=8)
+    params = enc.init(jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask))["params"]
+    return tok, enc, params
+
+
+def test_textual_inversion_extends_the_table_and_leaves_old_words_unchanged(text_encoder):
+    from diffjax.data import Tokenizer
+    from diffjax.nets import TextEncoder
+    tok, enc, params = text_encoder
+    path = ("token_embed", "embedding")
+    shoe = tok.encode(["shoe"], max_length=3)[0][0, 1]
+    rows = adapt.ti_init(jax.random.key(1), params, path, 1, init_ids=[int(shoe)])
+    np.testing.assert_array_equal(rows[0], params["token_embed"]["embedding"][shoe])  # the descriptor's row
+    new_tok = Tokenizer(tok.words + ("zwx",))
+    big = TextEncoder(vocab_size=new_tok.vocab_size, max_length=8, width=16, depth=1, num_heads=2)
+    merged = adapt.ti_merge(params, path, rows)
+    assert merged["token_embed"]["embedding"].shape == (tok.vocab_size + 1, 16)
+    ids, mask = (jnp.asarray(a) for a in tok.encode(["a dark sneaker", "a light bag"], max_length=8))
+    old = enc.apply({"params": params}, ids, mask)
+    new = big.apply({"params": merged}, ids, mask)
+    for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):  # prompts without the new word: unchanged
+        assert np.array_equal(a, b)
+    ids_z, mask_z = (jnp.asarray(a) for a in new_tok.encode(["a dark zwx"], max_length=8))
+    ids_s, mask_s = (jnp.asarray(a) for a in new_tok.encode(["a dark shoe"], max_length=8))
+    zwx, shoe_out = (big.apply({"params": merged}, i, m) for i, m in ((ids_z, mask_z), (ids_s, mask_s)))
+    for a, b in zip(jax.tree.leaves(zwx), jax.tree.leaves(shoe_out)):  # initialised as "shoe": the same features
+        assert np.isfinite(np.asarray(a)).all()
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="no 'embed'"):
+        adapt.ti_init(jax.random.key(1), params, ("token_embed", "embed"), 1)
+    with pytest.raises(ValueError, match="rows must be shaped"):
+        adapt.ti_merge(params, path, jnp.zeros((1, 8)))
+
+
+def test_textual_inversion_learns_a_word_with_everything_else_frozen(text_encoder):
+    """Gal et al.'s objective on a stand-in: find the new word's embedding whose prompt features match those of a
+    known word ("sneaker"), the encoder frozen. Only the row moves; the prompt's features approach the target."""
+    from diffjax.data import Tokenizer
+    from diffjax.nets import TextEncoder
+    tok, _, params = text_encoder
+    path = ("token_embed", "embedding")
+    new_tok = Tokenizer(tok.words + ("zwx",))
+    big = TextEncoder(vocab_size=new_tok.vocab_size, max_length=8, width=16, depth=1, num_heads=2)
+    ids_z, mask_z = (jnp.asarray(a) for a in new_tok.encode(["a zwx"], max_length=8))
+    ids_t, mask_t = (jnp.asarray(a) for a in new_tok.encode(["a sneaker"], max_length=8))
+    target = big.apply({"params": adapt.ti_merge(params, path, jnp.zeros((1, 16)))}, ids_t, mask_t)[1]
+
+    def loss(rows):
+        return jnp.mean((big.apply({"params": adapt.ti_merge(params, path, rows)}, ids_z, mask_z)[1] - target) ** 2)
+
+    rows = adapt.ti_init(jax.random.key(2), params, path, 1)
+    opt = optax.adam(0.05)
+    state = opt.init(rows)
+    start = float(loss(rows))
+
+    @jax.jit
+    def step(rows, state):
+        updates, state = opt.update(jax.grad(loss)(rows), state)
+        return optax.apply_updates(rows, updates), state
+
+    for _ in range(150):
+        rows, state = step(rows, state)
+    end = float(loss(rows))
+    assert np.isfinite(end) and end < 0.05 * start
+
+
+def test_prior_preservation_loss_is_instance_plus_weighted_prior():
+    def loss_fn(params, key, batch):  # a stand-in diffusion loss with noise from the key
+        noise = jax.random.normal(key, batch.shape)
+        return jnp.mean((params * batch - noise) ** 2), {}
+
+    batch = {"instance": jnp.arange(4.0), "prior": jnp.ones(4) * 2.0}
+    key = jax.random.key(3)
+    total, aux = adapt.prior_preservation_loss(loss_fn, 0.5)(1.5, key, batch)
+    k1, k2 = jax.random.split(key)
+    inst, prior = loss_fn(1.5, k1, batch["instance"])[0], loss_fn(1.5, k2, batch["prior"])[0]
+    assert np.isfinite(float(total))
+    np.testing.assert_allclose(total, inst + 0.5 * prior, rtol=1e-6)
+    np.testing.assert_allclose([aux["instance_loss"], aux["prior_loss"]], [inst, prior], rtol=1e-6)
+    assert float(adapt.prior_preservation_loss(loss_fn, 0.0)(1.5, key, batch)[0]) == pytest.approx(float(inst))
+    with pytest.raises(ValueError, match="weight"):
+        adapt.prior_preservation_loss(loss_fn, -1.0)
