@@ -1,0 +1,171 @@
+"""Flow maps: networks ``u(x_t, t, s)`` that jump along the probability-flow ODE from time ``t`` to any earlier
+``s`` in one evaluation, trained from scratch (MeanFlow, Geng et al. 2025; shortcut models, Frans et al. 2025).
+
+On any Gaussian path ``x_t = a_t x_0 + s_t eps`` of the core, the probability-flow ODE ``dx/dt = v(x, t)`` carries
+``x_t`` to ``x_s``; its *average velocity* between the two times is
+
+.. math:: u(x_t, t, s) = \\frac{1}{t - s} \\int_s^t v(x_\\tau, \\tau)\\, d\\tau,\\qquad x_s = x_t - (t - s)\\, u(x_t, t, s)
+
+(``u(x, t, t) = v(x, t)``: the flow-matching velocity; ``s = 0``: a consistency model's jump to the data). Two
+identities of the exact map give the training targets:
+
+* MeanFlow (Geng et al. 2025, eq. 6): differentiating ``(t - s) u = int_s^t v`` in ``t`` along the ODE,
+  ``u = v - (t - s) (d/dt) u`` with ``(d/dt) u = (du/dx) v + du/dt``, one forward-mode derivative
+  (:func:`meanflow_target`, ``jax.jvp`` with tangents ``(v, 1, 0)``);
+* shortcut (Frans et al. 2025, eq. 5): the semigroup property, one jump of length ``2d`` is two jumps of length ``d``,
+  ``u(x_t, t, t - 2d) = (u(x_t, t, t - d) + u(x_{t-d}, t - d, t - 2d)) / 2`` (:func:`shortcut_target`).
+
+Training replaces the marginal velocity ``v`` by the conditional one ``a'_t x_0 + s'_t eps`` (unbiased for the
+regression). For Gaussian data every quantity is in closed form (:class:`GaussianFlowMap`), the oracle the tests
+check each target against.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["GaussianFlowMap", "meanflow_target", "meanflow_loss", "shortcut_target", "shortcut_loss",
+           "logit_normal_two_times", "uniform_two_times", "flow_map_sample"]
+
+FlowMapFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # u(x, t, s) -> like x
+
+
+def _bcast(t, x):
+    t = jnp.asarray(t, x.dtype)
+    return t.reshape(t.shape + (1,) * (x.ndim - t.ndim)) if t.ndim else t
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianFlowMap:
+    """The exact probability-flow map of data ``N(mean, diag(std^2))`` on ``process``'s Gaussian path.
+
+    Per coordinate ``x_t ~ N(m_t, sigma_t^2)``, ``m_t = a_t mean``, ``sigma_t^2 = a_t^2 std^2 + s_t^2``; the ODE is
+    the monotone transport between these marginals, ``x_s = m_s + (sigma_s / sigma_t)(x_t - m_t)``, and its velocity
+    ``v(x, t) = m'_t + (sigma'_t / sigma_t)(x - m_t)``."""
+
+    process: object
+    mean: jax.Array
+    std: jax.Array
+
+    def _moments(self, t):
+        a, s = self.process.marginal(t)
+        da, ds = self.process.marginal_derivative(t)
+        var = a**2 * self.std**2 + s**2
+        sigma = jnp.sqrt(var)
+        return a * self.mean, sigma, da * self.mean, (a * da * self.std**2 + s * ds) / sigma
+
+    def velocity(self, x, t):
+        m, sigma, dm, dsigma = self._moments(_bcast(t, x))
+        return dm + dsigma / sigma * (x - m)
+
+    def flow(self, x, t, s):
+        m_t, sig_t, _, _ = self._moments(_bcast(t, x))
+        m_s, sig_s, _, _ = self._moments(_bcast(s, x))
+        return m_s + sig_s / sig_t * (x - m_t)
+
+    def average_velocity(self, x, t, s):
+        """``u(x, t, s) = (x - flow(x, t, s)) / (t - s)``; ``v(x, t)`` where ``s = t``."""
+        dt = _bcast(t, x) - _bcast(s, x)
+        safe = jnp.where(dt == 0, 1.0, dt)
+        return jnp.where(dt == 0, self.velocity(x, t), (x - self.flow(x, t, s)) / safe)
+
+
+def meanflow_target(u_fn: FlowMapFn, x_t, v, t, s):
+    """``(u, u_target)``: the network's ``u(x_t, t, s)`` and MeanFlow's target
+    ``v - (t - s) ((du/dx) v + du/dt)`` (not yet stop-gradiented), from one ``jax.jvp`` with tangents ``(v, 1, 0)``.
+    ``t, s``: arrays of shape ``(batch,)`` with ``s <= t``."""
+    u, du_dt = jax.jvp(u_fn, (x_t, t, s), (v, jnp.ones_like(t), jnp.zeros_like(s)))
+    return u, v - _bcast(t - s, x_t) * du_dt
+
+
+def shortcut_target(u_fn: FlowMapFn, x_t, t, s):
+    """Two half jumps as the target of one: with ``m = (t + s) / 2``,
+    ``(u(x_t, t, m) + u(x_t - (t - m) u(x_t, t, m), m, s)) / 2``."""
+    m = 0.5 * (t + s)
+    u1 = u_fn(x_t, t, m)
+    x_m = x_t - _bcast(t - m, x_t) * u1
+    return 0.5 * (u1 + u_fn(x_m, m, s))
+
+
+def _pair(key, ts, equal_fraction):
+    if not 0.0 <= equal_fraction <= 1.0:
+        raise ValueError(f"equal_fraction must be in [0, 1], got {equal_fraction!r}")
+    t, s = jnp.max(ts, 0), jnp.min(ts, 0)
+    return t, jnp.where(jax.random.uniform(key, t.shape) < equal_fraction, t, s)
+
+
+def logit_normal_two_times(key, n: int, *, T: float, equal_fraction: float = 0.75, mean: float = -0.4,
+                           std: float = 1.0):
+    """MeanFlow's ``(t, s)``: two logit-normal times in ``(0, T)`` (the logit's ``mean`` and ``std``; the paper's
+    best on ImageNet -0.4, 1.0), ``t`` the larger; ``s = t`` on a fraction ``equal_fraction`` of the batch (the
+    paper's 75%: flow matching on those rows)."""
+    k1, k2 = jax.random.split(key)
+    return _pair(k2, T * jax.nn.sigmoid(mean + std * jax.random.normal(k1, (2, n))), equal_fraction)
+
+
+def uniform_two_times(key, n: int, *, T: float, equal_fraction: float = 0.5):
+    """``(t, s)`` uniform on the triangle ``0 <= s <= t <= T`` (``s = t`` on a fraction ``equal_fraction``): long
+    jumps (``t - s`` near ``T``, one-step sampling) as often as short ones."""
+    k1, k2 = jax.random.split(key)
+    return _pair(k2, T * jax.random.uniform(k1, (2, n)), equal_fraction)
+
+
+def _conditional(process, key, x0, t):
+    eps = jax.random.normal(key, x0.shape, x0.dtype)
+    a, s = process.marginal(_bcast(t, x0))
+    da, ds = process.marginal_derivative(_bcast(t, x0))
+    return a * x0 + s * eps, da * x0 + ds * eps
+
+
+def meanflow_loss(u_fn: FlowMapFn, process, key, x0, *, time_sampler: Callable = logit_normal_two_times,
+                  power: float = 1.0, c: float = 1e-3):
+    """MeanFlow's training loss on a batch ``x0``: ``sg(w) ||u - sg(u_target)||^2`` with the adaptive weight
+    ``w = 1 / (||u - u_target||^2 + c)^power`` (Geng et al. 2025, Sec. 4.3; ``power = 0``: plain squared error),
+    at times from ``time_sampler(key, n, T=process.T) -> (t, s)`` (:func:`logit_normal_two_times`,
+    :func:`uniform_two_times`; ``functools.partial`` sets their options). Returns ``(loss, aux)``."""
+    k_t, k_e = jax.random.split(key)
+    t, s = time_sampler(k_t, x0.shape[0], T=float(process.T))
+    x_t, v = _conditional(process, k_e, x0, t)
+    u, target = meanflow_target(u_fn, x_t, v, t, s)
+    sq = jnp.sum((u - jax.lax.stop_gradient(target)).reshape(x0.shape[0], -1) ** 2, axis=1)
+    w = jax.lax.stop_gradient(1.0 / (sq + c) ** power)
+    return jnp.mean(w * sq), {"meanflow_mse": jnp.mean(sq)}
+
+
+def shortcut_loss(u_fn: FlowMapFn, process, key, x0, *, levels: int = 7, self_consistency_fraction: float = 0.25):
+    """Shortcut models' loss: flow matching (``s = t``) on part of the batch, self-consistency on the rest
+    (``self_consistency_fraction``), with jump lengths ``2d``, ``d = T / 2^k`` for ``k = 1..levels`` and ``t`` on
+    the grid of multiples of ``d`` (Frans et al. 2025: the same dyadic grid at training and sampling)."""
+    n = x0.shape[0]
+    k_d, k_t, k_e, k_m = jax.random.split(key, 4)
+    T = float(process.T)
+    d = T / 2.0 ** jax.random.randint(k_d, (n,), 1, levels + 1)
+    # t = j d with 2 <= j <= T / d: room for a jump of 2d
+    j = jax.random.randint(k_t, (n,), 2, jnp.round(T / d).astype(jnp.int32) + 1)
+    t = j * d
+    consistency = jax.random.uniform(k_m, (n,)) < self_consistency_fraction
+    s = jnp.where(consistency, t - 2.0 * d, t)
+    x_t, v = _conditional(process, k_e, x0, t)
+    target = jnp.where(_bcast(consistency, x0), jax.lax.stop_gradient(shortcut_target(u_fn, x_t, t, s)), v)
+    sq = jnp.sum((u_fn(x_t, t, s) - target).reshape(n, -1) ** 2, axis=1)
+    return jnp.mean(sq), {"flow_matching_mse": jnp.sum(jnp.where(consistency, 0.0, sq)) / jnp.maximum(
+        jnp.sum(~consistency), 1), "consistency_mse": jnp.sum(jnp.where(consistency, sq, 0.0)) / jnp.maximum(
+        jnp.sum(consistency), 1)}
+
+
+def flow_map_sample(u_fn: FlowMapFn, x_T, times):
+    """Jumps ``x <- x - (t_i - t_{i+1}) u(x, t_i, t_{i+1})`` over the decreasing ``times`` (``len(times) - 1``
+    network evaluations, e.g. ``[T, 0]`` for one step). Returns ``(x, nfe)``."""
+    times = jnp.asarray(times, x_T.dtype)
+    if times.ndim != 1 or times.shape[0] < 2:
+        raise ValueError(f"times must be a 1-D grid of at least two times (T ... 0), got shape {times.shape}")
+
+    def step(x, ts):
+        t, s = (jnp.full((x.shape[0],), v, x.dtype) for v in ts)
+        return x - _bcast(t - s, x) * u_fn(x, t, s), None
+
+    x, _ = jax.lax.scan(step, x_T, (times[:-1], times[1:]))
+    return x, times.shape[0] - 1

@@ -1,0 +1,150 @@
+"""diffjax.distill.flow_map against closed forms: the Gaussian flow map is the ODE's, MeanFlow's and the shortcut's
+targets evaluated on the exact map equal the exact map (float64; on an exact mixture, against a reference ODE solve),
+and each objective trains a small MLP on the ring whose one-step samples land on the data."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import diffjax as dj
+from diffjax.core.mixture import mixture_score_fn, ring_mixture
+from diffjax.core.parameterizations import velocity_from_score
+from diffjax.distill import flow_map as fm
+
+PROCESSES = {"rectified_flow": lambda: dj.rectified_flow(), "vp": lambda: dj.vp_sde()}
+
+
+def _rk4_flow(velocity, x, t, s, steps=400):
+    """x_s by classical RK4 on dx/dt = v from t down to s (differentiable; the reference map)."""
+    h = (s - t) / steps
+
+    def body(i, x):
+        tau = t + i * h
+        k1 = velocity(x, tau)
+        k2 = velocity(x + 0.5 * h[:, None] * k1, tau + 0.5 * h)
+        k3 = velocity(x + 0.5 * h[:, None] * k2, tau + 0.5 * h)
+        k4 = velocity(x + h[:, None] * k3, tau + h)
+        return x + h[:, None] / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return jax.lax.fori_loop(0, steps, body, x)
+
+
+def _points(key, n=16, dim=3):
+    k1, k2, k3 = jax.random.split(key, 3)
+    x = jax.random.normal(k1, (n, dim), jnp.float64) * 1.5
+    ts = jax.random.uniform(k2, (2, n), jnp.float64, 0.05, 0.9)
+    return x, jnp.max(ts, 0), jnp.min(ts, 0)
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_gaussian_flow_map_is_the_ode_flow_and_the_targets_are_exact(name):
+    with jax.enable_x64(True):
+        process = PROCESSES[name]()
+        g = fm.GaussianFlowMap(process, jnp.array([0.5, -1.0, 2.0]), jnp.array([0.3, 1.0, 0.7]))
+        x, t, s = _points(jax.random.key(0))
+        ref = _rk4_flow(g.velocity, x, t, s)
+        np.testing.assert_allclose(g.flow(x, t, s), ref, rtol=0, atol=1e-9)
+        u = g.average_velocity(x, t, s)
+        assert np.isfinite(np.asarray(u)).all()
+        np.testing.assert_allclose(g.average_velocity(x, t, t), g.velocity(x, t), rtol=1e-12)
+        # MeanFlow's identity with the marginal velocity
+        u_net, target = fm.meanflow_target(g.average_velocity, x, g.velocity(x, t), t, s)
+        np.testing.assert_allclose(u_net, u, rtol=1e-12)
+        np.testing.assert_allclose(target, u, rtol=0, atol=1e-10)
+        # the shortcut's semigroup identity
+        np.testing.assert_allclose(fm.shortcut_target(g.average_velocity, x, t, s), u, rtol=0, atol=1e-10)
+        # and a wrong map fails both (the checks can fail)
+        def wrong(x, t, s):
+            return 1.1 * g.average_velocity(x, t, s)
+        assert np.abs(np.asarray(fm.meanflow_target(wrong, x, g.velocity(x, t), t, s)[1]) - 1.1 * u).max() > 1e-3
+
+
+def test_targets_on_an_exact_mixture_match_a_reference_ode_solve():
+    with jax.enable_x64(True):
+        process = dj.rectified_flow()
+        mix = ring_mixture(4, radius=2.0, std=0.4)
+        mix = mix._replace(means=mix.means.astype(jnp.float64), stds=mix.stds.astype(jnp.float64),
+                           weights=mix.weights.astype(jnp.float64))
+        score = mixture_score_fn(mix, process)
+
+        def velocity(x, t):
+            return velocity_from_score(score(x, t), x, t, process)
+
+        def u_ref(x, t, s):
+            return (x - _rk4_flow(velocity, x, t, s, steps=200)) / (t - s)[:, None]
+
+        x, t, s = _points(jax.random.key(1), n=6, dim=2)
+        s = jnp.minimum(s, t - 0.1)
+        u = u_ref(x, t, s)
+        _, target = fm.meanflow_target(u_ref, x, velocity(x, t), t, s)
+        assert np.isfinite(np.asarray(target)).all()
+        np.testing.assert_allclose(target, u, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(fm.shortcut_target(u_ref, x, t, s), u, rtol=0, atol=1e-6)
+
+
+class FlowMapMLP(nn.Module):
+    """u(x, t, s) for 2-D points: MLP on (x, Fourier features of t and t - s)."""
+
+    @nn.compact
+    def __call__(self, x, t, s):
+        freqs = jnp.arange(1, 9, dtype=x.dtype)
+        emb = [jnp.sin(freqs * v[:, None] * np.pi) for v in (t, t - s)] + [jnp.cos(freqs * v[:, None] * np.pi)
+                                                                           for v in (t, t - s)]
+        h = jnp.concatenate([x] + emb, axis=-1)
+        for _ in range(3):
+            h = nn.silu(nn.Dense(128)(h))
+        return nn.Dense(2)(h)
+
+
+def _train(loss_name, steps):
+    process = dj.rectified_flow()
+    mix = ring_mixture(8, radius=4.0, std=0.2)
+    net = FlowMapMLP()
+    params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones(1), jnp.zeros(1))
+    opt = optax.adam(optax.cosine_decay_schedule(3e-3 if loss_name == "meanflow" else 2e-3, steps))
+    state = opt.init(params)
+    scale = 4.0  # data in units of the ring radius: unit-scale targets
+
+    def loss(params, key):
+        kx, kl = jax.random.split(key)
+        x0 = mix.sample(kx, 256) / scale
+        u = lambda x, t, s: net.apply(params, x, t, s)  # noqa: E731
+        if loss_name == "meanflow":  # long jumps as often as short ones, milder adaptive weight
+            return fm.meanflow_loss(u, process, kl, x0, time_sampler=fm.uniform_two_times, power=0.5)[0]
+        return fm.shortcut_loss(u, process, kl, x0)[0]
+
+    @jax.jit
+    def step(params, state, key):
+        value, grads = jax.value_and_grad(loss)(params, key)
+        updates, state = opt.update(grads, state)
+        return optax.apply_updates(params, updates), state, value
+
+    for i in range(steps):
+        params, state, value = step(params, state, jax.random.fold_in(jax.random.key(1), i))
+    assert np.isfinite(float(value))
+    u = lambda x, t, s: net.apply(params, x, t, s)  # noqa: E731
+    x_T = jax.random.normal(jax.random.key(2), (512, 2))
+    x1, nfe = jax.jit(lambda x: fm.flow_map_sample(u, x, [process.T, 0.0]))(x_T)
+    return np.asarray(x1) * scale, nfe
+
+
+@pytest.mark.parametrize("loss_name,steps", [("meanflow", 5000), ("shortcut", 1500)])
+def test_one_step_samples_of_a_trained_mlp_land_on_the_ring(loss_name, steps):
+    x, nfe = _train(loss_name, steps)
+    assert nfe == 1 and np.isfinite(x).all()
+    r = np.linalg.norm(x, axis=1)
+    # the ring: radius 4, component std 0.2; a one-step sample of N(0, I) pushed nowhere would have r ~ 1.25
+    assert abs(np.median(r) - 4.0) < 0.4, np.median(r)
+    assert np.mean(np.abs(r - 4.0) < 1.0) > 0.8
+    angles = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi)
+    counts = np.bincount(np.round(angles / (np.pi / 4)).astype(int) % 8, minlength=8)
+    assert counts.min() > 0.04 * len(x), counts  # every mode visited
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="equal_fraction"):
+        fm.logit_normal_two_times(jax.random.key(0), 4, T=1.0, equal_fraction=1.5)
+    with pytest.raises(ValueError, match="times must be"):
+        fm.flow_map_sample(lambda x, t, s: x, jnp.zeros((2, 2)), [1.0])
