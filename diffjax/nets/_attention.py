@@ -133,9 +133,13 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 def attention(q, k, v, impl: str = "auto"):
     """``impl`` (``LAYER_IMPLS``): ``"fused"`` (:func:`dot_product_attention`, chunked by
-    :func:`default_heads_per_step`), ``"reference"`` (:func:`reference_attention`) or ``"auto"``: fused on the CPU
-    backend, reference elsewhere (XLA fuses the plain formula well on GPU/TPU). Both are differentiable in
-    forward and reverse mode."""
+    :func:`default_heads_per_step`), ``"reference"`` (:func:`reference_attention`), ``"flash"`` (blockwise, the
+    tangent in the same pass: :func:`~diffjax.nets.flash_attention`, for long sequences under ``jax.jvp``) or
+    ``"auto"``: fused on the CPU backend, reference elsewhere (XLA fuses the plain formula well on GPU/TPU). All are
+    differentiable in forward and reverse mode."""
+    if impl == "flash":
+        from diffjax.nets._flash_attention import flash_attention
+        return flash_attention(q, k, v)
     if use_fused(impl):
         return dot_product_attention(q, k, v, default_heads_per_step(q.shape[1], q.shape[-1]))
     return reference_attention(q, k, v)

@@ -17,11 +17,11 @@ Dtype = Any
 # "fused": the CPU-tuned attention and GroupNorm kernels, custom JVPs whose transposes are hand-written backward
 # passes; "reference": plain JAX formulas; "auto": fused on the CPU backend. Both support every transformation
 # (jax.grad, jax.jvp, jax.jacfwd, vmap and their compositions) with the same values.
-LAYER_IMPLS = ("auto", "fused", "reference")
+LAYER_IMPLS = ("auto", "fused", "reference", "flash")  # flash: "auto" with blockwise attention (_flash_attention)
 
 
 def use_fused(impl: str) -> bool:
-    return impl == "fused" or (impl == "auto" and jax.default_backend() == "cpu")
+    return impl == "fused" or (impl in ("auto", "flash") and jax.default_backend() == "cpu")
 
 
 def default_init(scale: float = 1.0):

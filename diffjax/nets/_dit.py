@@ -122,7 +122,8 @@ class DiT(nn.Module):
       input_size / in_channels: expected input side and channels, checked when given (``None``: any).
       dtype: compute dtype (float32 or bfloat16); parameters are always float32.
       layer_impl: attention kernel (``LAYER_IMPLS``: ``"auto"`` is the fused kernel on the CPU backend,
-        ``"reference"`` the plain formulation; both support reverse and forward mode).
+        ``"reference"`` the plain formulation, ``"flash"`` blockwise with the tangent in the same pass (MeanFlow's
+        and sCM's ``jax.jvp`` of the network); all support reverse and forward mode).
     """
 
     patch_size: int = 2
