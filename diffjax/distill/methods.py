@@ -27,11 +27,12 @@ import numpy as np
 from diffjax.core.parameterizations import x0_from_score
 from diffjax.distill.consistency import (cd_loss, consistency_sample, ct_loss, ict_num_scales, ict_weight, pseudo_huber,
                                          unit_weight)
+from diffjax.distill.flow_map import flow_map_sample, logit_normal_two_times, meanflow_loss, shortcut_loss
 from diffjax.distill.progressive import pd_loss, pd_sample
 from diffjax.samplers import karras_grid, ode_heun_step, process_default
 
 __all__ = ["DistillNetworks", "DistillMethod", "ProgressiveDistillation", "ConsistencyDistillation",
-           "ConsistencyTraining"]
+           "ConsistencyTraining", "MeanFlow", "Shortcut"]
 
 
 class DistillNetworks(Protocol):
@@ -45,6 +46,9 @@ class DistillNetworks(Protocol):
 
     def teacher_score(self, params) -> Callable:
         """The teacher's ``score_fn(x, t)`` with its parameters (a teacher given as a function ignores them)."""
+
+    def flow_map(self, params, *, train: bool = False, rng=None) -> Callable:
+        """The student's average velocity ``u(x, t, s)`` (:mod:`diffjax.distill.flow_map`)."""
 
 
 @runtime_checkable
@@ -342,3 +346,99 @@ class ConsistencyTraining(_ConsistencyModel):
         kw = self._loss_kwargs()
         jax.eval_shape(lambda k, x: ct_loss(k, x, _identity, process, step=0, **kw), _abstract_key(), x0)
         self.sample_times(process)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _FlowMap:
+    """What the flow-map methods share: one round of ``total_steps`` from scratch (no teacher), a loss of the
+    student's ``u(x, t, s)`` (``_loss``), and :func:`~diffjax.distill.flow_map_sample` with ``sample_steps`` equal
+    jumps from ``T`` to 0."""
+
+    total_steps: int
+    sample_steps: int = 1
+
+    rounds: ClassVar[int] = 1
+    needs_teacher: ClassVar[bool] = False
+    length_sets_schedule: ClassVar[bool] = False
+
+    def round_start(self, round_index: int) -> int:
+        return 0
+
+    def round_end(self, round_index: int) -> int:
+        return self.total_steps
+
+    def describe_round(self, round_index: int) -> str:
+        return ""
+
+    def describe_sampler(self, round_index: int) -> str:
+        return f"{self.sample_steps}-step flow map"
+
+    def starts_from_teacher(self, same_inputs: bool) -> bool:
+        return False
+
+    def initial_aux(self, params, teacher) -> dict:
+        return {"teacher": _placeholder(), "target": _placeholder()}
+
+    def next_round_aux(self, aux: dict, params) -> dict:
+        return aux
+
+    def update_aux(self, aux: dict, params) -> dict:
+        return aux
+
+    def sample_times(self, process) -> tuple:
+        return tuple(float(v) for v in np.linspace(float(process.T), 0.0, self.sample_steps + 1))
+
+    def loss_fn(self, nets, process, round_index: int) -> Callable:
+        def loss_fn(params, key, batch):
+            k_loss, k_drop = jax.random.split(key)
+            return self._loss(nets.flow_map(params, train=True, rng=k_drop), process, k_loss, batch["x"])
+
+        return loss_fn
+
+    def sampler(self, nets, process, round_index: int) -> Callable:
+        times = self.sample_times(process)
+
+        def sample(params, key, x_T):
+            del key  # deterministic jumps
+            return flow_map_sample(nets.flow_map(params), x_T, times)[0]
+
+        return sample
+
+    def check(self, process, x0) -> None:
+        u = lambda x, t, s: x  # noqa: E731
+        jax.eval_shape(lambda k, x: self._loss(u, process, k, x), _abstract_key(), x0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeanFlow(_FlowMap):
+    """MeanFlow (Geng et al. 2025): :func:`~diffjax.distill.meanflow_loss` with ``time_sampler`` (``(key, n, T) ->
+    (t, s)``), the adaptive weight's ``power``."""
+
+    time_sampler: Callable = logit_normal_two_times
+    power: float = 1.0
+
+    name: ClassVar[str] = "meanflow"
+
+    def _loss(self, u, process, key, x0):
+        return meanflow_loss(u, process, key, x0, time_sampler=self.time_sampler, power=self.power)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Shortcut(_FlowMap):
+    """Shortcut models (Frans et al. 2025): :func:`~diffjax.distill.shortcut_loss` on ``levels`` dyadic jump
+    lengths; ``sample_steps`` must be a power of two up to ``2^levels`` (the jumps it was trained on)."""
+
+    levels: int = 7
+    self_consistency_fraction: float = 0.25
+
+    name: ClassVar[str] = "shortcut"
+
+    def __post_init__(self):
+        k = self.sample_steps
+        if k < 1 or k & (k - 1) or k > 2 ** self.levels:
+            raise ValueError(f"sample_steps={k} is off the shortcut's grid: a power of two up to 2^levels = "
+                             f"{2 ** self.levels}")
+
+    def _loss(self, u, process, key, x0):
+        return shortcut_loss(u, process, key, x0, levels=self.levels,
+                             self_consistency_fraction=self.self_consistency_fraction)
