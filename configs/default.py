@@ -249,8 +249,8 @@ def get_config():
     ae.eval_at_end = True                    # --mode train ends with --mode eval's report
 
     # Latent diffusion (Rombach et al. 2022; diffjax/run/_latent.py): with autoencoder_workdir set, the model trains
-    # and samples on the latents of that workdir's frozen autoencoder (a config.task="autoencoder" run, EMA parameters
-    # of its newest checkpoint); --mode sample / eval decode the samples to images
+    # and samples on the latents of that workdir's frozen autoencoder (a config.task="autoencoder" run, EMA
+    # parameters of its newest checkpoint); --mode sample / eval decode the samples to images
     config.latent = lat = ml_collections.ConfigDict()
     lat.autoencoder_workdir = ""             # "": pixel space
     lat.encode = "mean"                      # mean | sample: the posterior's mean, or a draw of it for each batch

@@ -12,10 +12,11 @@ when training starts, stored in WORKDIR/latent.json); samples are decoded to 28x
     python -m diffjax.main --config configs/fashion_mnist_autoencoder.py --workdir AE \\
         --config.eval.classifier_workdir=experiments/results/artifacts
     python -m diffjax.main --config configs/fashion_mnist_latent.py --workdir W --config.latent.autoencoder_workdir=AE
-    python -m diffjax.main --config configs/fashion_mnist_latent.py --workdir W --config.latent.autoencoder_workdir=AE \\
-        --mode sample
-    python -m diffjax.main --config configs/fashion_mnist_latent.py --workdir W --config.latent.autoencoder_workdir=AE \\
-        --mode eval --config.eval.classifier_workdir=experiments/results/artifacts
+    python -m diffjax.main --config configs/fashion_mnist_latent.py --workdir W \\
+        --config.latent.autoencoder_workdir=AE --mode sample
+    python -m diffjax.main --config configs/fashion_mnist_latent.py --workdir W \\
+        --config.latent.autoencoder_workdir=AE --mode eval \\
+        --config.eval.classifier_workdir=experiments/results/artifacts
 
 latent.autoencoder_workdir must be set (here it is "", pixel space, where this 7x7x4 UNet refuses the 28x28 images).
 """

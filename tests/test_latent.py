@@ -21,6 +21,7 @@ from diffjax import config_lib as cl  # noqa: E402
 from diffjax import data as ddata  # noqa: E402
 from diffjax.main import run_mode  # noqa: E402
 from diffjax.run._latent import LATENT_FILE, LatentSpace  # noqa: E402
+from diffjax.run._workdir_config import workdir_has_state  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("test_latent")
 ARTIFACTS = os.path.join(REPO, "experiments", "results", "artifacts")
@@ -78,11 +79,18 @@ def _latent_config(ae_workdir, data_dir, steps=2):
 
 @pytest.fixture(scope="module")
 def autoencoder(tmp_path_factory):
-    """``(autoencoder workdir, data dir)``: the tiny autoencoder trained for one step through main."""
+    """``(autoencoder workdir, data dir)``: the tiny autoencoder's initial state saved as its checkpoint at step 1
+    with its config.json, as a training run leaves them (training the autoencoder: tests/test_autoencoder.py)."""
+    from diffjax.run import AutoencoderRun
+    from diffjax.run._workdir_config import write_workdir_config
     root = tmp_path_factory.mktemp("latent")
     data_dir = _fake_fashion_mnist(str(root))
     wd = str(root / "ae")
-    run_mode(_ae_config(data_dir), wd, "train", progress=False)
+    c = _ae_config(data_dir)
+    run = AutoencoderRun(c, wd, read_only=False)
+    run.checkpoints.save(1, run.fresh_state())
+    run.checkpoints.close()
+    write_workdir_config(c, wd)
     return wd, data_dir
 
 
@@ -230,7 +238,7 @@ def test_a_missing_or_mismatched_autoencoder_is_one_line(autoencoder, tmp_path):
     c = _latent_config(str(tmp_path / "untrained"), data_dir)
     with pytest.raises(ValueError, match=r"latent.autoencoder_workdir='.*untrained': .* holds no checkpoint"):
         run_mode(c, str(tmp_path / "w"), "train", progress=False)
-    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+    assert not workdir_has_state(str(tmp_path / "w"))
 
 
 def test_sampling_needs_the_stored_scale_factor(latent_trained, tmp_path):

@@ -403,9 +403,9 @@ def likelihood(config, workdir):
     validate_eval(config)
     cl.validate(config)  # before anything is read; Run's check of the same config then returns at once
     if cl.is_latent(config):
-        raise ValueError(f"--mode likelihood measures images in pixel space; a latent model (latent.autoencoder_workdir="
-                         f"{config.latent.autoencoder_workdir!r}) has a likelihood of its latents only (allowed: "
-                         f"--mode sample, eval)")
+        raise ValueError(f"--mode likelihood measures images in pixel space; a latent model "
+                         f"(latent.autoencoder_workdir={config.latent.autoencoder_workdir!r}) has a likelihood of its "
+                         f"latents only (allowed: --mode sample, eval)")
     e = config.eval
     run, state, step = _restore_for_eval(config, workdir, "likelihood")
     run.checkpoints.close()

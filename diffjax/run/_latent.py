@@ -35,11 +35,15 @@ class PixelSpace:
 class LatentSpace:
     """A latent model's frozen autoencoder (``latent.autoencoder_workdir``) and scale factor.
 
+    ``read_only`` (sample, eval) with a ``workdir``: the scale factor is read at once (:attr:`scale_factor`); a
+    training run fixes it in :meth:`dataset`.
+
     Raises:
-      ValueError: the autoencoder's workdir holds no checkpoint (one line naming ``latent.autoencoder_workdir``).
+      ValueError: the autoencoder's workdir holds no checkpoint (one line naming ``latent.autoencoder_workdir``); a
+        read-only run's workdir holds no scale factor, or one of another autoencoder checkpoint.
     """
 
-    def __init__(self, config, workdir):
+    def __init__(self, config, workdir, *, read_only: bool = True):
         import jax
         from diffjax import config_lib as cl
         from diffjax.run._autoencoder import autoencoder_checkpoint
@@ -51,6 +55,8 @@ class LatentSpace:
             raise ValueError(f"latent.autoencoder_workdir={lat.autoencoder_workdir!r}: {e}") from None
         self.shape = tuple(cl.latent_shape(config, 1)[1:])
         self._scale = None
+        if read_only and workdir:  # sample / eval: the scale the model was trained with, checked before any sampling
+            self._scale = self._stored_scale()
 
         def encode(params, x):
             posterior = model.apply({"params": params}, x, method="encode")
@@ -63,16 +69,18 @@ class LatentSpace:
     def scale_factor(self) -> float:
         """The scale of the model's latents: ``WORKDIR/latent.json``'s, else ``latent.scale_factor`` when set."""
         if self._scale is None:
-            record = self._record()
-            if record is not None:
-                self._scale = float(record["scale_factor"])
-            elif self.config.latent.scale_factor:
-                self._scale = float(self.config.latent.scale_factor)
-            else:
-                raise ValueError(f"{os.path.join(self.workdir or '.', LATENT_FILE)} does not exist: the scale factor "
-                                 f"of latent.scale_factor=0 is estimated when training starts in the workdir and "
-                                 f"stored there; train there first, or set latent.scale_factor")
+            self._scale = self._stored_scale()
         return self._scale
+
+    def _stored_scale(self) -> float:
+        record = self._record()
+        if record is not None:
+            return float(record["scale_factor"])
+        if self.config.latent.scale_factor:
+            return float(self.config.latent.scale_factor)
+        raise ValueError(f"{os.path.join(self.workdir or '.', LATENT_FILE)} does not exist: the scale factor of "
+                         f"latent.scale_factor=0 is estimated when training starts in the workdir and stored there; "
+                         f"train there first, or set latent.scale_factor")
 
     def _record(self):
         """``WORKDIR/latent.json`` (checked against this autoencoder), or None."""
@@ -143,8 +151,8 @@ class LatentSpace:
                                for a in range(0, len(z), ENCODE_BATCH)])
 
 
-def data_space(config, workdir):
+def data_space(config, workdir, *, read_only: bool = True):
     """The space the run of ``config`` in ``workdir`` works in: :class:`LatentSpace` with
     ``latent.autoencoder_workdir`` set, else :class:`PixelSpace`."""
     from diffjax import config_lib as cl
-    return LatentSpace(config, workdir) if cl.is_latent(config) else PixelSpace()
+    return LatentSpace(config, workdir, read_only=read_only) if cl.is_latent(config) else PixelSpace()

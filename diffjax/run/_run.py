@@ -55,7 +55,7 @@ class Run:
         self.shardings = tr.state_shardings(self.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
         self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
         self._sample_jit = {}
-        self.space = data_space(config, workdir)  # images, or a latent model's autoencoder (run/_latent.py)
+        self.space = data_space(config, workdir, read_only=read_only)  # images, or a latent model's (run/_latent.py)
 
     def fresh_state(self):
         """The initial train state. Run once per run, so on the CPU it is compiled with XLA's backend optimisations
