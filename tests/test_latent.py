@@ -10,6 +10,7 @@ import shutil
 import struct
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -62,9 +63,9 @@ def _latent_config(ae_workdir, data_dir, steps=2):
     c = fashion_mnist_latent.get_config()
     c.latent.autoencoder_workdir = ae_workdir
     c.data.data_dir = data_dir
-    o = c.model.overrides
-    o.ch, o.ch_mult, o.num_res_blocks, o.attn_resolutions, o.norm_groups = 8, (1,), 1, (), 4
-    o.image_size, o.num_channels = 14, 2  # the tiny autoencoder's: down factor 2, 2 latent channels
+    c.model.name = "dit_fashion_mnist"  # a one-block DiT compiles faster than the smallest UNet
+    c.model.overrides = ml_collections.ConfigDict(dict(patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                                                       input_size=14, in_channels=2))  # the tiny autoencoder's
     t = c.training
     t.batch_size, t.n_iters, t.n_jitted_steps, t.log_freq = 8, steps, 1, 1
     t.checkpoint_freq = t.snapshot_freq = t.snapshot_freq_for_preemption = steps
@@ -227,8 +228,8 @@ def test_a_missing_or_mismatched_autoencoder_is_one_line(autoencoder, tmp_path):
           latent__autoencoder_workdir=str(tmp_path / "diffusion"))
     check(r"holds an autoencoder of 28x28x1 images \(fashion_mnist\); this config's data are 32x32x1",
           data__image_size=32)
-    check(r"model.\* does not fit the 14x14x2 latents of latent.autoencoder_workdir=.*x must be 7x7",
-          model__overrides__image_size=7)
+    check(r"model.\* does not fit the 14x14x2 latents of latent.autoencoder_workdir=.*x must be 12x12",
+          model__overrides__input_size=12)
     check(r"latent.encode='draw' is not known; allowed values: \['mean', 'sample'\]", latent__encode="draw")
     check(r"latent.scale_factor must be a finite number >= 0", latent__scale_factor=-1.0)
     check(r"distill.method='progressive' is not supported on latents", distill__method="progressive")
