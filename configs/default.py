@@ -248,6 +248,15 @@ def get_config():
     ae.eval_batch_size = 500
     ae.eval_at_end = True                    # --mode train ends with --mode eval's report
 
+    # Latent diffusion (Rombach et al. 2022; diffjax/run/_latent.py): with autoencoder_workdir set, the model trains
+    # and samples on the latents of that workdir's frozen autoencoder (a config.task="autoencoder" run, EMA
+    # parameters of its newest checkpoint); --mode sample / eval decode the samples to images
+    config.latent = lat = ml_collections.ConfigDict()
+    lat.autoencoder_workdir = ""             # "": pixel space
+    lat.encode = "mean"                      # mean | sample: the posterior's mean, or a draw of it for each batch
+    lat.scale_factor = 0.0                   # latents x this; 0: 1 / std of the encoded training latents, estimated
+                                             # once and stored in WORKDIR/latent.json (latent diffusion's choice)
+
     # Few-step generation (diffjax/run/_distill.py): with distill.method set, --mode train distils / trains the
     # student (same network as model.*, on training.sde) and --mode sample samples it with its few steps
     config.distill = dst = ml_collections.ConfigDict()

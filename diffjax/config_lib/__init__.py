@@ -16,6 +16,7 @@ job:
 * ``_clip``: the contrastive text-image model of ``config.task="clip"`` and its tokenizer.
 * ``_distill``: the few-step method of ``config.distill`` as one object.
 * ``_autoencoder``: the KL autoencoder of ``config.autoencoder`` (``config.task="autoencoder"``).
+* ``_latent``: latent diffusion: the autoencoder of ``latent.autoencoder_workdir``, its latents' shape.
 * ``_validate``: :func:`validate`, the whole diffusion config before anything is compiled.
 """
 from diffjax.config_lib._autoencoder import (RECONSTRUCTION_LOSSES, autoencoder_loss_fn, build_autoencoder,
@@ -30,9 +31,10 @@ from diffjax.config_lib._distill import (DISTILL_METHODS, DISTILL_METRICS, DISTI
                                          distill_rounds, distill_student_config, distill_total_steps,
                                          edm_preconditioned, validate_distill)
 from diffjax.config_lib._fields import SCORE_SDE_FIELDS, check_field_path
+from diffjax.config_lib._latent import LATENT_ENCODINGS, autoencoder_config, is_latent, latent_shape, validate_latent
 from diffjax.config_lib._loss import LOSSES, TIME_SAMPLINGS, WEIGHTINGS, build_loss_fn
-from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SCORE_SDE_VALUES, SDES, TOY_DATASETS, input_shape,
-                                       is_toy, num_classes)
+from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SCORE_SDE_VALUES, SDES, TOY_DATASETS, image_shape,
+                                       input_shape, is_toy, num_classes)
 from diffjax.config_lib._network import classifier_time_input, network_marginal  # noqa: F401 (run/, tests)
 from diffjax.config_lib._noisy_classifier import (NOISY_CLASSIFIER_CONFIG, NOISY_CLASSIFIER_PARAMS,
                                                   build_noisy_classifier, load_noisy_classifier,
@@ -59,4 +61,5 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "edm_preconditioned",
            "CLIP_PARAMS", "CLIP_CONFIG", "CLIP_DATASETS", "build_clip", "clip_noise_labels", "clip_record",
            "clip_tokenizer", "init_clip", "load_clip", "validate_clip",
-           "RECONSTRUCTION_LOSSES", "build_autoencoder", "autoencoder_loss_fn", "validate_autoencoder"]
+           "RECONSTRUCTION_LOSSES", "build_autoencoder", "autoencoder_loss_fn", "validate_autoencoder",
+           "LATENT_ENCODINGS", "is_latent", "latent_shape", "image_shape", "autoencoder_config", "validate_latent"]

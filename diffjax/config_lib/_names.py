@@ -97,6 +97,15 @@ def num_classes(config) -> Optional[int]:
 
 
 def input_shape(config, batch: int):
+    """The model's input ``(batch, ...)``: the data's (:func:`image_shape`), or a latent model's latents."""
+    from diffjax.config_lib._latent import is_latent, latent_shape  # (it imports this module)
+    if is_latent(config):  # latent diffusion
+        return latent_shape(config, batch)
+    return image_shape(config, batch)
+
+
+def image_shape(config, batch: int):
+    """The data's shape ``(batch, H, W, C)`` (``(batch, 2)`` for toy data)."""
     if is_toy(config):
         return (batch, 2)
     return (batch, config.data.image_size, config.data.image_size, config.data.num_channels)

@@ -18,6 +18,7 @@ from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SDES, TOY_DATASET
                                        _check_int, _choice, is_toy, num_classes)
 from diffjax.config_lib._noisy_classifier import validate_classifier_guidance
 from diffjax.config_lib._sampler import SAMPLERS, check_sampler
+from diffjax.config_lib._latent import validate_latent
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 _VALID: list = []  # (weak reference to a config, its fingerprint) of the last configs validated, newest last
@@ -86,6 +87,7 @@ def _validate(config, count: int) -> None:
     if count % config.distributed.fsdp:
         raise ValueError(f"distributed.fsdp={config.distributed.fsdp} must divide the device count {count}")
     _validate_sampling(config)
+    validate_latent(config)  # latent diffusion: the autoencoder's workdir and latents, before any input shape is read
     try:
         sde = build_sde(config)
     except ValueError as e:

@@ -11,6 +11,7 @@ from diffjax.data._tokenizer import SPECIAL_TOKENS, Tokenizer, caption_tokenizer
 from diffjax.data._images import (FASHION_MNIST_DIR, dequantize, from_unit, load_fashion_mnist, load_tfds,
                                   random_flip, to_unit, verify_array_record_shard)
 from diffjax.data._pipeline import ImageData, ToyData
+from diffjax.data._latents import LatentData, latent_scale_factor
 from diffjax.data._toy import TOY_DATASETS, checkerboard, ring8, swiss_roll, toy_sample, two_moons
 
 __all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array_record_shard", "to_unit", "from_unit",
@@ -19,4 +20,4 @@ __all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array
            "CLASS_NAMES", "CLASS_SYNONYMS", "CAPTION_SPLITS", "Prompt", "attribute_measures", "measure_attributes",
            "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt", "prompt_matches",
            "match_matrix",
-           "text_words", "Tokenizer", "caption_tokenizer", "SPECIAL_TOKENS"]
+           "text_words", "Tokenizer", "caption_tokenizer", "SPECIAL_TOKENS", "LatentData", "latent_scale_factor"]

@@ -252,6 +252,11 @@ def load_autoencoder(workdir):
     Raises:
       ValueError: ``workdir`` holds no autoencoder (no ``config.json`` of that task, or no checkpoint).
     """
+    return autoencoder_checkpoint(workdir)[:3]
+
+
+def autoencoder_checkpoint(workdir):
+    """:func:`load_autoencoder` and the step of the checkpoint: ``(model, ema_params, config, step)``."""
     import ml_collections
     from diffjax.run._workdir_config import CONFIG_FILE, read_workdir_config
     if not workdir or not os.path.isdir(workdir):
@@ -264,11 +269,11 @@ def load_autoencoder(workdir):
                          f"({os.path.join(workdir, CONFIG_FILE)})")
     config = ml_collections.ConfigDict(_tuples(stored))
     run = AutoencoderRun(config, workdir)
-    state, _ = run.restore()
+    state, step = run.restore()
     run.checkpoints.close()
     if state is None:
         raise ValueError(f"autoencoder workdir {workdir!r} holds no checkpoint; train it first")
-    return run.model, state.ema_params, config
+    return run.model, state.ema_params, config, int(step)
 
 
 def _tuples(tree):

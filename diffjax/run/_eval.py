@@ -139,7 +139,7 @@ def _evaluate_images(config, workdir, images_uint8, *, feature_net=None, referen
     from diffjax import config_lib as cl
     from diffjax.eval import evaluate as ev
     images = np.asarray(images_uint8)
-    want = cl.input_shape(config, images.shape[0] if images.ndim else 0)[1:]
+    want = cl.image_shape(config, images.shape[0] if images.ndim else 0)[1:]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != tuple(want):
         raise ValueError(f"images_uint8 must be a uint8 array shaped (N, {', '.join(map(str, want))}), got "
                          f"{images.dtype} {images.shape}")
@@ -402,6 +402,10 @@ def likelihood(config, workdir):
     from diffjax.eval.evaluate import write_json_atomic
     validate_eval(config)
     cl.validate(config)  # before anything is read; Run's check of the same config then returns at once
+    if cl.is_latent(config):
+        raise ValueError(f"--mode likelihood measures images in pixel space; a latent model "
+                         f"(latent.autoencoder_workdir={config.latent.autoencoder_workdir!r}) has a likelihood of its "
+                         f"latents only (allowed: --mode sample, eval)")
     e = config.eval
     run, state, step = _restore_for_eval(config, workdir, "likelihood")
     run.checkpoints.close()

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from diffjax.run._common import append_metrics, host_tree, toy_energy_distances, train_lock
+from diffjax.run._latent import data_space
 
 
 # XLA:CPU options for programs that run once (compile time matters, run time does not)
@@ -54,6 +55,7 @@ class Run:
         self.shardings = tr.state_shardings(self.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
         self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
         self._sample_jit = {}
+        self.space = data_space(config, workdir, read_only=read_only)  # images, or a latent model's (run/_latent.py)
 
     def fresh_state(self):
         """The initial train state. Run once per run, so on the CPU it is compiled with XLA's backend optimisations
@@ -176,6 +178,7 @@ class Run:
             self._sample_jit[n] = self._sample_jit[n][1:]
             x, nfe = self._sample_jit[n][0](params, key)
         x = np.asarray(multihost_utils.process_allgather(x, tiled=True)) if jax.process_count() > 1 else np.asarray(x)
+        x = self.space.decode(x)  # a latent model's samples decoded to images (run/_latent.py)
         if not return_nfe:
             return x
         nfe = int(np.asarray(nfe))
@@ -227,6 +230,7 @@ def _train(config, workdir, *, progress: bool = True):
     t = config.training
     run = Run(config, workdir, read_only=False)
     data = cl.build_dataset(config)  # missing or damaged data files fail here, before anything is compiled
+    data = run.space.dataset(data)  # a latent model's: the images encoded once by its autoencoder
     state, step = run.restore()
     if state is None:
         state = run.fresh_state()
