@@ -79,6 +79,13 @@ def validate_latent(config) -> None:
         raise ValueError(f"latent.autoencoder_workdir must be a directory path (str; '' for pixel space), got "
                          f"{lat.autoencoder_workdir!r}")
     if not is_latent(config):
+        o, d = config.model.get("overrides", {}), config.data
+        declared = (o.get("image_size", d.image_size), o.get("num_channels", d.num_channels))
+        if not is_toy(config) and declared != (d.image_size, d.num_channels):
+            raise ValueError(f"model.overrides declares {declared[0]}x{declared[0]}x{declared[1]} inputs, but "
+                             f"latent.autoencoder_workdir='' (pixel space) gives the data's {d.image_size}x"
+                             f"{d.image_size}x{d.num_channels}: set latent.autoencoder_workdir to the workdir of a "
+                             f"trained config.task='autoencoder' run (e.g. configs/fashion_mnist_autoencoder.py)")
         return
     if is_toy(config):
         raise ValueError(f"latent.autoencoder_workdir is set, but data.dataset={config.data.dataset!r} is a toy "
