@@ -171,12 +171,12 @@ def test_tiny_text_conditional_model_follows_the_prompt():
 # --- configs: prompts, errors, sampling through diffjax.main
 
 
-def _tiny_text_config(conditioning="cross_attention"):
+def _tiny_text_config(conditioning="cross_attention", *, dit=False):
     from configs import fashion_mnist_text, fashion_mnist_text_dit
-    c = (fashion_mnist_text if conditioning == "cross_attention" else fashion_mnist_text_dit).get_config()
+    c = (fashion_mnist_text_dit if dit else fashion_mnist_text).get_config()
     c.text.conditioning = conditioning
     c.text.width, c.text.depth, c.text.num_heads = 16, 1, 2
-    if conditioning == "cross_attention":
+    if not dit:
         o = c.model.overrides
         o.ch, o.ch_mult, o.num_res_blocks, o.attn_resolutions, o.norm_groups, o.context_heads = 8, (1, 2), 1, (14,), 4, 2
     else:
@@ -235,7 +235,7 @@ def test_prompt_errors_and_config_errors(tmp_path):
 @pytest.mark.parametrize("conditioning", ["cross_attention", "mmdit"])
 def test_prompted_sampling_through_main_writes_prompts_and_labels(tmp_path, conditioning):
     from diffjax.main import run_mode
-    c = _tiny_text_config(conditioning)
+    c = _tiny_text_config(conditioning, dit=True)  # a DiT: the UNet's context blocks are tested above
     wd = str(tmp_path / "wd")
     run_mode(c, wd, "train", progress=False)
     prompts = tmp_path / "prompts.txt"
