@@ -178,7 +178,8 @@ def _tiny_text_config(conditioning="cross_attention", *, dit=False):
     c.text.width, c.text.depth, c.text.num_heads = 16, 1, 2
     if not dit:
         o = c.model.overrides
-        o.ch, o.ch_mult, o.num_res_blocks, o.attn_resolutions, o.norm_groups, o.context_heads = 8, (1, 2), 1, (14,), 4, 2
+        o.ch, o.ch_mult, o.num_res_blocks, o.attn_resolutions = 8, (1, 2), 1, (14,)
+        o.norm_groups, o.context_heads = 4, 2
     else:
         o = c.model.overrides
         o.hidden_size, o.depth, o.num_heads, o.patch_size = 16, 1, 2, 7
@@ -217,7 +218,8 @@ def test_prompt_errors_and_config_errors(tmp_path):
     with pytest.raises(ValueError, match=r"context_block must be one of .*, got 'mmdit'"):
         cl.validate(c)
     c.text.conditioning = "cross_attn"
-    with pytest.raises(ValueError, match=r"text.conditioning='cross_attn' is not known.*did you mean 'cross_attention'"):
+    with pytest.raises(ValueError, match=r"text.conditioning='cross_attn' is not known.*did you mean "
+                                         r"'cross_attention'"):
         cl.validate(c)
     c.text.conditioning, c.text.caption_dropout = "cross_attention", 0.0
     with pytest.raises(ValueError, match=r"text-conditional one trained with text.caption_dropout > 0"):

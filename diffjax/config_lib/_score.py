@@ -27,8 +27,9 @@ def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, r
 
 def build_sampling_score_fn(config, model, sde, params, *, y=None):
     """The score the samplers use: :func:`build_score_fn`, with classifier-free guidance of scale
-    ``sampling.guidance_scale`` (null label ``num_classes``; a text-conditional model's: the empty caption) and the x0 range control of ``sampling.clip_denoised``
-    / ``sampling.dynamic_threshold``. Not for likelihoods, which need the model's own score.
+    ``sampling.guidance_scale`` (null label ``num_classes``; a text-conditional model's: the empty caption) and
+    the x0 range control of ``sampling.clip_denoised`` / ``sampling.dynamic_threshold``. Not for likelihoods, which
+    need the model's own score.
 
     With ``sampling.classifier_scale > 0`` the score (guided or not) is classifier-guided
     (:func:`~diffjax.classifier_guidance`) by the noise-conditional classifier trained in
