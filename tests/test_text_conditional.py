@@ -251,3 +251,36 @@ def test_prompted_sampling_through_main_writes_prompts_and_labels(tmp_path, cond
         want = ["a dark sneaker", "a photo of a pair of jeans", "big bright bag"]
         assert f["prompts"].tolist() == [want[i % 3] for i in range(8)]
         assert f["labels"].tolist() == [[7, 1, 8][i % 3] for i in range(8)]
+
+
+def test_frozen_clip_text_encoder_stays_frozen(tmp_path):
+    """``text.encoder_workdir``: the CLIP run's text tower is the model's encoder, and training leaves it unchanged."""
+    from flax import traverse_util
+    from configs import fashion_mnist_clip
+    from diffjax.eval.evaluate import write_json_atomic
+    from diffjax.main import run_mode
+    from diffjax.run import Run
+    clip_cfg = fashion_mnist_clip.get_config()
+    p = clip_cfg.clip
+    p.embed_dim, p.text_width, p.text_depth, p.text_heads, p.ch, p.ch_mult, p.norm_groups = 8, 16, 1, 2, 4, (1,), 4
+    clip_dir = tmp_path / "clip"
+    clip_dir.mkdir()
+    model = cl.build_clip(clip_cfg)
+    clip_params = jax.device_get(cl.init_clip(clip_cfg, model, jax.random.key(5)))
+    np.savez(clip_dir / cl.CLIP_PARAMS, **{k: np.asarray(v) for k, v in
+                                           traverse_util.flatten_dict(clip_params, sep="/").items()})
+    write_json_atomic(str(clip_dir / cl.CLIP_CONFIG), cl.clip_record(clip_cfg))
+    c = _tiny_text_config("mmdit", dit=True)
+    c.text.encoder_workdir = str(clip_dir)
+    wd = str(tmp_path / "wd")
+    run_mode(c, wd, "train", progress=False)
+    state, step = Run(c, wd).restore()
+    assert step == 2
+    for tree in (state.params, state.ema_params):
+        got = traverse_util.flatten_dict(jax.device_get(tree["text_encoder"]), sep="/")
+        want = traverse_util.flatten_dict(clip_params["text_encoder"], sep="/")
+        assert got.keys() == want.keys()
+        for k in want:  # exact in params (Adam's update of a zero gradient is 0); the EMA rounds in the last bit
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+    moved = jax.tree.leaves(jax.tree.map(lambda a: float(jnp.abs(a).sum()), state.params["backbone"]))
+    assert np.isfinite(moved).all()
