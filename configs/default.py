@@ -96,7 +96,9 @@ def get_config():
     # --config.sampling.options.eta=1.0; an option the chosen sampler lacks is an error (SAMPLER_OPTIONS above)
     sampling.options = sampler_options()
     sampling.ema_sigma_rel = 0.0             # > 0: sample the post-hoc EMA of this length (needs posthoc_ema_freq)
-    sampling.guidance_scale = 0.0            # classifier-free guidance w (class-conditional models)
+    sampling.guidance_scale = 0.0            # classifier-free guidance w (class- or text-conditional models)
+    sampling.prompt = ""                     # text-conditional models: the prompt of every sample
+    sampling.prompt_file = ""                # ... or a file of prompts, one a line (default: one per class)
     sampling.classifier_scale = 0.0          # classifier guidance scale (0: off); labels y = arange(n) % classes
     sampling.adapter_scale = 1.0             # config.task="adapt": the LoRA's strength (0: the base model)
     sampling.classifier_workdir = ""         # workdir of a config.task="noisy_classifier" run (same process)
@@ -206,6 +208,19 @@ def get_config():
     ncl.num_test_examples = 2000             # first examples of the test split for the accuracy; 0: all
     ncl.num_noise_bins = 10                  # test accuracy in this many equal bins of t in [training.t_eps, T]
     ncl.eval_batch_size = 500
+
+    # text-conditional diffusion (config_lib._text): the batches' y are caption token ids (one training caption per
+    # image and step); the backbone of model.name gets context blocks (UNet: cross_attention; DiT: cross_attention
+    # or mmdit); data.num_classes must be 0
+    config.text = txt = ml_collections.ConfigDict()
+    txt.conditioning = ""                    # "" (off) | cross_attention | mmdit
+    txt.caption_dropout = 0.1                # empty captions (the null condition) for classifier-free guidance
+    txt.max_length = 16                      # tokens per caption with BOS / EOS
+    txt.width = 64                           # the text encoder trained jointly (unless encoder_workdir)
+    txt.depth = 2
+    txt.num_heads = 4
+    txt.pool = "eos"
+    txt.encoder_workdir = ""                 # a config.task="clip" workdir: its text encoder, frozen
 
     # config.task = "clip": a text encoder and an image encoder trained contrastively (CLIP) on Fashion-MNIST and
     # its templated captions (diffjax.data.captions), optimizer optim.*; with noise_aware the image encoder sees x_t

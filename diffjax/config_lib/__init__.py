@@ -15,6 +15,7 @@ job:
 * ``_noisy_classifier``: the noise-conditional classifier of classifier guidance.
 * ``_clip``: the contrastive text-image model of ``config.task="clip"`` and its tokenizer.
 * ``_distill``: the few-step method of ``config.distill`` as one object.
+* ``_text``: text-conditional models (``text.*``): the wrapped network, captioned batches, the prompts.
 * ``_autoencoder``: the KL autoencoder of ``config.autoencoder`` (``config.task="autoencoder"``).
 * ``_latent``: latent diffusion: the autoencoder of ``latent.autoencoder_workdir``, its latents' shape.
 * ``_validate``: :func:`validate`, the whole diffusion config before anything is compiled.
@@ -44,6 +45,9 @@ from diffjax.config_lib._noisy_classifier import (NOISY_CLASSIFIER_CONFIG, NOISY
 from diffjax.config_lib._sampler import (CORRECTORS, SAMPLERS, SOLVERS, TIME_GRIDS, build_sampler, sampler_options,
                                          sampler_options_config)
 from diffjax.config_lib._score import build_sampling_score_fn, build_score_fn
+from diffjax.config_lib._text import (TEXT_CONDITIONINGS, captioned_dataset, null_condition, prompt_ids,
+                                     prompt_record, sampling_prompts, text_conditional, text_model, validate_text,
+                                     with_pretrained_text)
 from diffjax.config_lib._validate import validate
 
 __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "SOLVERS", "TIME_GRIDS",
@@ -62,4 +66,6 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "CLIP_PARAMS", "CLIP_CONFIG", "CLIP_DATASETS", "build_clip", "clip_noise_labels", "clip_record",
            "clip_tokenizer", "init_clip", "load_clip", "validate_clip",
            "RECONSTRUCTION_LOSSES", "build_autoencoder", "autoencoder_loss_fn", "validate_autoencoder",
-           "LATENT_ENCODINGS", "is_latent", "latent_shape", "image_shape", "autoencoder_config", "validate_latent"]
+           "LATENT_ENCODINGS", "is_latent", "latent_shape", "image_shape", "autoencoder_config", "validate_latent",
+           "TEXT_CONDITIONINGS", "text_conditional", "text_model", "null_condition", "captioned_dataset",
+           "with_pretrained_text", "sampling_prompts", "prompt_ids", "prompt_record", "validate_text"]

@@ -21,6 +21,10 @@ def build_model(config):
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if num_classes(config):
         overrides.setdefault("num_classes", num_classes(config))
+    from diffjax.config_lib._text import text_conditional, text_model
+    if text_conditional(config):  # a backbone with context blocks inside the text encoder's wrapper
+        overrides.setdefault("context_block", config.text.conditioning)
+        return text_model(config, MODELS[config.model.name](**overrides))
     return MODELS[config.model.name](**overrides)
 
 
@@ -148,7 +152,7 @@ def build_dataset(config, *, split: str = "train", global_batch: Optional[int] =
     if source == "idx":
         images, labels = data.load_fashion_mnist(split, data_dir=d.data_dir or None)
         images = _fit(images, d)
-        return data.ImageData.from_arrays(images, labels, **img_kw)
+        return _captioned(config, data.ImageData.from_arrays(images, labels, **img_kw), process_index)
     tsplit = {"train": "train", "test": "test"}[split]
     src = data.load_tfds(tfds_name, tsplit, data_dir=d.data_dir or None, verify=bool(d.get("verify_files", True)))
     first, _ = src.get([0])
@@ -158,7 +162,13 @@ def build_dataset(config, *, split: str = "train", global_batch: Optional[int] =
         return _fit(images, d), labels
 
     shape = _fit(first, d).shape[1:]
-    return data.ImageData(get, len(src), shape, **img_kw)
+    return _captioned(config, data.ImageData(get, len(src), shape, **img_kw), process_index)
+
+
+def _captioned(config, data, process_index):
+    """A text-conditional model's ``data`` with caption token ids as ``"y"`` (``config_lib._text``)."""
+    from diffjax.config_lib._text import captioned_dataset, text_conditional
+    return captioned_dataset(config, data, process_index=process_index) if text_conditional(config) else data
 
 
 def _fit(images: np.ndarray, d) -> np.ndarray:

@@ -92,7 +92,8 @@ def build_loss_fn(config, model, sde) -> Callable:
     """``loss_fn(params, key, batch) -> (loss, aux)`` for ``training.loss`` (:data:`LOSSES`, module docstring);
     ``k_loss, k_drop = jax.random.split(key)``: the loss's key and the network's dropout key."""
     loss = LOSSES[config.training.loss](config, model, sde)
-    conditional = bool(num_classes(config))
+    from diffjax.config_lib._text import text_conditional
+    conditional = bool(num_classes(config)) or text_conditional(config)  # y: class labels or caption token ids
 
     def loss_fn(params, key, batch):
         k_loss, k_drop = jax.random.split(key)

@@ -8,6 +8,7 @@ import diffjax.core as core
 from diffjax.config_lib._names import _nets, num_classes
 from diffjax.config_lib._network import network_marginal, score_kwargs
 from diffjax.config_lib._noisy_classifier import classifier_guided, _classifier_scale
+from diffjax.config_lib._text import null_condition, text_conditional
 
 
 def _conditional_score_fn(config, model, sde, params, *, train: bool = False, rng=None):
@@ -18,7 +19,7 @@ def _conditional_score_fn(config, model, sde, params, *, train: bool = False, rn
 
 def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, rng=None):
     """``score_fn(x, t)`` of the network with ``params`` (``y``: class labels of a conditional model)."""
-    if num_classes(config):
+    if num_classes(config) or text_conditional(config):  # y: class labels or caption token ids
         return core.with_label(_conditional_score_fn(config, model, sde, params, train=train, rng=rng), y)
     return _nets().make_score_fn(model.apply, params, network_marginal(config, sde), train=train, rng=rng,
                                  **score_kwargs(config))
@@ -26,8 +27,9 @@ def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, r
 
 def build_sampling_score_fn(config, model, sde, params, *, y=None):
     """The score the samplers use: :func:`build_score_fn`, with classifier-free guidance of scale
-    ``sampling.guidance_scale`` (null label ``num_classes``) and the x0 range control of ``sampling.clip_denoised``
-    / ``sampling.dynamic_threshold``. Not for likelihoods, which need the model's own score.
+    ``sampling.guidance_scale`` (null label ``num_classes``; a text-conditional model's: the empty caption) and
+    the x0 range control of ``sampling.clip_denoised`` / ``sampling.dynamic_threshold``. Not for likelihoods, which
+    need the model's own score.
 
     With ``sampling.classifier_scale > 0`` the score (guided or not) is classifier-guided
     (:func:`~diffjax.classifier_guidance`) by the noise-conditional classifier trained in
@@ -37,9 +39,10 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
     A learned-variance model (``model.overrides.learn_sigma``) gives a :class:`~diffjax.LearnedVarianceScore`
     through all of these (with guidance ``v`` is the conditional model's, as in GLIDE)."""
     s = config.sampling
-    if num_classes(config) and s.guidance_scale > 0:
+    if (num_classes(config) or text_conditional(config)) and s.guidance_scale > 0:
         cond = _conditional_score_fn(config, model, sde, params)
-        guided = core.classifier_free_guidance(cond, guidance_scale=s.guidance_scale, null_label=num_classes(config))
+        null = null_condition(config) if text_conditional(config) else num_classes(config)  # the empty caption
+        guided = core.classifier_free_guidance(cond, guidance_scale=s.guidance_scale, null_label=null)
         score_fn = core.with_label(guided, y)
     else:
         score_fn = build_score_fn(config, model, sde, params, y=y)

@@ -19,6 +19,7 @@ from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SDES, TOY_DATASET
 from diffjax.config_lib._noisy_classifier import validate_classifier_guidance
 from diffjax.config_lib._sampler import SAMPLERS, check_sampler
 from diffjax.config_lib._latent import validate_latent
+from diffjax.config_lib._text import text_conditional, validate_text
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 _VALID: list = []  # (weak reference to a config, its fingerprint) of the last configs validated, newest last
@@ -62,6 +63,7 @@ def _validate(config, count: int) -> None:
     _choice("training.weighting", t.weighting, WEIGHTINGS)
     _choice("training.time_sampling", t.time_sampling, TIME_SAMPLINGS)
     _choice("model.name", m.name, MODELS)
+    validate_text(config)
     try:  # the network's own field checks; overrides written for another network (UNet fields on a DiT) fail here
         build_model(config)
     except TypeError as e:
@@ -109,9 +111,11 @@ def _validate_sampling(config) -> None:
             or not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 0):
         raise ValueError(f"sampling.guidance_scale must be a finite number >= 0 (0: no guidance), "
                          f"got {s.guidance_scale!r}")
-    if s.guidance_scale > 0 and not (num_classes(config) and t.label_dropout > 0):
+    text_cfg = text_conditional(config) and config.text.caption_dropout > 0
+    if s.guidance_scale > 0 and not ((num_classes(config) and t.label_dropout > 0) or text_cfg):
         raise ValueError(f"sampling.guidance_scale={s.guidance_scale} (classifier-free guidance) needs a "
-                         "class-conditional model trained with training.label_dropout > 0")
+                         "class-conditional model trained with training.label_dropout > 0 or a text-conditional "
+                         "one trained with text.caption_dropout > 0")
     if not (s.dynamic_threshold == 0 or 0 < s.dynamic_threshold <= 1):
         raise ValueError(f"sampling.dynamic_threshold must be 0 (off) or a percentile in (0, 1], "
                          f"got {s.dynamic_threshold!r}")

@@ -12,10 +12,12 @@ from diffjax.data._images import (FASHION_MNIST_DIR, dequantize, from_unit, load
                                   random_flip, to_unit, verify_array_record_shard)
 from diffjax.data._pipeline import ImageData, ToyData
 from diffjax.data._latents import LatentData, latent_scale_factor
+from diffjax.data._captioned import CaptionedData
 from diffjax.data._toy import TOY_DATASETS, checkerboard, ring8, swiss_roll, toy_sample, two_moons
 
 __all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array_record_shard", "to_unit", "from_unit",
-           "random_flip", "dequantize", "ToyData", "ImageData", "TOY_DATASETS", "ring8", "swiss_roll", "checkerboard",
+           "random_flip", "dequantize", "ToyData", "ImageData", "CaptionedData", "TOY_DATASETS", "ring8", "swiss_roll",
+           "checkerboard",
            "two_moons", "toy_sample",
            "CLASS_NAMES", "CLASS_SYNONYMS", "CAPTION_SPLITS", "Prompt", "attribute_measures", "measure_attributes",
            "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt", "prompt_matches",

@@ -26,6 +26,7 @@ from diffjax.nets._classifier import NoiseConditionalClassifier
 from diffjax.nets._clip import CLIP
 from diffjax.nets._cross_attention import CrossAttention, SpatialTransformer, TransformerBlock
 from diffjax.nets._text import TEXT_POOLINGS, TextEncoder
+from diffjax.nets._text_conditional import TextConditional
 from diffjax.nets._dit import DiT, dit_timestep_embedding, sincos_pos_embed_2d
 from diffjax.nets._attention import AttnBlock, attention, masked_attention
 from diffjax.nets._flash_attention import flash_attention
@@ -56,6 +57,6 @@ __all__ = [
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d", "attention", "group_norm",
     "TextEncoder", "TEXT_POOLINGS", "CLIP", "masked_attention", "flash_attention",
-    "CrossAttention", "TransformerBlock", "SpatialTransformer",
+    "CrossAttention", "TransformerBlock", "SpatialTransformer", "TextConditional",
     "AutoencoderKL", "DiagonalGaussian", "autoencoder_loss", "autoencoder_params_from_diffusers",
 ]

@@ -29,10 +29,12 @@ def _dense(features, name, dtype, *, use_bias=True, init=_xavier):
 
 class CrossAttention(nn.Module):
     """Multi-head attention of ``x`` ``(B, N, C)`` to ``context`` ``(B, M, D)`` (``None``: to ``x`` itself,
-    self-attention); ``context_mask`` ``(B, M)`` bool marks the real context tokens. Returns ``(B, N, C)``."""
+    self-attention); ``context_mask`` ``(B, M)`` bool marks the real context tokens. Returns ``(B, N, C)``.
+    ``zero_init``: the output projection starts at zero (PixArt-alpha's cross-attention; the branch starts off)."""
 
     num_heads: int
     dtype: Any = jnp.float32
+    zero_init: bool = False
 
     @nn.compact
     def __call__(self, x, context=None, context_mask=None):
@@ -43,7 +45,7 @@ class CrossAttention(nn.Module):
         k = _dense(c, "k", self.dtype, use_bias=False)(ctx).reshape(b, ctx.shape[1], self.num_heads, d)
         v = _dense(c, "v", self.dtype, use_bias=False)(ctx).reshape(b, ctx.shape[1], self.num_heads, d)
         h = masked_attention(q, k, v, context_mask).reshape(b, n, c)
-        return _dense(c, "out", self.dtype)(h)
+        return _dense(c, "out", self.dtype, init=nn.initializers.zeros if self.zero_init else _xavier)(h)
 
 
 class TransformerBlock(nn.Module):

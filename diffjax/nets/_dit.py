@@ -20,11 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.core._checks import check_choice, check_int, check_positive
-from diffjax.nets._attention import attention
+from diffjax.nets._attention import attention, masked_attention
 from diffjax.nets._base import LAYER_IMPLS
+from diffjax.nets._cross_attention import CrossAttention
 from diffjax.nets._inputs import check_dtype, check_image, check_rate, label_input, noise_label_input
 
-__all__ = ["DiT", "sincos_pos_embed_2d", "dit_timestep_embedding"]
+__all__ = ["DiT", "sincos_pos_embed_2d", "dit_timestep_embedding", "DIT_CONTEXT_BLOCKS"]
+
+# how a DiT sees a text context: not at all, PixArt-alpha's cross-attention in every block, or SD3's MMDiT blocks
+DIT_CONTEXT_BLOCKS = ("none", "cross_attention", "mmdit")
 
 _xavier = nn.initializers.xavier_uniform()
 
@@ -79,16 +83,18 @@ def _modulate(x, shift, scale):
 class DiTBlock(nn.Module):
     """A transformer block with adaLN-Zero: ``x + gate_a * Attn(modulate(LN(x)))``, then
     ``x + gate_m * MLP(modulate(LN(x)))``; the six modulation vectors come from ``Dense(SiLU(c))``, zero-initialised
-    (so the block starts as the identity)."""
+    (so the block starts as the identity). With ``cross_attention`` (PixArt-alpha, Chen et al. 2023, Sec. 2.3)
+    ``x + CrossAttn(x, context)`` follows the self-attention, its output projection zero-initialised."""
 
     hidden_size: int
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32
     layer_impl: str = "auto"
+    cross_attention: bool = False
 
     @nn.compact
-    def __call__(self, x, c):
+    def __call__(self, x, c, context=None, context_mask=None):
         b, n, d = x.shape
         mod = _dense(6 * d, "adaLN_modulation", self.dtype, nn.initializers.zeros)(nn.silu(c))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
@@ -96,9 +102,49 @@ class DiTBlock(nn.Module):
         qkv = _dense(3 * d, "qkv", self.dtype)(h).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         h = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.layer_impl).reshape(b, n, d)
         x = x + gate_a[:, None, :] * _dense(d, "proj", self.dtype)(h)
+        if self.cross_attention:
+            x = x + CrossAttention(self.num_heads, self.dtype, zero_init=True, name="cross_attn")(x, context,
+                                                                                                 context_mask)
         h = _modulate(_layer_norm("norm2", self.dtype)(x), shift_m, scale_m)
         h = nn.gelu(_dense(int(d * self.mlp_ratio), "fc1", self.dtype)(h), approximate=True)
         return x + gate_m[:, None, :] * _dense(d, "fc2", self.dtype)(h)
+
+
+class MMDiTBlock(nn.Module):
+    """SD3's MMDiT block (Esser et al. 2024, Sec. 4 and Fig. 2): image tokens ``x`` ``(B, N, D)`` and text tokens
+    ``context`` ``(B, M, D)`` each have their own adaLN-Zero modulation, QKV, output projection and MLP, and attend
+    jointly: one softmax over the keys of both (``[context; x]``), the text's padding keys left out
+    (``context_mask``). Returns ``(x, context)``; every branch starts at zero (the identity)."""
+
+    hidden_size: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Any = jnp.float32
+
+    def _pre(self, h, c, stream):
+        d, dt = h.shape[-1], self.dtype
+        mod = jnp.split(_dense(6 * d, f"{stream}_adaLN_modulation", dt, nn.initializers.zeros)(nn.silu(c)), 6, -1)
+        hn = _modulate(_layer_norm(f"{stream}_norm1", dt)(h), mod[0], mod[1])
+        qkv = _dense(3 * d, f"{stream}_qkv", dt)(hn).reshape(*h.shape[:2], 3, self.num_heads, d // self.num_heads)
+        return qkv, mod
+
+    def _post(self, h, attn, mod, stream):
+        d, dt = h.shape[-1], self.dtype
+        h = h + mod[2][:, None, :] * _dense(d, f"{stream}_proj", dt)(attn.reshape(h.shape))
+        m = _modulate(_layer_norm(f"{stream}_norm2", dt)(h), mod[3], mod[4])
+        m = nn.gelu(_dense(int(d * self.mlp_ratio), f"{stream}_fc1", dt)(m), approximate=True)
+        return h + mod[5][:, None, :] * _dense(d, f"{stream}_fc2", dt)(m)
+
+    @nn.compact
+    def __call__(self, x, context, c, context_mask=None):
+        b, n, m = x.shape[0], x.shape[1], context.shape[1]
+        qkv_x, mod_x = self._pre(x, c, "x")
+        qkv_c, mod_c = self._pre(context, c, "context")
+        qkv = jnp.concatenate([qkv_c, qkv_x], axis=1)
+        mask = None if context_mask is None else jnp.concatenate(
+            [jnp.asarray(context_mask, bool), jnp.ones((b, n), bool)], axis=1)
+        h = masked_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask)
+        return self._post(x, h[:, m:], mod_x, "x"), self._post(context, h[:, :m], mod_c, "context")
 
 
 class DiT(nn.Module):
@@ -124,6 +170,12 @@ class DiT(nn.Module):
       layer_impl: attention kernel (``LAYER_IMPLS``: ``"auto"`` is the fused kernel on the CPU backend,
         ``"reference"`` the plain formulation, ``"flash"`` blockwise with the tangent in the same pass (MeanFlow's
         and sCM's ``jax.jvp`` of the network); all support reverse and forward mode).
+      context_block: how the blocks see a text context (``DIT_CONTEXT_BLOCKS``): ``"none"``; ``"cross_attention"``
+        (PixArt-alpha: cross-attention to the context tokens in every block); ``"mmdit"`` (SD3: :class:`MMDiTBlock`,
+        joint attention over the image tokens and the context tokens projected to ``hidden_size``). With a context
+        block the network is called with the keywords ``context`` ``(B, M, D)``, ``context_mask`` ``(B, M)`` and
+        ``context_pooled`` ``(B, D)`` (:class:`~diffjax.nets.TextConditional` passes them); the pooled vector is
+        added to the timestep embedding (SD3's pooled text embedding).
     """
 
     patch_size: int = 2
@@ -139,6 +191,7 @@ class DiT(nn.Module):
     in_channels: Optional[int] = None
     dtype: Any = jnp.float32
     layer_impl: str = "auto"
+    context_block: str = "none"
 
     def __post_init__(self):
         check_int("patch_size", self.patch_size, minimum=1)
@@ -164,12 +217,17 @@ class DiT(nn.Module):
         if self.in_channels is not None:
             check_int("in_channels", self.in_channels, minimum=1)
         check_choice("layer_impl", self.layer_impl, LAYER_IMPLS)
+        check_choice("context_block", self.context_block, DIT_CONTEXT_BLOCKS)
         check_dtype(self.dtype)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, noise_labels, y=None, *, train: bool):
+    def __call__(self, x, noise_labels, y=None, *, train: bool, context=None, context_mask=None,
+                 context_pooled=None):
         check_image(x, self.input_size, self.in_channels, size_field="input_size", channels_field="in_channels")
+        if (self.context_block != "none") != (context is not None):
+            raise ValueError(f"context_block={self.context_block!r}: the context tokens must be given exactly when "
+                             f"context_block is not 'none', got context={'None' if context is None else 'an array'}")
         b, height, width, channels = x.shape
         p, d, dt = self.patch_size, self.hidden_size, self.dtype
         if height % p or width % p:
@@ -197,8 +255,17 @@ class DiT(nn.Module):
             c = c + nn.Embed(self.num_classes + 1, d, embedding_init=t_init, param_dtype=jnp.float32, dtype=dt,
                              name="y_embedder")(labels)
 
-        for i in range(self.depth):
-            h = DiTBlock(d, self.num_heads, self.mlp_ratio, dt, self.layer_impl, name=f"block{i}")(h, c)
+        if context_pooled is not None:
+            c = c + _dense(d, "context_pooled_embedder", dt, t_init)(jnp.asarray(context_pooled, dt))
+        if self.context_block == "mmdit":
+            ctx = _dense(d, "context_embedder", dt)(context.astype(dt))
+            for i in range(self.depth):
+                h, ctx = MMDiTBlock(d, self.num_heads, self.mlp_ratio, dt, name=f"block{i}")(h, ctx, c, context_mask)
+        else:
+            cross = self.context_block == "cross_attention"
+            for i in range(self.depth):
+                h = DiTBlock(d, self.num_heads, self.mlp_ratio, dt, self.layer_impl, cross, name=f"block{i}")(
+                    h, c, context, context_mask)
 
         # Final adaptive LayerNorm and zero-initialised linear layer, then unpatchify.
         out_ch = channels * (2 if self.learn_sigma else 1)

@@ -17,6 +17,7 @@ from diffjax.nets._attention import AttnBlock
 from diffjax.nets._base import LAYER_IMPLS, Dense
 from diffjax.nets._blocks import Downsample, ResBlock, Upsample
 from diffjax.nets._conv import CONV_IMPLS, Conv
+from diffjax.nets._cross_attention import SpatialTransformer
 from diffjax.nets._embeddings import EMBEDDING_TYPES, NoiseEmbedding
 from diffjax.nets._inputs import (check_dtype, check_image, check_levels, check_rate, label_input,
                                   noise_label_input)
@@ -26,6 +27,7 @@ RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
+UNET_CONTEXT_BLOCKS = ("none", "cross_attention")
 
 
 class UNet(nn.Module):
@@ -66,6 +68,12 @@ class UNet(nn.Module):
       layer_impl: attention and GroupNorm kernels: ``"auto"`` (``"fused"`` on the CPU backend: chunked attention
         and GroupNorm, custom JVPs with hand-written transposes) or ``"reference"`` (plain JAX); both support
         ``jax.grad``, ``jax.jvp`` and their compositions.
+      context_block: ``"none"`` or ``"cross_attention"``: latent diffusion's :class:`SpatialTransformer` (self- and
+        cross-attention to the ``context`` tokens, padding masked) in place of self-attention at every attention
+        resolution and in the middle; the pooled context (``context_pooled``) is added to the noise embedding.
+        Called then with the keywords ``context`` ``(B, M, D)``, ``context_mask`` ``(B, M)`` and
+        ``context_pooled`` ``(B, D)`` (:class:`~diffjax.nets.TextConditional` passes them).
+      context_heads: attention heads of those blocks.
     """
 
     ch: int = 128
@@ -95,6 +103,8 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
     layer_impl: str = "auto"
+    context_block: str = "none"
+    context_heads: int = 4
 
     def __post_init__(self):
         check_levels(self.ch, self.ch_mult, self.num_res_blocks)
@@ -108,6 +118,8 @@ class UNet(nn.Module):
         check_choice("progressive_combine", self.progressive_combine, PROGRESSIVE_COMBINE)
         check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
         check_choice("layer_impl", self.layer_impl, LAYER_IMPLS)
+        check_choice("context_block", self.context_block, UNET_CONTEXT_BLOCKS)
+        check_int("context_heads", self.context_heads, minimum=1)
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, minimum=1)
         if self.num_head_channels is not None:
@@ -117,8 +129,12 @@ class UNet(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, noise_labels, y=None, *, train: bool):
+    def __call__(self, x, noise_labels, y=None, *, train: bool, context=None, context_mask=None,
+                 context_pooled=None):
         check_image(x, self.image_size, self.num_channels)
+        if (self.context_block != "none") != (context is not None):
+            raise ValueError(f"context_block={self.context_block!r}: the context tokens must be given exactly when "
+                             f"context_block is not 'none', got context={'None' if context is None else 'an array'}")
         b, channels = x.shape[0], x.shape[-1]
         dt = self.dtype
         common = dict(dtype=dt, norm_groups=self.norm_groups)
@@ -126,8 +142,11 @@ class UNet(nn.Module):
         res_kw = dict(kind=self.resblock_type, dropout=self.dropout, fir=self.fir, fir_kernel=tuple(self.fir_kernel),
                       skip_rescale=self.skip_rescale, init_scale=self.init_scale, conv_impl=self.conv_impl,
                       layer_impl=self.layer_impl, **common)
-        attn = lambda name: AttnBlock(self.num_head_channels, self.skip_rescale, self.init_scale,  # noqa: E731
-                                      impl=self.layer_impl, name=name, **common)
+        self_attn = lambda name: AttnBlock(self.num_head_channels, self.skip_rescale, self.init_scale,  # noqa: E731
+                                           impl=self.layer_impl, name=name, **common)
+        cross_attn = lambda name: lambda h: SpatialTransformer(  # noqa: E731
+            self.context_heads, self.norm_groups, dtype=dt, name=name)(h, context, context_mask)
+        attn = self_attn if context is None else cross_attn
         resamp_kw = dict(fir=self.fir, fir_kernel=tuple(self.fir_kernel), dtype=dt, conv_impl=self.conv_impl)
         nf, n_levels = self.ch, len(self.ch_mult)
 
@@ -139,6 +158,9 @@ class UNet(nn.Module):
             lemb = nn.Embed(self.num_classes + 1, 4 * nf, param_dtype=jnp.float32, dtype=dt,
                             name="label_embed")(label_input(y, self.num_classes, b))
             temb = lemb if temb is None else temb + lemb
+        if context_pooled is not None:
+            pemb = Dense(4 * nf, dtype=dt, name="context_embed")(jnp.asarray(context_pooled, dt))
+            temb = pemb if temb is None else temb + pemb
 
         x = x.astype(dt)
         pyramid_in = x if self.progressive_input != "none" else None

@@ -51,6 +51,8 @@ class Run:
         self._create = lambda key: tr.create_state(key, self.model, shape, self.optimizer,
                                                    num_classes=self.num_classes,
                                                    num_posthoc_emas=len(self.posthoc_sigma_rels))
+        self._create = cl.with_pretrained_text(config, self._create)  # text.encoder_workdir: a frozen encoder
+        self.prompt_ids = cl.prompt_ids(config) if cl.text_conditional(config) else None  # samples cycle through
         abstract = jax.eval_shape(self._create, jax.random.key(0))
         self.shardings = tr.state_shardings(self.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
         self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
@@ -160,6 +162,8 @@ class Run:
                 k_prior, k_y, k_s = jax.random.split(key, 3)
                 x_T = self.sde.prior_sample(k_prior, cl.input_shape(self.config, n))
                 y = jnp.arange(n) % self.label_classes if self.label_classes else None
+                if self.prompt_ids is not None:
+                    y = jnp.asarray(self.prompt_ids)[jnp.arange(n) % len(self.prompt_ids)]
                 score_fn = cl.build_sampling_score_fn(self.config, self.model, self.sde, params, y=y)
                 if counted:
                     return sampler(k_s, x_T, score_fn, self.sde, return_nfe=True)
@@ -184,9 +188,10 @@ class Run:
         nfe = int(np.asarray(nfe))
         return x, (nfe if nfe >= 0 else None)
 
-    def write_samples(self, x, name, *, reference=None, title=""):
-        """Write ``samples/NAME.npz`` (uint8 images or float points) and ``samples/NAME.png`` (with ``title``);
-        process 0 only. Returns the paths written (``[]`` on the other processes)."""
+    def write_samples(self, x, name, *, reference=None, title="", extra=None):
+        """Write ``samples/NAME.npz`` (uint8 images or float points, plus the arrays of ``extra``) and
+        ``samples/NAME.png`` (with ``title``); process 0 only. Returns the paths written (``[]`` on the other
+        processes)."""
         import jax
         from diffjax import config_lib as cl
         from diffjax.data import from_unit
@@ -201,7 +206,7 @@ class Run:
             save_scatter(png, x, reference=reference, title=title)
         else:
             images = from_unit(x)
-            np.savez(npz, x=images)
+            np.savez(npz, x=images, **(extra or {}))
             save_image_grid(png, images[:256], title=title)
         return [npz, png]
 
@@ -344,6 +349,7 @@ def sample(config, workdir, *, progress: bool = True):
     ``progress``: a tqdm bar over the samples. Returns the samples (float, host numpy)."""
     import jax
     from tqdm import tqdm
+    from diffjax import config_lib as cl
     run = Run(config, workdir)
     state, step = run.restore()
     if state is None:
@@ -367,7 +373,8 @@ def sample(config, workdir, *, progress: bool = True):
     nfe = nfe_text(nfes)
     ema = f"post-hoc EMA sigma_rel={float(s.ema_sigma_rel):g}" if s.ema_sigma_rel else "EMA"
     paths = run.write_samples(x, _sample_stem(config, step, label),
-                              title=f"{ema} samples, step {step}, {s.method}, NFE {nfe}")
+                              title=f"{ema} samples, step {step}, {s.method}, NFE {nfe}",
+                              extra=cl.prompt_record(config, [len(b) for b in xs]))  # prompts and their classes
     print(f"sampled {len(x)} in {time.perf_counter() - t0:.1f} s ({s.method}, NFE {nfe} score evaluations per "
           f"sample, step {step})" + (f"; wrote {' and '.join(paths)}" if paths else ""), flush=True)
     run.checkpoints.close()
