@@ -14,11 +14,13 @@ job:
 * ``_sampler``: the sampler of ``sampling.*`` and the typing of ``sampling.options``.
 * ``_noisy_classifier``: the noise-conditional classifier of classifier guidance.
 * ``_distill``: the few-step method of ``config.distill`` as one object.
+* ``_cascade``: a cascade's super-resolution stage (``cascade.*``): its condition in training and sampling.
 * ``_validate``: :func:`validate`, the whole diffusion config before anything is compiled.
 """
 from diffjax.config_lib._build import (EMA_SCHEDULES, LR_DECAYS, MULTI_STEPS, build_dataset, build_ema_decay,
                                        build_learning_rate, build_model, build_optimizer, build_sde,
                                        build_train_steps, posthoc_sigma_rels)
+from diffjax.config_lib._cascade import batch_condition, example_condition, sampling_condition, validate_cascade
 from diffjax.config_lib._distill import (DISTILL_METHODS, DISTILL_METRICS, DISTILL_ODE_STEPS,
                                          DISTILL_PARAMETERIZATIONS, DISTILL_WEIGHTINGS, distill_method,
                                          distill_rounds, distill_student_config, distill_total_steps,
@@ -26,7 +28,7 @@ from diffjax.config_lib._distill import (DISTILL_METHODS, DISTILL_METRICS, DISTI
 from diffjax.config_lib._fields import SCORE_SDE_FIELDS, check_field_path
 from diffjax.config_lib._loss import LOSSES, TIME_SAMPLINGS, WEIGHTINGS, build_loss_fn
 from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SCORE_SDE_VALUES, SDES, TOY_DATASETS, input_shape,
-                                       is_toy, num_classes)
+                                       is_conditional, is_super_resolution, is_toy, num_classes)
 from diffjax.config_lib._network import classifier_time_input, network_marginal  # noqa: F401 (run/, tests)
 from diffjax.config_lib._noisy_classifier import (NOISY_CLASSIFIER_CONFIG, NOISY_CLASSIFIER_PARAMS,
                                                   build_noisy_classifier, load_noisy_classifier,
@@ -50,4 +52,6 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "load_noisy_classifier", "sampling_num_classes",
            "DISTILL_METHODS", "DISTILL_METRICS", "DISTILL_ODE_STEPS", "DISTILL_WEIGHTINGS", "DISTILL_PARAMETERIZATIONS",
            "distill_method", "validate_distill", "distill_rounds", "distill_total_steps", "distill_student_config",
-           "edm_preconditioned"]
+           "edm_preconditioned",
+           "is_super_resolution", "is_conditional", "validate_cascade", "batch_condition", "sampling_condition",
+           "example_condition"]

@@ -96,6 +96,16 @@ def num_classes(config) -> Optional[int]:
     return int(config.data.num_classes) or None
 
 
+def is_super_resolution(config) -> bool:
+    """A cascade's super-resolution stage (``cascade.low_res_size > 0``; a config stored before cascades had none)."""
+    return bool(config.get("cascade", {}).get("low_res_size", 0))
+
+
+def is_conditional(config) -> bool:
+    """The network takes a condition in the place of class labels: class labels, or a super-resolution stage's."""
+    return bool(num_classes(config)) or is_super_resolution(config)
+
+
 def input_shape(config, batch: int):
     if is_toy(config):
         return (batch, 2)

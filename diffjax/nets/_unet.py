@@ -18,8 +18,8 @@ from diffjax.nets._base import LAYER_IMPLS, Dense
 from diffjax.nets._blocks import Downsample, ResBlock, Upsample
 from diffjax.nets._conv import CONV_IMPLS, Conv
 from diffjax.nets._embeddings import EMBEDDING_TYPES, NoiseEmbedding
-from diffjax.nets._inputs import (check_dtype, check_image, check_levels, check_rate, label_input,
-                                  noise_label_input)
+from diffjax.nets._inputs import (check_dtype, check_image, check_levels, check_rate, concat_condition,
+                                  label_input, noise_label_input)
 from diffjax.nets._norm import GroupNorm
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
@@ -117,7 +117,9 @@ class UNet(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, noise_labels, y=None, *, train: bool):
+    def __call__(self, x, noise_labels, y=None, *, train: bool, cond=None):
+        """``x`` ``(batch, H, W, C)``, ``noise_labels`` ``()`` or ``(batch,)``, ``y`` class labels; ``cond``: a
+        :class:`~diffjax.core.cascade.LowResCondition` of a cascade's super-resolution stage (``None``: none)."""
         check_image(x, self.image_size, self.num_channels)
         b, channels = x.shape[0], x.shape[-1]
         dt = self.dtype
@@ -139,8 +141,12 @@ class UNet(nn.Module):
             lemb = nn.Embed(self.num_classes + 1, 4 * nf, param_dtype=jnp.float32, dtype=dt,
                             name="label_embed")(label_input(y, self.num_classes, b))
             temb = lemb if temb is None else temb + lemb
+        if cond is not None:  # cascaded diffusion (Ho et al. 2021): the augmentation level, embedded like the time
+            cemb = NoiseEmbedding(nf, 4 * nf, "positional", dtype=dt, name="cond_level_embed")(
+                noise_label_input(cond.noise_label, b))
+            temb = cemb if temb is None else temb + cemb
 
-        x = x.astype(dt)
+        x = x.astype(dt) if cond is None else concat_condition(x, cond).astype(dt)
         pyramid_in = x if self.progressive_input != "none" else None
         hs = [Conv(nf, 3, name="conv_in", **conv_kw)(x)]
         for i in range(n_levels):
