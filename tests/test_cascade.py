@@ -304,7 +304,7 @@ def test_the_cascade_samples_through_main(base_workdir, sr_workdir, data_dir, ca
     # NFE: Heun's 2 steps = 4 evaluations in each stage
     assert "NFE 8 score evaluations per sample" in out
     assert x.shape == (6, 28, 28, 1) and _finite(x)
-    z = np.load(os.path.join(sr_workdir, "samples", "samples_00000002_ode_heun_2.npz"))["x"]
+    z = np.load(os.path.join(sr_workdir, "samples", "samples_00000002_ode_heun_2_aug0.1.npz"))["x"]
     assert z.dtype == np.uint8 and z.shape == (6, 28, 28, 1)
     # the eval cache is keyed by the base model's checkpoint too
     settings = drun.eval_settings(cfg, 2)

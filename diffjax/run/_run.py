@@ -338,10 +338,14 @@ def sampler_label(config, sde=None) -> str:
 
 def _sample_stem(config, step, label):
     """``samples_STEP_SAMPLER_STEPS`` plus the EMA length and guidance scales where set (``_ema0.1``, ``_cfg2``,
-    ``_cg3``): one file per setting, so that sampling with another sampler does not overwrite the last one's."""
+    ``_cg3``) and a cascade's sampling augmentation level (``_aug0.1``): one file per setting, so that sampling
+    with another sampler does not overwrite the last one's."""
     s = config.sampling
     extra = [f"{tag}{float(v):g}" for tag, v in (("ema", s.ema_sigma_rel), ("cfg", s.guidance_scale),
                                                   ("cg", s.classifier_scale)) if v]
+    from diffjax import config_lib as cl
+    if cl.is_super_resolution(config):  # a cascade: its sampling augmentation level, always (0 is a setting too)
+        extra.append(f"aug{float(config.cascade.sampling_aug_level):g}")
     return "_".join([f"samples_{step:08d}", label] + extra)
 
 
