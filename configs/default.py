@@ -121,6 +121,8 @@ def get_config():
                                              # naming the file; ~0.1 s per 10 MB); False for huge datasets
     data.num_classes = 0                     # > 0: class-conditional model
     data.crop = 0
+    data.resize = "bicubic"                  # to data.image_size: bicubic (PIL) | area (integer factors: block means,
+                                             # the downsampling of a cascade's stages, diffjax.core.cascade)
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ddpmpp_cifar10"            # see diffjax.config_lib.MODELS
@@ -302,6 +304,17 @@ def get_config():
     dst.metric = "pseudo_huber"              # pseudo_huber | l2
     dst.weighting = ""                       # "": unit (distillation) / ict (training); unit | ict
     dst.sample_steps = 1                     # consistency sampling: 1 (one step) or multistep on the Karras grid
+
+    # Cascaded diffusion (Ho et al. 2021): with cascade.low_res_size > 0 this model is the super-resolution stage,
+    # conditioned on its image downsampled to that size (area) and upsampled back (bilinear), by channel
+    # concatenation; --mode sample / eval then run the whole cascade from the base model in cascade.base_workdir
+    config.cascade = cascade = ml_collections.ConfigDict()
+    cascade.low_res_size = 0                 # 0: not a super-resolution stage
+    cascade.base_workdir = ""                # the base model's --workdir (its config from its config.json)
+    cascade.aug_level_max = 0.0              # noise conditioning augmentation in training: the condition corrupted
+                                             # by training.sde's process at a level s ~ U[0, max] (a time in [0, T])
+                                             # that the network is told; 0: no augmentation
+    cascade.sampling_aug_level = 0.0         # the level at sampling, in [0, aug_level_max]
 
     config.distributed = dist = ml_collections.ConfigDict()
     dist.initialize = False                  # call jax.distributed.initialize (multi-host)

@@ -90,6 +90,9 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
         if mode != "train":
             raise ValueError(f"config.task='clip' supports --mode train only, got --mode {mode}")
         return dr.train_clip(config, workdir)
+    if cl.is_super_resolution(config) and mode == "likelihood":
+        raise ValueError("--mode likelihood is not defined for a cascade's super-resolution stage "
+                         "(cascade.low_res_size > 0); allowed modes: train, sample, eval, stats, describe")
     method = cl.distill_method(config)
     if method is not None and mode != "stats":  # a few-step student
         if mode not in ("train", "sample"):

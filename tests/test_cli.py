@@ -56,7 +56,7 @@ def test_describe_every_config(name):
     ("eval.enable_bpd", ["--mode likelihood"]),
     ("training.batchsize", ["did you mean training.batch_size?"]),
     ("trainig.batch_size", ["unknown config field 'trainig.batch_size' (there is no 'trainig')",
-                            "did you mean training?", "the config has: adapt, autoencoder, classifier,"]),
+                            "did you mean training?", "the config has: adapt, autoencoder, cascade, classifier,"]),
     ("sampling.options.etaa", ["did you mean sampling.options.eta?", "ddim: eta, spacing"]),
     ("model.overrides.ch", ["model.overrides takes the fields the config file names (embedding_dim, hidden)",
                             "model.name='toy_mlp' has: hidden,"]),

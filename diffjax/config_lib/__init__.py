@@ -18,6 +18,7 @@ job:
 * ``_text``: text-conditional models (``text.*``): the wrapped network, captioned batches, the prompts.
 * ``_autoencoder``: the KL autoencoder of ``config.autoencoder`` (``config.task="autoencoder"``).
 * ``_latent``: latent diffusion: the autoencoder of ``latent.autoencoder_workdir``, its latents' shape.
+* ``_cascade``: a cascade's super-resolution stage (``cascade.*``): its condition in training and sampling.
 * ``_validate``: :func:`validate`, the whole diffusion config before anything is compiled.
 """
 from diffjax.config_lib._autoencoder import (RECONSTRUCTION_LOSSES, autoencoder_loss_fn, build_autoencoder,
@@ -27,6 +28,7 @@ from diffjax.config_lib._build import (EMA_SCHEDULES, LR_DECAYS, MULTI_STEPS, bu
                                        build_train_steps, posthoc_sigma_rels)
 from diffjax.config_lib._clip import (CLIP_CONFIG, CLIP_DATASETS, CLIP_PARAMS, build_clip, clip_noise_labels,
                                      clip_record, clip_tokenizer, init_clip, load_clip, validate_clip)
+from diffjax.config_lib._cascade import batch_condition, example_condition, sampling_condition, validate_cascade
 from diffjax.config_lib._distill import (DISTILL_METHODS, DISTILL_METRICS, DISTILL_ODE_STEPS,
                                          DISTILL_PARAMETERIZATIONS, DISTILL_WEIGHTINGS, distill_method,
                                          distill_rounds, distill_student_config, distill_total_steps,
@@ -35,7 +37,7 @@ from diffjax.config_lib._fields import SCORE_SDE_FIELDS, check_field_path
 from diffjax.config_lib._latent import LATENT_ENCODINGS, autoencoder_config, is_latent, latent_shape, validate_latent
 from diffjax.config_lib._loss import LOSSES, TIME_SAMPLINGS, WEIGHTINGS, build_loss_fn
 from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SCORE_SDE_VALUES, SDES, TOY_DATASETS, image_shape,
-                                       input_shape, is_toy, num_classes)
+                                       input_shape, is_conditional, is_super_resolution, is_toy, num_classes)
 from diffjax.config_lib._network import classifier_time_input, network_marginal  # noqa: F401 (run/, tests)
 from diffjax.config_lib._noisy_classifier import (NOISY_CLASSIFIER_CONFIG, NOISY_CLASSIFIER_PARAMS,
                                                   build_noisy_classifier, load_noisy_classifier,
@@ -68,4 +70,6 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "RECONSTRUCTION_LOSSES", "build_autoencoder", "autoencoder_loss_fn", "validate_autoencoder",
            "LATENT_ENCODINGS", "is_latent", "latent_shape", "image_shape", "autoencoder_config", "validate_latent",
            "TEXT_CONDITIONINGS", "text_conditional", "text_model", "null_condition", "captioned_dataset",
-           "with_pretrained_text", "sampling_prompts", "prompt_ids", "prompt_record", "validate_text"]
+           "with_pretrained_text", "sampling_prompts", "prompt_ids", "prompt_record", "validate_text",
+           "is_super_resolution", "is_conditional", "validate_cascade", "batch_condition", "sampling_condition",
+           "example_condition"]

@@ -8,7 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from diffjax.config_lib._names import IMAGE_DATASETS, MODELS, SDES, TOY_DATASETS, _choice, num_classes
+from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SDES, TOY_DATASETS, _choice, _nets, is_super_resolution,
+                                      num_classes)
 
 
 def build_sde(config):
@@ -24,8 +25,10 @@ def build_model(config):
     from diffjax.config_lib._text import text_conditional, text_model
     if text_conditional(config):  # a backbone with context blocks inside the text encoder's wrapper
         overrides.setdefault("context_block", config.text.conditioning)
-        return text_model(config, MODELS[config.model.name](**overrides))
-    return MODELS[config.model.name](**overrides)
+        model = text_model(config, MODELS[config.model.name](**overrides))
+    else:
+        model = MODELS[config.model.name](**overrides)
+    return _nets().LowResConditioned(model) if is_super_resolution(config) else model  # a cascade's SR stage
 
 
 LR_DECAYS = ("constant", "cosine", "inverse_sqrt")
@@ -171,8 +174,12 @@ def _captioned(config, data, process_index):
     return captioned_dataset(config, data, process_index=process_index) if text_conditional(config) else data
 
 
+RESIZES = ("bicubic", "area")
+
+
 def _fit(images: np.ndarray, d) -> np.ndarray:
-    """Center-crop (``data.crop``, e.g. CelebA's 140) and resize to ``data.image_size`` where needed."""
+    """Center-crop (``data.crop``, e.g. CelebA's 140) and resize to ``data.image_size`` where needed
+    (``data.resize``: :data:`RESIZES`; ``"area"``: means of blocks, rounded, for integer factors)."""
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -181,9 +188,23 @@ def _fit(images: np.ndarray, d) -> np.ndarray:
         h, w = images.shape[1:3]
         top, left = (h - crop) // 2, (w - crop) // 2
         images = images[:, top:top + crop, left:left + crop]
+    if (images.shape[1] != d.image_size or images.shape[2] != d.image_size) and d.get("resize", "bicubic") == "area":
+        return _area(images, d.image_size)
     if images.shape[1] != d.image_size or images.shape[2] != d.image_size:
         from PIL import Image
         images = np.stack([np.asarray(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im).resize(
             (d.image_size, d.image_size), Image.BICUBIC)).reshape(d.image_size, d.image_size, -1)
             for im in images])
     return images
+
+
+def _area(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images ``(N, H, W, C)`` downsampled to ``size`` by means of ``H/size`` blocks (as
+    :func:`diffjax.core.cascade.downsample_area`), rounded."""
+    n, h, w, c = images.shape
+    if h != w or h % size:
+        raise ValueError(f"data.resize='area' needs square images whose size is a multiple of data.image_size={size}; "
+                         f"the dataset's are {h}x{w} (allowed: data.resize='bicubic', or an image_size dividing {h})")
+    f = h // size
+    blocks = images.reshape(n, size, f, size, f, c).astype(np.float64).mean(axis=(2, 4))
+    return np.round(blocks).astype(np.uint8)

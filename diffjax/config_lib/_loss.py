@@ -16,7 +16,8 @@ from typing import Callable
 import jax
 
 import diffjax.core as core
-from diffjax.config_lib._names import _nets, num_classes
+from diffjax.config_lib._cascade import batch_condition
+from diffjax.config_lib._names import _nets
 from diffjax.config_lib._score import build_score_fn
 from diffjax.discrete import ddpm as _ddpm
 from diffjax.discrete import ncsn as _ncsn
@@ -92,12 +93,11 @@ def build_loss_fn(config, model, sde) -> Callable:
     """``loss_fn(params, key, batch) -> (loss, aux)`` for ``training.loss`` (:data:`LOSSES`, module docstring);
     ``k_loss, k_drop = jax.random.split(key)``: the loss's key and the network's dropout key."""
     loss = LOSSES[config.training.loss](config, model, sde)
-    from diffjax.config_lib._text import text_conditional
-    conditional = bool(num_classes(config)) or text_conditional(config)  # y: class labels or caption token ids
+    condition = batch_condition(config, sde)  # labels, a super-resolution stage's low-res condition, or None
 
     def loss_fn(params, key, batch):
         k_loss, k_drop = jax.random.split(key)
-        return loss(params, k_loss, k_drop, batch["x"], batch.get("y") if conditional else None), {}
+        return loss(params, k_loss, k_drop, batch["x"], condition(jax.random.fold_in(key, 1), batch)), {}
 
     return loss_fn
 

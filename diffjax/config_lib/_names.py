@@ -96,6 +96,18 @@ def num_classes(config) -> Optional[int]:
     return int(config.data.num_classes) or None
 
 
+def is_super_resolution(config) -> bool:
+    """A cascade's super-resolution stage (``cascade.low_res_size > 0``; a config stored before cascades had none)."""
+    return bool(config.get("cascade", {}).get("low_res_size", 0))
+
+
+def is_conditional(config) -> bool:
+    """The network takes a condition in the place of class labels: class labels, caption token ids (a
+    text-conditional model) or a super-resolution stage's low-resolution image."""
+    from diffjax.config_lib._text import text_conditional  # (it imports this module)
+    return bool(num_classes(config)) or text_conditional(config) or is_super_resolution(config)
+
+
 def input_shape(config, batch: int):
     """The model's input ``(batch, ...)``: the data's (:func:`image_shape`), or a latent model's latents."""
     from diffjax.config_lib._latent import is_latent, latent_shape  # (it imports this module)

@@ -5,7 +5,7 @@ transforms keep ``v``), so the grid samplers sample with its learned variance by
 from __future__ import annotations
 
 import diffjax.core as core
-from diffjax.config_lib._names import _nets, num_classes
+from diffjax.config_lib._names import _nets, is_conditional, num_classes
 from diffjax.config_lib._network import network_marginal, score_kwargs
 from diffjax.config_lib._noisy_classifier import classifier_guided, _classifier_scale
 from diffjax.config_lib._text import null_condition, text_conditional
@@ -18,8 +18,9 @@ def _conditional_score_fn(config, model, sde, params, *, train: bool = False, rn
 
 
 def build_score_fn(config, model, sde, params, *, y=None, train: bool = False, rng=None):
-    """``score_fn(x, t)`` of the network with ``params`` (``y``: class labels of a conditional model)."""
-    if num_classes(config) or text_conditional(config):  # y: class labels or caption token ids
+    """``score_fn(x, t)`` of the network with ``params`` (``y``: class labels of a conditional model, caption token
+    ids of a text-conditional one, or a super-resolution stage's :class:`~diffjax.core.cascade.LowResCondition`)."""
+    if is_conditional(config):
         return core.with_label(_conditional_score_fn(config, model, sde, params, train=train, rng=rng), y)
     return _nets().make_score_fn(model.apply, params, network_marginal(config, sde), train=train, rng=rng,
                                  **score_kwargs(config))

@@ -12,7 +12,8 @@ from typing import Optional
 
 import jax
 
-from diffjax.config_lib._build import validate_ema, build_model, build_optimizer, build_sde, MULTI_STEPS
+from diffjax.config_lib._build import validate_ema, build_model, build_optimizer, build_sde, MULTI_STEPS, RESIZES
+from diffjax.config_lib._cascade import validate_cascade
 from diffjax.config_lib._loss import TIME_SAMPLINGS, WEIGHTINGS, LOSSES, validate_loss, validate_objective
 from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SDES, TOY_DATASETS, _PARAMETERIZATIONS, _TIME_INPUTS,
                                        _check_int, _choice, is_toy, num_classes)
@@ -74,6 +75,7 @@ def _validate(config, count: int) -> None:
     build_optimizer(config)
     _choice("sampling.method", s.method, SAMPLERS)
     _choice("data.dataset", d.dataset, TOY_DATASETS + tuple(IMAGE_DATASETS))
+    _choice("data.resize", d.get("resize", "bicubic"), RESIZES)
     validate_loss(config)
     for name in ("batch_size", "n_iters", "n_jitted_steps", "log_freq"):
         if int(t[name]) < 1:
@@ -98,6 +100,7 @@ def _validate(config, count: int) -> None:
     validate_objective(config, sde)
     check_sampler(config, sde)
     validate_classifier_guidance(config, sde)
+    validate_cascade(config, sde)
 
 
 def _validate_sampling(config) -> None:

@@ -22,6 +22,7 @@ The layers (:class:`Conv`, :class:`GroupNorm`, :class:`AttnBlock`, :class:`ResBl
 """
 from diffjax.nets._bridge import (PARAMETERIZATIONS, TIME_INPUTS, make_conditional_score_fn, make_score_fn,
                                   noise_labels_for, split_learned_sigma)
+from diffjax.nets._cascade import LowResConditioned
 from diffjax.nets._classifier import NoiseConditionalClassifier
 from diffjax.nets._clip import CLIP
 from diffjax.nets._cross_attention import CrossAttention, SpatialTransformer, TransformerBlock
@@ -46,7 +47,7 @@ from diffjax.nets._summary import abstract_init, count_params, model_summary
 from diffjax.nets._unet import UNet
 
 __all__ = [
-    "UNet", "MLPScore", "NoiseConditionalClassifier", "DiT",
+    "UNet", "MLPScore", "NoiseConditionalClassifier", "DiT", "LowResConditioned",
     "make_score_fn", "make_conditional_score_fn", "noise_labels_for", "split_learned_sigma",
     "TIME_INPUTS", "PARAMETERIZATIONS",
     "model_summary", "count_params", "abstract_init",

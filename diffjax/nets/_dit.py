@@ -23,7 +23,8 @@ from diffjax.core._checks import check_choice, check_int, check_positive
 from diffjax.nets._attention import attention, masked_attention
 from diffjax.nets._base import LAYER_IMPLS
 from diffjax.nets._cross_attention import CrossAttention
-from diffjax.nets._inputs import check_dtype, check_image, check_rate, label_input, noise_label_input
+from diffjax.nets._inputs import (check_dtype, check_image, check_rate, concat_condition, label_input,
+                                  noise_label_input)
 
 __all__ = ["DiT", "sincos_pos_embed_2d", "dit_timestep_embedding", "DIT_CONTEXT_BLOCKS"]
 
@@ -223,12 +224,15 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x, noise_labels, y=None, *, train: bool, context=None, context_mask=None,
-                 context_pooled=None):
+                 context_pooled=None, cond=None):
+        """``cond``: a :class:`~diffjax.core.cascade.LowResCondition` of a cascade's super-resolution stage
+        (concatenated to the channels, its level embedded like the time), or ``None``."""
         check_image(x, self.input_size, self.in_channels, size_field="input_size", channels_field="in_channels")
         if (self.context_block != "none") != (context is not None):
             raise ValueError(f"context_block={self.context_block!r}: the context tokens must be given exactly when "
                              f"context_block is not 'none', got context={'None' if context is None else 'an array'}")
         b, height, width, channels = x.shape
+        x_in = x if cond is None else concat_condition(x, cond)
         p, d, dt = self.patch_size, self.hidden_size, self.dtype
         if height % p or width % p:
             raise ValueError(f"x's height and width must be multiples of patch_size={p}, got {height}x{width}")
@@ -236,9 +240,9 @@ class DiT(nn.Module):
 
         # Patchify: a convolution with kernel = stride = p (HWIO kernel), written as the matmul it is.
         kernel = self.param("x_embedder_kernel", nn.initializers.variance_scaling(
-            1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=3), (p, p, channels, d), jnp.float32)
+            1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=3), (p, p, x_in.shape[-1], d), jnp.float32)
         bias = self.param("x_embedder_bias", nn.initializers.zeros, (d,), jnp.float32)
-        patches = x.astype(dt).reshape(b, gh, p, gw, p, channels).transpose(0, 1, 3, 2, 4, 5)
+        patches = x_in.astype(dt).reshape(b, gh, p, gw, p, x_in.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
         h = jnp.einsum("bhwpqc,pqcd->bhwd", patches, kernel.astype(dt)).reshape(b, gh * gw, d) + bias.astype(dt)
         h = h + jnp.asarray(sincos_pos_embed_2d(d, gh, gw), dt)[None]
 
@@ -254,6 +258,9 @@ class DiT(nn.Module):
                 labels = jnp.where(drop, self.num_classes, labels)
             c = c + nn.Embed(self.num_classes + 1, d, embedding_init=t_init, param_dtype=jnp.float32, dtype=dt,
                              name="y_embedder")(labels)
+        if cond is not None:  # cascaded diffusion: the augmentation level through a timestep MLP of its own
+            e = dit_timestep_embedding(noise_label_input(cond.noise_label, b), self.frequency_embedding_size)
+            c = c + _dense(d, "cond_embedder_1", dt, t_init)(nn.silu(_dense(d, "cond_embedder_0", dt, t_init)(e)))
 
         if context_pooled is not None:
             c = c + _dense(d, "context_pooled_embedder", dt, t_init)(jnp.asarray(context_pooled, dt))

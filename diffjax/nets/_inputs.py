@@ -51,3 +51,13 @@ def label_input(y, num_classes, batch):
 
 def noise_label_input(noise_labels, batch):
     return jnp.broadcast_to(jnp.asarray(noise_labels, jnp.float32), (batch,))
+
+
+def concat_condition(x, cond):
+    """``x`` with the image of a cascade's condition (:class:`~diffjax.core.cascade.LowResCondition`) concatenated
+    to its channels; the condition must be ``x``'s batch and spatial size."""
+    image = jnp.asarray(cond.image)
+    if image.ndim != 4 or image.shape[:3] != x.shape[:3]:
+        raise ValueError(f"cond.image must be shaped (batch, H, W, C) = {x.shape[:3]} + (C,) like x, "
+                         f"got shape {image.shape}")
+    return jnp.concatenate([x, image.astype(x.dtype)], axis=-1)

@@ -16,10 +16,12 @@ def count_params(params) -> int:
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-def _dummy_inputs(model, input_shape, num_classes):
+def _dummy_inputs(model, input_shape, num_classes, condition=None):
     x = jnp.zeros(tuple(input_shape), jnp.float32)
     labels = jnp.zeros((input_shape[0],), jnp.float32)
     args = [x, labels]
+    if condition is not None:
+        return args + [condition]
     num_classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
     if num_classes is not None and "y" in _call_params(model):
         args.append(jnp.zeros((input_shape[0],), jnp.int32))
@@ -31,14 +33,16 @@ def _call_params(model):
     return inspect.signature(type(model).__call__).parameters
 
 
-def abstract_init(model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None):
+def abstract_init(model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None,
+                  condition=None):
     """``jax.eval_shape`` of ``model.init(rngs, x, labels[, y], train=False)``: the variables as a tree of
-    ``jax.ShapeDtypeStruct``, without allocating or compiling anything."""
-    return _abstract_init(model, input_shape, num_classes)[0]
+    ``jax.ShapeDtypeStruct``, without allocating or compiling anything. ``condition``: an example of the network's
+    condition (a pytree), passed in the place of ``y``."""
+    return _abstract_init(model, input_shape, num_classes, condition)[0]
 
 
-def _abstract_init(model, input_shape, num_classes):
-    args = _dummy_inputs(model, input_shape, num_classes)
+def _abstract_init(model, input_shape, num_classes, condition=None):
+    args = _dummy_inputs(model, input_shape, num_classes, condition)
     blocks = []  # (name, output shape) of top-level blocks, in call order
 
     def record(next_fun, a, kw, context):
@@ -55,15 +59,17 @@ def _abstract_init(model, input_shape, num_classes):
     return jax.eval_shape(init), blocks
 
 
-def model_summary(model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None) -> str:
+def model_summary(model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None,
+                  condition=None) -> str:
     """A table of the network's top-level blocks (name, output shape, parameters) and the total parameter count.
 
     Args:
       model: a flax module called as ``model(x, noise_labels[, y], train=...)``.
       input_shape: ``(batch, H, W, C)`` or ``(batch, D)``.
       num_classes: feed dummy labels (default: the model's ``num_classes`` field if it has one).
+      condition: an example of the network's condition (a pytree), fed in the place of the labels.
     """
-    variables, blocks = _abstract_init(model, input_shape, num_classes)
+    variables, blocks = _abstract_init(model, input_shape, num_classes, condition)
     params = variables["params"]
     rows = [("block", "output shape", "params")]
     seen = set()

@@ -19,8 +19,8 @@ from diffjax.nets._blocks import Downsample, ResBlock, Upsample
 from diffjax.nets._conv import CONV_IMPLS, Conv
 from diffjax.nets._cross_attention import SpatialTransformer
 from diffjax.nets._embeddings import EMBEDDING_TYPES, NoiseEmbedding
-from diffjax.nets._inputs import (check_dtype, check_image, check_levels, check_rate, label_input,
-                                  noise_label_input)
+from diffjax.nets._inputs import (check_dtype, check_image, check_levels, check_rate, concat_condition,
+                                  label_input, noise_label_input)
 from diffjax.nets._norm import GroupNorm
 
 RESBLOCK_TYPES = ("ddpm", "biggan")
@@ -130,7 +130,10 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, noise_labels, y=None, *, train: bool, context=None, context_mask=None,
-                 context_pooled=None):
+                 context_pooled=None, cond=None):
+        """``x`` ``(batch, H, W, C)``, ``noise_labels`` ``()`` or ``(batch,)``, ``y`` class labels; ``context``
+        (``context_mask``, ``context_pooled``): a text context (``context_block``); ``cond``: a
+        :class:`~diffjax.core.cascade.LowResCondition` of a cascade's super-resolution stage (``None``: none)."""
         check_image(x, self.image_size, self.num_channels)
         if (self.context_block != "none") != (context is not None):
             raise ValueError(f"context_block={self.context_block!r}: the context tokens must be given exactly when "
@@ -161,8 +164,12 @@ class UNet(nn.Module):
         if context_pooled is not None:
             pemb = Dense(4 * nf, dtype=dt, name="context_embed")(jnp.asarray(context_pooled, dt))
             temb = pemb if temb is None else temb + pemb
+        if cond is not None:  # cascaded diffusion (Ho et al. 2021): the augmentation level, embedded like the time
+            cemb = NoiseEmbedding(nf, 4 * nf, "positional", dtype=dt, name="cond_level_embed")(
+                noise_label_input(cond.noise_label, b))
+            temb = cemb if temb is None else temb + cemb
 
-        x = x.astype(dt)
+        x = x.astype(dt) if cond is None else concat_condition(x, cond).astype(dt)
         pyramid_in = x if self.progressive_input != "none" else None
         hs = [Conv(nf, 3, name="conv_in", **conv_kw)(x)]
         for i in range(n_levels):

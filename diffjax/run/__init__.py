@@ -7,6 +7,8 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
 - :class:`Run`, :func:`train`, :func:`sample`, :func:`describe` (``diffjax/run/_run.py``);
 - :func:`evaluate`, :func:`stats_mode`, :func:`likelihood`, :func:`evaluate_images`, :func:`build_feature_net`,
   :func:`reference_statistics`, ... (``diffjax/run/_eval.py``);
+- :class:`SuperResolutionRun`: a cascade's super-resolution stage, sampled through its base model
+  (``diffjax/run/_cascade.py``);
 - :func:`train_classifier` and :data:`CLASSIFIER_FILE`, the Fashion-MNIST feature classifier task
   (``diffjax/run/_classifier.py``);
 - :func:`train_noisy_classifier`, the noise-conditional classifier ``p(y | x_t, t)`` for classifier guidance, with
@@ -30,11 +32,13 @@ from diffjax.run._clip import CLIP_JSON, batch_captions, clip_retrieval, describ
 from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_label, eval_samples, eval_settings, evaluate,
                                evaluate_images, feature_net_name, likelihood, reference_statistics, stats_mode,
                                validate_eval)
-from diffjax.run._run import Run, describe, sample, sampler_label, train
+from diffjax.run._run import Run, describe, open_run, sample, sampler_label, train
+from diffjax.run._cascade import SuperResolutionRun
 from diffjax.run._distill import DistillState, Distiller, sample_distill, train_distill
 from diffjax.run._adapt import AdapterRun, load_adapt_images, sample_adapter, train_adapter
 
-__all__ = ["Run", "train", "sample", "sampler_label", "describe", "Distiller", "DistillState", "train_distill", "sample_distill",
+__all__ = ["Run", "open_run", "SuperResolutionRun", "train", "sample", "sampler_label", "describe", "Distiller",
+           "DistillState", "train_distill", "sample_distill",
            "train_adapter", "sample_adapter", "AdapterRun", "load_adapt_images",
            "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
            "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",

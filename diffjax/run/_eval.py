@@ -12,7 +12,7 @@ import numpy as np
 
 from diffjax.run._classifier import CLASSIFIER_FILE, check_classifier_data
 from diffjax.run._common import append_metrics, _choice, host_tree, image_source, _rows
-from diffjax.run._run import Run
+from diffjax.run._run import open_run
 
 FEATURE_NETS = ("auto", "inception", "classifier")
 
@@ -156,7 +156,7 @@ def _evaluate_images(config, workdir, images_uint8, *, feature_net=None, referen
 
 
 def _restore_for_eval(config, workdir, mode):
-    run = Run(config, workdir)
+    run = open_run(config, workdir)
     state, step = run.restore()
     if state is None:
         run.checkpoints.close()
@@ -212,6 +212,7 @@ def eval_settings(config, step, *, seed=None, batch_size=None) -> dict:
     (sampler, steps, t_eps, the options that are set, EMA choice, guidance, x0 control, model, process, ...), as
     canonical JSON values. It keys the sample files of ``--mode eval`` and is stored in each of them."""
     import json
+    from diffjax import config_lib as cl
     cfg = config.to_dict()
     for section, names in SAMPLE_INDEPENDENT_FIELDS.items():
         if names is None:
@@ -226,6 +227,9 @@ def eval_settings(config, step, *, seed=None, batch_size=None) -> dict:
         smp["classifier_workdir"] = os.path.abspath(smp["classifier_workdir"])
     settings = {"step": int(step), "seed": int(config.seed if seed is None else seed),
                 "batch_size": int(config.eval.batch_size if batch_size is None else batch_size), "config": cfg}
+    if cl.is_super_resolution(config):  # a cascade's samples depend on its base model's checkpoint too
+        from diffjax.run._cascade import base_settings
+        settings["base"] = base_settings(config)
     return json.loads(json.dumps(settings, sort_keys=True, default=_json_value))
 
 

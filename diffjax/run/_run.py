@@ -48,9 +48,10 @@ class Run:
         self.label_classes = cl.sampling_num_classes(config)  # the labels samples cycle through (also: guidance)
         shape = cl.input_shape(config, 1)
         self.posthoc_sigma_rels = cl.posthoc_sigma_rels(config)
+        condition = cl.example_condition(config, 1)  # a cascade's super-resolution stage: its low-res condition
         self._create = lambda key: tr.create_state(key, self.model, shape, self.optimizer,
                                                    num_classes=self.num_classes,
-                                                   num_posthoc_emas=len(self.posthoc_sigma_rels))
+                                                   num_posthoc_emas=len(self.posthoc_sigma_rels), condition=condition)
         self._create = cl.with_pretrained_text(config, self._create)  # text.encoder_workdir: a frozen encoder
         self.prompt_ids = cl.prompt_ids(config) if cl.text_conditional(config) else None  # samples cycle through
         abstract = jax.eval_shape(self._create, jax.random.key(0))
@@ -146,10 +147,21 @@ class Run:
               f"snapshots (steps {min(info['steps'])}..{max(info['steps'])})", flush=True)
         return jax.device_put(params, self.shardings.ema_params)
 
-    def sample(self, params, key, n, *, return_nfe: bool = False):
+    def sampling_condition(self, key, n, condition):
+        """What the network is conditioned on for ``n`` samples (traced): class labels ``arange(n) % label_classes``
+        for a class-conditional model (or one under classifier guidance), the prompts' token ids cycled for a
+        text-conditional one, else ``None``; ``condition`` is :meth:`sample`'s argument (unused here)."""
+        import jax.numpy as jnp
+        if self.prompt_ids is not None:
+            return jnp.asarray(self.prompt_ids)[jnp.arange(n) % len(self.prompt_ids)]
+        return jnp.arange(n) % self.label_classes if self.label_classes else None
+
+    def sample(self, params, key, n, *, return_nfe: bool = False, condition=None):
         """``n`` samples (host numpy, float) from the network with ``params``; with ``return_nfe``, ``(samples,
         nfe)``: ``nfe`` the score evaluations the sampler ran (an int; None where the sampler cannot count them, e.g.
-        pc with a predictor of a Python config). Says "compiling ..." before the first call for ``n``."""
+        pc with a predictor of a Python config). Says "compiling ..." before the first call for ``n``.
+        ``condition``: an array (or pytree) passed to :meth:`sampling_condition` inside the compiled sampler (a
+        cascade's super-resolution stage: the low-resolution images, :class:`~diffjax.run.SuperResolutionRun`)."""
         import jax
         import jax.numpy as jnp
         from jax.experimental import multihost_utils
@@ -158,12 +170,10 @@ class Run:
         if n not in self._sample_jit:
             sampler = cl.build_sampler(self.config)
 
-            def run(params, key, counted):
+            def run(params, key, condition, counted):
                 k_prior, k_y, k_s = jax.random.split(key, 3)
                 x_T = self.sde.prior_sample(k_prior, cl.input_shape(self.config, n))
-                y = jnp.arange(n) % self.label_classes if self.label_classes else None
-                if self.prompt_ids is not None:
-                    y = jnp.asarray(self.prompt_ids)[jnp.arange(n) % len(self.prompt_ids)]
+                y = self.sampling_condition(k_y, n, condition)
                 score_fn = cl.build_sampling_score_fn(self.config, self.model, self.sde, params, y=y)
                 if counted:
                     return sampler(k_s, x_T, score_fn, self.sde, return_nfe=True)
@@ -175,12 +185,12 @@ class Run:
             from diffjax.train.loop import _say  # a line that leaves a progress bar intact
             _say(f"compiling the sampler ({sampler_label(self.config, self.sde)}, {n} samples) ...")
         try:
-            x, nfe = self._sample_jit[n][0](params, key)
+            x, nfe = self._sample_jit[n][0](params, key, condition)
         except ValueError as e:  # a sampler that cannot count its evaluations (pc with a Python-config predictor)
             if "return_nfe" not in str(e) or len(self._sample_jit[n]) == 1:
                 raise
             self._sample_jit[n] = self._sample_jit[n][1:]
-            x, nfe = self._sample_jit[n][0](params, key)
+            x, nfe = self._sample_jit[n][0](params, key, condition)
         x = np.asarray(multihost_utils.process_allgather(x, tiled=True)) if jax.process_count() > 1 else np.asarray(x)
         x = self.space.decode(x)  # a latent model's samples decoded to images (run/_latent.py)
         if not return_nfe:
@@ -211,6 +221,16 @@ class Run:
         return [npz, png]
 
 
+def open_run(config, workdir, *, read_only: bool = True) -> Run:
+    """The :class:`Run` of ``config``; a cascade's super-resolution stage (``cascade.low_res_size > 0``) is a
+    :class:`~diffjax.run.SuperResolutionRun`, whose samples run the whole cascade (``diffjax/run/_cascade.py``)."""
+    from diffjax import config_lib as cl
+    if cl.is_super_resolution(config):
+        from diffjax.run._cascade import SuperResolutionRun
+        return SuperResolutionRun(config, workdir, read_only=read_only)
+    return Run(config, workdir, read_only=read_only)
+
+
 def train(config, workdir, *, progress: bool = True):
     """``--mode train``: train (or resume) the run in ``workdir``; a second run on a workdir in use is refused
     (:class:`~diffjax.train.WorkdirBusyError`)."""
@@ -233,7 +253,7 @@ def _train(config, workdir, *, progress: bool = True):
     from diffjax import config_lib as cl
     from diffjax import train as tr
     t = config.training
-    run = Run(config, workdir, read_only=False)
+    run = open_run(config, workdir, read_only=False)
     data = cl.build_dataset(config)  # missing or damaged data files fail here, before anything is compiled
     data = run.space.dataset(data)  # a latent model's: the images encoded once by its autoencoder
     state, step = run.restore()
@@ -327,10 +347,14 @@ def sampler_label(config, sde=None) -> str:
 
 def _sample_stem(config, step, label):
     """``samples_STEP_SAMPLER_STEPS`` plus the EMA length and guidance scales where set (``_ema0.1``, ``_cfg2``,
-    ``_cg3``): one file per setting, so that sampling with another sampler does not overwrite the last one's."""
+    ``_cg3``) and a cascade's sampling augmentation level (``_aug0.1``): one file per setting, so that sampling
+    with another sampler does not overwrite the last one's."""
     s = config.sampling
     extra = [f"{tag}{float(v):g}" for tag, v in (("ema", s.ema_sigma_rel), ("cfg", s.guidance_scale),
                                                   ("cg", s.classifier_scale)) if v]
+    from diffjax import config_lib as cl
+    if cl.is_super_resolution(config):  # a cascade: its sampling augmentation level, always (0 is a setting too)
+        extra.append(f"aug{float(config.cascade.sampling_aug_level):g}")
     return "_".join([f"samples_{step:08d}", label] + extra)
 
 
@@ -350,7 +374,7 @@ def sample(config, workdir, *, progress: bool = True):
     import jax
     from tqdm import tqdm
     from diffjax import config_lib as cl
-    run = Run(config, workdir)
+    run = open_run(config, workdir)
     state, step = run.restore()
     if state is None:
         raise ValueError(f"--mode sample needs a checkpoint in {workdir}/checkpoints or checkpoints-meta; none found")
@@ -417,8 +441,9 @@ def describe(config):
         return
     cl.validate(config)
     model = cl.build_model(config)
-    print(model_summary(model, shape, num_classes=cl.num_classes(config)))
-    n = count_params(abstract_init(model, shape, num_classes=cl.num_classes(config))["params"])
+    kw = dict(num_classes=cl.num_classes(config), condition=cl.example_condition(config, 1))
+    print(model_summary(model, shape, **kw))
+    n = count_params(abstract_init(model, shape, **kw)["params"])
     distill = cl.distill_method(config)
     print(f"model {config.model.name}: {n:,} parameters; sde {config.training.sde}; "
           + (f"student of distill.method={distill.name!r}; " if distill else f"loss {config.training.loss}; ")

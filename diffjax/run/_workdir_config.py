@@ -31,6 +31,7 @@ FREE_FIELDS = (
     "data.data_dir", "data.verify_files",
     "distill.teacher_workdir",  # read once, at step 0; the teacher is in the checkpoint from then on
     "distill.sample_steps",     # consistency sampling only
+    "cascade.base_workdir", "cascade.sampling_aug_level",  # a super-resolution stage's sampling only
     "classifier.log_every", "classifier.num_test_examples",
     "noisy_classifier.log_every", "noisy_classifier.num_test_examples", "noisy_classifier.num_noise_bins",
     "noisy_classifier.eval_batch_size",

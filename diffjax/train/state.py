@@ -99,23 +99,29 @@ def inverse_sqrt_decay(ref_steps: int) -> optax.Schedule:
     return lambda k: jax.lax.rsqrt(jnp.maximum(k / ref_steps, 1.0))
 
 
-def init_params(key, model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None):
-    """``model.init`` on zeros of ``input_shape`` (``(batch, ...)``), returning the ``"params"`` collection."""
+def init_params(key, model: nn.Module, input_shape: Sequence[int], *, num_classes: Optional[int] = None,
+                condition: Any = None):
+    """``model.init`` on zeros of ``input_shape`` (``(batch, ...)``), returning the ``"params"`` collection.
+    ``condition``: an example of the network's condition for that batch (a pytree, e.g. a cascade's
+    :class:`~diffjax.core.cascade.LowResCondition`), passed where class labels would be."""
     b = input_shape[0]
     args = [jnp.zeros(input_shape, jnp.float32), jnp.zeros((b,), jnp.float32)]
-    if num_classes is not None:
+    if condition is not None:
+        args.append(condition)
+    elif num_classes is not None:
         args.append(jnp.zeros((b,), jnp.int32))
     k_param, k_drop = jax.random.split(key)
     return model.init({"params": k_param, "dropout": k_drop}, *args, train=False)["params"]
 
 
 def create_state(key, model: nn.Module, input_shape: Sequence[int], optimizer: optax.GradientTransformation, *,
-                 num_classes: Optional[int] = None, num_posthoc_emas: int = 0) -> TrainState:
+                 num_classes: Optional[int] = None, num_posthoc_emas: int = 0, condition: Any = None) -> TrainState:
     """A fresh :class:`TrainState` at step 0 (every EMA = initial params; ``num_posthoc_emas`` power EMAs in
-    ``phema``). Pure: wrap in ``jax.jit`` with ``out_shardings`` to create it sharded."""
+    ``phema``; ``condition``: see :func:`init_params`). Pure: wrap in ``jax.jit`` with ``out_shardings`` to create it
+    sharded."""
     check_int("num_posthoc_emas", num_posthoc_emas, minimum=0)
     k_init, k_train = jax.random.split(key)
-    params = init_params(k_init, model, input_shape, num_classes=num_classes)
+    params = init_params(k_init, model, input_shape, num_classes=num_classes, condition=condition)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=optimizer.init(params), key=jax.random.key_data(k_train),
                       phema=tuple(params for _ in range(num_posthoc_emas)))
