@@ -148,3 +148,5 @@ def test_bad_settings_are_refused():
         fm.logit_normal_two_times(jax.random.key(0), 4, T=1.0, equal_fraction=1.5)
     with pytest.raises(ValueError, match="times must be"):
         fm.flow_map_sample(lambda x, t, s: x, jnp.zeros((2, 2)), [1.0])
+    with pytest.raises(ValueError, match="times must decrease"):  # s > t: a jump forward in time
+        fm.flow_map_sample(lambda x, t, s: x, jnp.zeros((2, 2)), [0.2, 0.5])

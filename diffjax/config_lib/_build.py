@@ -28,6 +28,9 @@ def build_model(config):
         model = text_model(config, MODELS[config.model.name](**overrides))
     else:
         model = MODELS[config.model.name](**overrides)
+    from diffjax.config_lib._distill import is_flow_map
+    if is_flow_map(config):  # u(x_t, t, s): the network told the jump's length too
+        return _nets().FlowMapNet(model)
     return _nets().LowResConditioned(model) if is_super_resolution(config) else model  # a cascade's SR stage
 
 

@@ -73,9 +73,42 @@ def _consistency_training(config):
         p_std=check_number("distill.p_std", d.p_std, 0.0, math.inf, lo_open=True))
 
 
+# distill.time_sampling -> MeanFlow's (t, s) sampler
+FLOW_MAP_TIMES = {"logit_normal": _distill.logit_normal_two_times, "uniform": _distill.uniform_two_times}
+
+
+def _flow_map_fields(config) -> dict:
+    d = config.distill
+    check_number("distill.time_label_scale", d.time_label_scale, 0.0, math.inf, lo_open=True)
+    return dict(total_steps=int(config.training.n_iters),
+                sample_steps=_check_int("distill.sample_steps", d.sample_steps, 1))
+
+
+def _meanflow(config):
+    d = config.distill
+    _choice("distill.time_sampling", d.time_sampling, FLOW_MAP_TIMES)
+    return _distill.MeanFlow(**_flow_map_fields(config), time_sampler=FLOW_MAP_TIMES[d.time_sampling],
+                             power=check_number("distill.adaptive_power", d.adaptive_power, 0.0, math.inf))
+
+
+def _shortcut(config):
+    d = config.distill
+    try:
+        return _distill.Shortcut(**_flow_map_fields(config),
+                                 levels=_check_int("distill.shortcut_levels", d.shortcut_levels, 1))
+    except ValueError as e:
+        raise ValueError(f"distill.sample_steps / distill.shortcut_levels: {e}") from None
+
+
 # distill.method -> the method object's builder (its fields checked); "": no distillation
 DISTILL_METHODS = {"progressive": _progressive, "consistency_distillation": _consistency_distillation,
-                   "consistency_training": _consistency_training}
+                   "consistency_training": _consistency_training, "meanflow": _meanflow, "shortcut": _shortcut}
+FLOW_MAP_METHODS = ("meanflow", "shortcut")  # their network is a FlowMapNet: u(x, t, s)
+
+
+def is_flow_map(config) -> bool:
+    """Whether ``config`` trains a flow map (``distill.method`` meanflow | shortcut)."""
+    return config.get("distill", {}).get("method", "") in FLOW_MAP_METHODS
 
 
 def distill_method(config) -> Optional[_distill.DistillMethod]:

@@ -162,6 +162,8 @@ def flow_map_sample(u_fn: FlowMapFn, x_T, times):
     times = jnp.asarray(times, x_T.dtype)
     if times.ndim != 1 or times.shape[0] < 2:
         raise ValueError(f"times must be a 1-D grid of at least two times (T ... 0), got shape {times.shape}")
+    if not isinstance(times, jax.core.Tracer) and not bool(jnp.all(times[1:] < times[:-1])):
+        raise ValueError(f"times must decrease (each jump goes from t to an earlier s < t), got {times.tolist()}")
 
     def step(x, ts):
         t, s = (jnp.full((x.shape[0],), v, x.dtype) for v in ts)

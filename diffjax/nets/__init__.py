@@ -31,6 +31,7 @@ from diffjax.nets._text_conditional import TextConditional
 from diffjax.nets._dit import DiT, dit_timestep_embedding, sincos_pos_embed_2d
 from diffjax.nets._attention import AttnBlock, attention, masked_attention
 from diffjax.nets._flash_attention import flash_attention
+from diffjax.nets._flow_map import FlowMapNet, TimeGap
 from diffjax.nets._autoencoder import AutoencoderKL, DiagonalGaussian, autoencoder_loss
 from diffjax.nets._autoencoder_diffusers import autoencoder_params_from_diffusers
 from diffjax.nets._base import Dense
@@ -57,7 +58,7 @@ __all__ = [
     "sincos_pos_embed_2d", "dit_timestep_embedding",
     "Conv", "Dense", "GroupNorm", "AttnBlock", "ResBlock", "Upsample", "Downsample", "GaussianFourierProjection",
     "timestep_embedding", "fir_upsample_2d", "fir_downsample_2d", "attention", "group_norm",
-    "TextEncoder", "TEXT_POOLINGS", "CLIP", "masked_attention", "flash_attention",
+    "TextEncoder", "TEXT_POOLINGS", "CLIP", "masked_attention", "flash_attention", "FlowMapNet", "TimeGap",
     "CrossAttention", "TransformerBlock", "SpatialTransformer", "TextConditional",
     "AutoencoderKL", "DiagonalGaussian", "autoencoder_loss", "autoencoder_params_from_diffusers",
 ]

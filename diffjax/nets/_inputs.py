@@ -55,7 +55,10 @@ def noise_label_input(noise_labels, batch):
 
 def concat_condition(x, cond):
     """``x`` with the image of a cascade's condition (:class:`~diffjax.core.cascade.LowResCondition`) concatenated
-    to its channels; the condition must be ``x``'s batch and spatial size."""
+    to its channels; the condition must be ``x``'s batch and spatial size. A condition without an image (a flow
+    map's :class:`~diffjax.nets.TimeGap`) leaves ``x`` as it is."""
+    if cond.image is None:
+        return x
     image = jnp.asarray(cond.image)
     if image.ndim != 4 or image.shape[:3] != x.shape[:3]:
         raise ValueError(f"cond.image must be shaped (batch, H, W, C) = {x.shape[:3]} + (C,) like x, "

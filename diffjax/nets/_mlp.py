@@ -49,12 +49,19 @@ class MLPScore(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, noise_labels, y=None, *, train: bool):
+    def __call__(self, x, noise_labels, y=None, *, train: bool, cond=None):
+        """``cond``: a condition whose ``noise_label`` is embedded like the time and added (a flow map's
+        :class:`~diffjax.nets.TimeGap`); points have no image to concatenate."""
         if x.ndim != 2:
             raise ValueError(f"x must be shaped (batch, D), got shape {x.shape}")
         b, d = x.shape
         temb = NoiseEmbedding(self.embedding_dim, self.hidden[0], self.embedding_type, self.fourier_scale,
                               self.dtype, name="noise_embed")(noise_label_input(noise_labels, b))
+        if cond is not None:
+            if getattr(cond, "image", None) is not None:
+                raise ValueError("the toy MLP takes no image condition (cond.image must be None)")
+            temb = temb + NoiseEmbedding(self.embedding_dim, self.hidden[0], self.embedding_type, self.fourier_scale,
+                                         self.dtype, name="cond_level_embed")(noise_label_input(cond.noise_label, b))
         if self.num_classes is not None:
             temb = temb + nn.Embed(self.num_classes + 1, self.hidden[0], dtype=self.dtype, param_dtype=jnp.float32,
                                    name="label_embed")(label_input(y, self.num_classes, b))

@@ -152,6 +152,19 @@ class Distiller:
         return distill.consistency_fn(raw, self.sde, sigma_data=float(self.config.model.sigma_data),
                                       t_eps=self.method.t_eps)
 
+    def flow_map(self, params, *, train=False, rng=None):
+        """Flow maps: ``u(x, t, s)`` of the student :class:`~diffjax.nets.FlowMapNet`, fed ``c t / T`` and the jump's
+        ``c (t - s) / T`` (``c = distill.time_label_scale``), its output the average velocity."""
+        scale = float(self.d.time_label_scale) / float(self.sde.T)
+
+        def u(x, t, s):
+            labels, gap = scale * t, scale * (t - s)
+            if train:
+                return self.model.apply({"params": params}, x, labels, gap, train=True, rngs={"dropout": rng})
+            return self.model.apply({"params": params}, x, labels, gap, train=False)
+
+        return u
+
     def teacher_score(self, params):
         """The teacher's ``score_fn(x, t)``: the given function, or the loaded teacher's network with ``params``."""
         from diffjax import config_lib as cl

@@ -1,0 +1,113 @@
+"""Flow maps from the command line (distill.method meanflow | shortcut): the train step's loss is the objective
+itself (meanflow_loss / shortcut_loss of the FlowMapNet with the Distiller's time labels), training resumes exactly,
+--mode sample jumps 1 or 2 times, and bad settings fail in one line before anything is compiled."""
+import os
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import diffjax as dj  # noqa: E402
+from diffjax import config_lib as cl  # noqa: E402
+from diffjax import distill  # noqa: E402
+from diffjax import main as dmain  # noqa: E402
+from diffjax import run as dr  # noqa: E402
+from test_distill_train import _config, _finite, _one_step, _step_key  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("test_flow_map_cli")
+RING = dj.ring_mixture()
+
+
+def _flow_config(method, **fields):
+    cfg = _config(method, **fields)
+    t = cfg.training
+    t.sde, t.continuous, t.loss, t.weighting = "rectified_flow", True, "dsm", "flow_matching"
+    cfg.model.parameterization, cfg.model.time_input = "velocity", ""
+    t.n_iters, t.checkpoint_freq = 4, 2
+    cfg.distill.time_sampling = "uniform"
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["meanflow", "shortcut"])
+def test_train_step_loss_is_the_flow_map_objective(tmp_path, method):
+    cfg = _flow_config(method)
+    sde = cl.build_sde(cfg)
+    dist = dr.Distiller(cfg, str(tmp_path))
+    state = dist.fresh_state()
+    x = jnp.asarray(RING.sample(jax.random.key(3), 64))
+    params = jax.device_get(state.train.params)
+    model = cl.build_model(cfg)
+    assert isinstance(model, dj.nets.FlowMapNet)
+    c = 50.0 / sde.T  # distill.time_label_scale / T
+
+    def u(z, t, s):
+        return model.apply({"params": params}, z, c * t, c * (t - s), train=False)
+
+    if method == "meanflow":
+        fn = lambda k, x: distill.meanflow_loss(u, sde, k, x, time_sampler=distill.uniform_two_times,  # noqa: E731
+                                                power=1.0)[0]
+    else:
+        fn = lambda k, x: distill.shortcut_loss(u, sde, k, x, levels=7)[0]  # noqa: E731
+    want = jax.jit(fn)(_step_key(state), x)
+    new, loss = _one_step(dist, state, x)
+    assert np.isfinite(loss) and np.isfinite(float(want))
+    np.testing.assert_allclose(loss, float(want), rtol=2e-5)
+    _finite(new.train.params)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(new.train.params),
+                                                                jax.tree.leaves(params)))
+    assert moved > 0
+
+
+def test_meanflow_resumes_exactly_and_samples_in_one_and_two_jumps(tmp_path, monkeypatch):
+    from diffjax import train as tr
+    cfg = _flow_config("meanflow")
+    full = dr.train_distill(cfg, str(tmp_path / "full"), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    real_loop = tr.train_loop
+
+    def stopping_loop(state, *args, num_steps, **kw):
+        state = real_loop(state, *args, num_steps=min(num_steps, 2), **kw)
+        if num_steps > 2:
+            raise Stop
+        return state
+
+    monkeypatch.setattr(tr, "train_loop", stopping_loop)
+    with pytest.raises(Stop):
+        dr.train_distill(cfg, str(tmp_path / "resumed"), progress=False)
+    monkeypatch.setattr(tr, "train_loop", real_loop)
+    resumed = dr.train_distill(cfg, str(tmp_path / "resumed"), progress=False)
+    assert int(resumed.step) == 4
+    chex.assert_trees_all_equal(jax.device_get(resumed.train.params), jax.device_get(full.train.params))
+    _finite(full.train.params)
+    outs = {}
+    for k in (1, 2):
+        cfg.distill.sample_steps = k
+        outs[k] = np.asarray(dmain.run_mode(cfg, str(tmp_path / "full"), "sample", progress=False))
+        assert outs[k].shape == (32, 2) and np.isfinite(outs[k]).all()
+    assert not np.allclose(outs[1], outs[2])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("sample_steps", 3, "off the shortcut's grid"),
+    ("shortcut_levels", 0, "distill.shortcut_levels"),
+    ("time_label_scale", 0.0, "distill.time_label_scale"),
+])
+def test_bad_flow_map_settings_are_one_line_errors(tmp_path, field, value, match):
+    cfg = _flow_config("shortcut")
+    cfg.distill[field] = value
+    with pytest.raises(ValueError, match=match):
+        dmain.run_mode(cfg, str(tmp_path), "train", progress=False)
+
+
+def test_bad_time_sampling_is_refused(tmp_path):
+    cfg = _flow_config("meanflow")
+    cfg.distill.time_sampling = "beta"
+    with pytest.raises(ValueError, match="distill.time_sampling"):
+        dmain.run_mode(cfg, str(tmp_path), "train", progress=False)
