@@ -201,15 +201,8 @@ class ProgressiveDistillation:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _ConsistencyModel:
-    """What the consistency methods share: one round of ``total_steps``, a loss of the student's consistency
-    function (``_loss``: the method's), and :func:`consistency_sample` on ``sample_steps`` times (``T``, then the
-    Karras grid)."""
-
-    total_steps: int
-    sample_steps: int = 1
-    metric: Callable = pseudo_huber
-    t_eps: Optional[float] = None       # the boundary time of the consistency function (None: the process's)
+class _OneRound:
+    """A method trained in one round of ``total_steps`` whose ``aux`` never changes."""
 
     rounds: ClassVar[int] = 1
 
@@ -222,14 +215,26 @@ class _ConsistencyModel:
     def describe_round(self, round_index: int) -> str:
         return ""
 
-    def describe_sampler(self, round_index: int) -> str:
-        return f"{self.sample_steps}-step consistency sampling"
-
     def next_round_aux(self, aux: dict, params) -> dict:
         return aux
 
     def update_aux(self, aux: dict, params) -> dict:
         return aux
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ConsistencyModel(_OneRound):
+    """What the consistency methods share: one round of ``total_steps``, a loss of the student's consistency
+    function (``_loss``: the method's), and :func:`consistency_sample` on ``sample_steps`` times (``T``, then the
+    Karras grid)."""
+
+    total_steps: int
+    sample_steps: int = 1
+    metric: Callable = pseudo_huber
+    t_eps: Optional[float] = None       # the boundary time of the consistency function (None: the process's)
+
+    def describe_sampler(self, round_index: int) -> str:
+        return f"{self.sample_steps}-step consistency sampling"
 
     def sample_times(self, process) -> tuple:
         """The times of :func:`~diffjax.distill.consistency_sample`: ``T`` alone, or the first ``sample_steps`` of
@@ -349,7 +354,7 @@ class ConsistencyTraining(_ConsistencyModel):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _FlowMap:
+class _FlowMap(_OneRound):
     """What the flow-map methods share: one round of ``total_steps`` from scratch (no teacher), a loss of the
     student's ``u(x, t, s)`` (``_loss``), and :func:`~diffjax.distill.flow_map_sample` with ``sample_steps`` equal
     jumps from ``T`` to 0."""
@@ -357,18 +362,8 @@ class _FlowMap:
     total_steps: int
     sample_steps: int = 1
 
-    rounds: ClassVar[int] = 1
     needs_teacher: ClassVar[bool] = False
     length_sets_schedule: ClassVar[bool] = False
-
-    def round_start(self, round_index: int) -> int:
-        return 0
-
-    def round_end(self, round_index: int) -> int:
-        return self.total_steps
-
-    def describe_round(self, round_index: int) -> str:
-        return ""
 
     def describe_sampler(self, round_index: int) -> str:
         return f"{self.sample_steps}-step flow map"
@@ -378,12 +373,6 @@ class _FlowMap:
 
     def initial_aux(self, params, teacher) -> dict:
         return {"teacher": _placeholder(), "target": _placeholder()}
-
-    def next_round_aux(self, aux: dict, params) -> dict:
-        return aux
-
-    def update_aux(self, aux: dict, params) -> dict:
-        return aux
 
     def sample_times(self, process) -> tuple:
         return tuple(float(v) for v in np.linspace(float(process.T), 0.0, self.sample_steps + 1))
