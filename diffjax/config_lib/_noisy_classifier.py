@@ -132,6 +132,15 @@ def _read_classifier_config(workdir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
+def same_process(config, sde, rec) -> bool:
+    """Whether the network of ``config`` (on ``sde``) and that of the recorded config ``rec`` see the same process:
+    the same ``T`` and marginals ``(a(t), s(t))`` as their networks convert them (a DDPM grid is not its SDE)."""
+    mine, theirs = network_marginal(config, sde), network_marginal(rec, build_sde(rec))
+    t = jnp.linspace(0.0, 1.0, 17) * min(float(mine.T), float(theirs.T))
+    return (math.isclose(float(mine.T), float(theirs.T), rel_tol=1e-6)
+            and np.allclose(np.stack(mine.marginal(t)), np.stack(theirs.marginal(t)), rtol=1e-4, atol=1e-6))
+
+
 def validate_classifier_guidance(config, sde) -> None:
     """``sampling.classifier_scale`` (finite, >= 0; 0: off) and ``sampling.classifier_workdir`` (a noisy-classifier
     workdir whose images, process and classes fit this config), before anything is compiled."""
@@ -159,10 +168,7 @@ def validate_classifier_guidance(config, sde) -> None:
     if num_classes(config) and n != num_classes(config):
         raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a {n}-class classifier; this "
                          f"class-conditional model has data.num_classes={num_classes(config)}")
-    mine, theirs = network_marginal(config, sde), network_marginal(rec, build_sde(rec))
-    t = jnp.linspace(0.0, 1.0, 17) * min(float(mine.T), float(theirs.T))
-    if not (math.isclose(float(mine.T), float(theirs.T), rel_tol=1e-6)
-            and np.allclose(np.stack(mine.marginal(t)), np.stack(theirs.marginal(t)), rtol=1e-4, atol=1e-6)):
+    if not same_process(config, sde, rec):
         raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a classifier trained on another process "
                          f"(training.sde={rec.training.sde!r} with its model.* fields) than this config's "
                          f"training.sde={config.training.sde!r}: their marginals (a(t), s(t)) differ; train the "

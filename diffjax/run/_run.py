@@ -52,7 +52,7 @@ class Run:
                                                    num_classes=self.num_classes,
                                                    num_posthoc_emas=len(self.posthoc_sigma_rels))
         self._create = cl.with_pretrained_text(config, self._create)  # text.encoder_workdir: a frozen encoder
-        self.prompt_ids = cl.prompt_ids(config) if cl.text_conditional(config) else None  # samples cycle through
+        self.prompt_ids = cl.prompt_ids(config) if cl.prompted(config) else None  # samples cycle through
         abstract = jax.eval_shape(self._create, jax.random.key(0))
         self.shardings = tr.state_shardings(self.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
         self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
@@ -327,10 +327,11 @@ def sampler_label(config, sde=None) -> str:
 
 def _sample_stem(config, step, label):
     """``samples_STEP_SAMPLER_STEPS`` plus the EMA length and guidance scales where set (``_ema0.1``, ``_cfg2``,
-    ``_cg3``): one file per setting, so that sampling with another sampler does not overwrite the last one's."""
+    ``_cg3``, ``_clipg4``): one file per setting, so that sampling with another sampler does not overwrite the last one's."""
     s = config.sampling
     extra = [f"{tag}{float(v):g}" for tag, v in (("ema", s.ema_sigma_rel), ("cfg", s.guidance_scale),
-                                                  ("cg", s.classifier_scale)) if v]
+                                                  ("cg", s.classifier_scale),
+                                                  ("clipg", s.get("clip_scale", 0.0))) if v]
     return "_".join([f"samples_{step:08d}", label] + extra)
 
 
