@@ -90,6 +90,7 @@ def clip_guided(config, score_fn, y):
     """``score_fn`` guided by the CLIP of ``sampling.clip_workdir`` towards the prompts ``y`` (token ids
     ``(batch, clip.max_length)``; :func:`~diffjax.clip_guidance` at ``sampling.clip_scale``, the image tower fed
     the noise labels of its own record, the logit scale its learned one; a learned variance ``v`` is kept)."""
+    import jax
     import jax.numpy as jnp
     if y is None:
         raise ValueError("sampling.clip_scale > 0 needs the prompts' token ids y to guide towards; got y=None")
@@ -97,7 +98,8 @@ def clip_guided(config, score_fn, y):
     labels_of = clip_noise_labels(rec, build_sde(rec))
     ids = jnp.asarray(y, jnp.int32)
     text_emb = model.apply({"params": params}, ids, ids != clip_tokenizer(rec).PAD, method=model.encode_text)[0]
-    tau = float(model.apply({"params": params}, method=model.logit_scale))  # 1 / temperature, from host arrays
+    with jax.ensure_compile_time_eval():  # 1 / temperature: a number, also while a sampler is being traced
+        tau = float(model.apply({"params": params}, method=model.logit_scale))
 
     def image_embed_fn(x, t):
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))

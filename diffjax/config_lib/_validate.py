@@ -98,8 +98,8 @@ def _validate(config, count: int) -> None:
                          f"beta_max, sigma_min, sigma_max, num_scales): {e}") from e
     validate_objective(config, sde)
     check_sampler(config, sde)
+    validate_clip_guidance(config, sde)  # first: it refuses classifier guidance beside it
     validate_classifier_guidance(config, sde)
-    validate_clip_guidance(config, sde)
 
 
 def _validate_sampling(config) -> None:

@@ -90,7 +90,7 @@ def clip_guidance(score_fn: ScoreFn, image_embed_fn, *, scale: float = 1.0, logi
     noise-aware CLIP's logit of the prompt takes the place of classifier guidance's ``grad log p_t(y | x)``
     (Dhariwal & Nichol 2021).
 
-    .. math:: s(x, t, c) = s_\theta(x, t) + \lambda \nabla_x \tau \cos(f(x, t), g(c))
+    .. math:: s(x, t, c) = s_\\theta(x, t) + \\lambda \\nabla_x \\tau \\cos(f(x, t), g(c))
 
     with ``f`` the image tower on ``x_t`` (fed the noise labels it was trained with) and ``g(c)`` the prompt's
     text embedding, fixed during sampling. ``tau = 1 / temperature`` (CLIP's learned logit scale) makes
