@@ -11,8 +11,8 @@ import os
 import diffjax.core as core
 from diffjax.config_lib._build import build_sde
 from diffjax.config_lib._clip import CLIP_PARAMS, clip_noise_labels, clip_tokenizer, load_clip
-from diffjax.config_lib._names import check_number, input_shape, is_toy, num_classes
-from diffjax.config_lib._noisy_classifier import same_process
+from diffjax.config_lib._names import num_classes
+from diffjax.config_lib._noisy_classifier import check_guide_fits, guidance_fields
 
 
 def clip_scale(config) -> float:
@@ -50,15 +50,10 @@ def validate_clip_guidance(config, sde) -> None:
     config's images and process) for an unconditional image model, and the prompts, before anything is compiled."""
     from diffjax.config_lib._text import sampling_prompts, text_conditional
     s = config.sampling
-    scale, workdir = s.get("clip_scale", 0.0), s.get("clip_workdir", "")
-    check_number("sampling.clip_scale", scale, 0.0, float("inf"))
-    if not isinstance(workdir, str):
-        raise ValueError(f"sampling.clip_workdir must be a directory path (str), got {workdir!r}")
+    scale, workdir = guidance_fields(config, "clip", "the workdir of a config.task='clip' run with "
+                                     "clip.noise_aware=True", "CLIP's image tower")
     if not scale:
         return
-    if not workdir:
-        raise ValueError(f"sampling.clip_scale={scale} needs sampling.clip_workdir (allowed: the workdir of a "
-                         f"config.task='clip' run with clip.noise_aware=True), got ''")
     if num_classes(config) or text_conditional(config):
         raise ValueError(f"sampling.clip_scale={scale} guides an unconditional model; this one is conditional "
                          f"(data.num_classes={num_classes(config) or 0}, text.conditioning="
@@ -66,23 +61,11 @@ def validate_clip_guidance(config, sde) -> None:
     if s.get("classifier_scale", 0.0):
         raise ValueError(f"sampling.clip_scale={scale} and sampling.classifier_scale={s.classifier_scale} are "
                          f"alternatives; set one")
-    if is_toy(config):
-        raise ValueError(f"sampling.clip_scale={scale}: CLIP's image tower takes images; data.dataset="
-                         f"{config.data.dataset!r} is not an image dataset")
     rec = guiding_clip(config)[0]
     if not rec.clip.noise_aware:
         raise ValueError(f"sampling.clip_workdir={workdir!r} holds a clean-image CLIP (clip.noise_aware=False); CLIP "
                          f"guidance needs one trained on x_t: retrain it with --config.clip.noise_aware=True")
-    want, got = input_shape(config, 1)[1:], input_shape(rec, 1)[1:]
-    if want != got:
-        raise ValueError(f"sampling.clip_workdir={workdir!r} holds a CLIP of {got} images; this config samples "
-                         f"{want} (data.image_size, data.num_channels; a latent model's latents are not images)")
-    if not same_process(config, sde, rec):
-        raise ValueError(f"sampling.clip_workdir={workdir!r} holds a CLIP trained on another process "
-                         f"(training.sde={rec.training.sde!r}, training.continuous={rec.training.continuous}, "
-                         f"training.loss={rec.training.loss!r} with its model.* fields) than this config's "
-                         f"training.sde={config.training.sde!r}: their marginals (a(t), s(t)) differ; train it with "
-                         f"this config's process")
+    check_guide_fits(config, sde, rec, "clip", "CLIP")
     sampling_prompts(config)
 
 
