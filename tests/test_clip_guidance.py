@@ -164,16 +164,18 @@ def _clip_config_of(diffusion, noise_aware=True):
     return c
 
 
-def _write_clip(path, clip_cfg, seed=5):
-    """A fresh-state CLIP workdir (what ``config.task="clip"`` writes: params npz and its config record)."""
+def _write_clip(path, clip_cfg, params=None):
+    """A fresh-state CLIP workdir (what ``config.task="clip"`` writes: params npz and its config record); returns
+    ``(path, params)``."""
     from flax import traverse_util
     from diffjax.eval.evaluate import write_json_atomic
     os.makedirs(path, exist_ok=True)
-    params = jax.device_get(cl.init_clip(clip_cfg, cl.build_clip(clip_cfg), jax.random.key(seed)))
+    if params is None:
+        params = jax.device_get(cl.init_clip(clip_cfg, cl.build_clip(clip_cfg), jax.random.key(5)))
     np.savez(os.path.join(path, cl.CLIP_PARAMS),
              **{k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()})
     write_json_atomic(os.path.join(path, cl.CLIP_CONFIG), cl.clip_record(clip_cfg))
-    return str(path)
+    return str(path), params
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +183,10 @@ def clip_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("clipg")
     c = _tiny_unconditional_config()
     from configs import fashion_mnist_ddpm
-    return {"noisy": _write_clip(root / "noisy", _clip_config_of(c)),
-            "clean": _write_clip(root / "clean", _clip_config_of(c, noise_aware=False)),
-            "ddpm": _write_clip(root / "ddpm", _clip_config_of(fashion_mnist_ddpm.get_config()))}
+    noisy, params = _write_clip(root / "noisy", _clip_config_of(c))
+    return {"noisy": noisy,  # the others only need their records: the same parameters (the towers' shapes agree)
+            "clean": _write_clip(root / "clean", _clip_config_of(c, noise_aware=False), params)[0],
+            "ddpm": _write_clip(root / "ddpm", _clip_config_of(fashion_mnist_ddpm.get_config()), params)[0]}
 
 
 def test_sampling_score_is_score_plus_scaled_gradient_of_the_clip_logit(clip_dirs):
