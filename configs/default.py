@@ -102,6 +102,8 @@ def get_config():
     sampling.classifier_scale = 0.0          # classifier guidance scale (0: off); labels y = arange(n) % classes
     sampling.adapter_scale = 1.0             # config.task="adapt": the LoRA's strength (0: the base model)
     sampling.classifier_workdir = ""         # workdir of a config.task="noisy_classifier" run (same process)
+    sampling.clip_scale = 0.0                # CLIP guidance scale of an unconditional model (0: off); the prompts:
+    sampling.clip_workdir = ""               # ... sampling.prompt(_file); a clip.noise_aware=True run (same process)
     sampling.clip_denoised = False           # clip the predicted x0 to [-1, 1] (DDPM's sampler; diffusers' clip_sample)
     sampling.dynamic_threshold = 0.0         # Imagen's dynamic thresholding percentile (0: off)
     sampling.num_samples = 64                # --mode sample

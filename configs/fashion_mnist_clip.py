@@ -12,6 +12,12 @@ CLIP guidance of that model:
 
     python -m diffjax.main --config configs/fashion_mnist_clip.py --workdir /tmp/fmnist_clip_noisy \
         --config.clip.noise_aware=True --config.clip.steps=4000
+
+and guides an unconditional model of that process (another process: add its training.sde / model.* fields here):
+
+    python -m diffjax.main --config configs/fashion_mnist_ddpm.py --workdir W --mode sample \
+        --config.sampling.clip_workdir=/tmp/fmnist_clip_noisy --config.sampling.clip_scale=3 \
+        --config.sampling.prompt="a dark sneaker"
 """
 from configs import fashion_mnist_ddpm
 

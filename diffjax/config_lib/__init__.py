@@ -14,6 +14,7 @@ job:
 * ``_sampler``: the sampler of ``sampling.*`` and the typing of ``sampling.options``.
 * ``_noisy_classifier``: the noise-conditional classifier of classifier guidance.
 * ``_clip``: the contrastive text-image model of ``config.task="clip"`` and its tokenizer.
+* ``_clip_guidance``: CLIP guidance of an unconditional model by a noise-aware CLIP (``sampling.clip_*``).
 * ``_distill``: the few-step method of ``config.distill`` as one object.
 * ``_text``: text-conditional models (``text.*``): the wrapped network, captioned batches, the prompts.
 * ``_autoencoder``: the KL autoencoder of ``config.autoencoder`` (``config.task="autoencoder"``).
@@ -29,6 +30,7 @@ from diffjax.config_lib._build import (EMA_SCHEDULES, LR_DECAYS, MULTI_STEPS, bu
 from diffjax.config_lib._clip import (CLIP_CONFIG, CLIP_DATASETS, CLIP_PARAMS, build_clip, clip_noise_labels,
                                      clip_record, clip_tokenizer, init_clip, load_clip, validate_clip)
 from diffjax.config_lib._cascade import batch_condition, example_condition, sampling_condition, validate_cascade
+from diffjax.config_lib._clip_guidance import clip_guided, guiding_clip, validate_clip_guidance
 from diffjax.config_lib._distill import (DISTILL_METHODS, DISTILL_METRICS, DISTILL_ODE_STEPS,
                                          DISTILL_PARAMETERIZATIONS, DISTILL_WEIGHTINGS, distill_method,
                                          distill_rounds, distill_student_config, distill_total_steps,
@@ -48,7 +50,7 @@ from diffjax.config_lib._sampler import (CORRECTORS, SAMPLERS, SOLVERS, TIME_GRI
                                          sampler_options_config)
 from diffjax.config_lib._score import build_sampling_score_fn, build_score_fn
 from diffjax.config_lib._text import (TEXT_CONDITIONINGS, captioned_dataset, null_condition, prompt_ids,
-                                     prompt_record, sampling_prompts, text_conditional, text_model, validate_text,
+                                     prompt_record, prompted, sampling_prompts, text_conditional, text_model, validate_text,
                                      with_pretrained_text)
 from diffjax.config_lib._validate import validate
 
@@ -67,6 +69,7 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "edm_preconditioned",
            "CLIP_PARAMS", "CLIP_CONFIG", "CLIP_DATASETS", "build_clip", "clip_noise_labels", "clip_record",
            "clip_tokenizer", "init_clip", "load_clip", "validate_clip",
+           "clip_guided", "guiding_clip", "validate_clip_guidance", "prompted",
            "RECONSTRUCTION_LOSSES", "build_autoencoder", "autoencoder_loss_fn", "validate_autoencoder",
            "LATENT_ENCODINGS", "is_latent", "latent_shape", "image_shape", "autoencoder_config", "validate_latent",
            "TEXT_CONDITIONINGS", "text_conditional", "text_model", "null_condition", "captioned_dataset",

@@ -132,41 +132,62 @@ def _read_classifier_config(workdir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
+def same_process(config, sde, rec) -> bool:
+    """Whether the network of ``config`` (on ``sde``) and that of the recorded config ``rec`` see the same process:
+    the same ``T`` and marginals ``(a(t), s(t))`` as their networks convert them (a DDPM grid is not its SDE)."""
+    mine, theirs = network_marginal(config, sde), network_marginal(rec, build_sde(rec))
+    t = jnp.linspace(0.0, 1.0, 17) * min(float(mine.T), float(theirs.T))
+    return (math.isclose(float(mine.T), float(theirs.T), rel_tol=1e-6)
+            and np.allclose(np.stack(mine.marginal(t)), np.stack(theirs.marginal(t)), rtol=1e-4, atol=1e-6))
+
+
+def guidance_fields(config, name: str, allowed: str, guide: str):
+    """``(scale, workdir)`` of ``sampling.NAME_scale`` (finite, >= 0; 0: off) and ``sampling.NAME_workdir`` (a
+    path, needed when the scale is > 0, on an image dataset: ``guide`` takes images), checked; ``allowed``: what
+    the workdir may be."""
+    s = config.sampling
+    scale, workdir = s.get(f"{name}_scale", 0.0), s.get(f"{name}_workdir", "")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"sampling.{name}_scale must be a finite number >= 0 (0: no {name} guidance), got {scale!r}")
+    if not isinstance(workdir, str):
+        raise ValueError(f"sampling.{name}_workdir must be a directory path (str), got {workdir!r}")
+    if scale and not workdir:
+        raise ValueError(f"sampling.{name}_scale={scale} needs sampling.{name}_workdir (allowed: {allowed}), got ''")
+    if scale and is_toy(config):
+        raise ValueError(f"sampling.{name}_scale={scale}: {guide} takes images; data.dataset="
+                         f"{config.data.dataset!r} is not an image dataset")
+    return scale, workdir
+
+
+def check_guide_fits(config, sde, rec, name: str, what: str) -> None:
+    """The guide whose recorded config is ``rec`` (``sampling.NAME_workdir``, a ``what``) sees this config's images
+    and process (:func:`same_process`); ``ValueError`` naming the workdir otherwise."""
+    workdir = config.sampling[f"{name}_workdir"]
+    want, got = input_shape(config, 1)[1:], input_shape(rec, 1)[1:]
+    if want != got:
+        raise ValueError(f"sampling.{name}_workdir={workdir!r} holds a {what} of {got} images; this config samples "
+                         f"{want} images (data.image_size, data.num_channels; a latent model samples latents)")
+    if not same_process(config, sde, rec):
+        t = rec.training
+        raise ValueError(f"sampling.{name}_workdir={workdir!r} holds a {what} trained on another process "
+                         f"(training.sde={t.sde!r}, training.continuous={t.continuous}, training.loss={t.loss!r} "
+                         f"with its model.* fields) than this config's training.sde={config.training.sde!r}: their "
+                         f"marginals (a(t), s(t)) differ; train the {what} with this config's process")
+
+
 def validate_classifier_guidance(config, sde) -> None:
     """``sampling.classifier_scale`` (finite, >= 0; 0: off) and ``sampling.classifier_workdir`` (a noisy-classifier
     workdir whose images, process and classes fit this config), before anything is compiled."""
-    s = config.sampling
-    scale, workdir = s.get("classifier_scale", 0.0), s.get("classifier_workdir", "")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"sampling.classifier_scale must be a finite number >= 0 (0: no classifier guidance), "
-                         f"got {scale!r}")
-    if not isinstance(workdir, str):
-        raise ValueError(f"sampling.classifier_workdir must be a directory path (str), got {workdir!r}")
+    scale, workdir = guidance_fields(config, "classifier", "the workdir of a config.task='noisy_classifier' run",
+                                     "the noise-conditional classifier")
     if not scale:
         return
-    if not workdir:
-        raise ValueError(f"sampling.classifier_scale={scale} needs sampling.classifier_workdir (allowed: the workdir "
-                         f"of a config.task='noisy_classifier' run), got ''")
-    if is_toy(config):
-        raise ValueError(f"sampling.classifier_scale={scale}: the noise-conditional classifier takes images; "
-                         f"data.dataset={config.data.dataset!r} is not an image dataset")
     rec = _read_classifier_config(workdir)
-    want, got = input_shape(config, 1)[1:], input_shape(rec, 1)[1:]
-    if want != got:
-        raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a classifier of {got} images; this config "
-                         f"samples {want} images (data.image_size, data.num_channels)")
+    check_guide_fits(config, sde, rec, "classifier", "classifier")
     n = int(rec.noisy_classifier.num_classes)
     if num_classes(config) and n != num_classes(config):
         raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a {n}-class classifier; this "
                          f"class-conditional model has data.num_classes={num_classes(config)}")
-    mine, theirs = network_marginal(config, sde), network_marginal(rec, build_sde(rec))
-    t = jnp.linspace(0.0, 1.0, 17) * min(float(mine.T), float(theirs.T))
-    if not (math.isclose(float(mine.T), float(theirs.T), rel_tol=1e-6)
-            and np.allclose(np.stack(mine.marginal(t)), np.stack(theirs.marginal(t)), rtol=1e-4, atol=1e-6)):
-        raise ValueError(f"sampling.classifier_workdir={workdir!r} holds a classifier trained on another process "
-                         f"(training.sde={rec.training.sde!r} with its model.* fields) than this config's "
-                         f"training.sde={config.training.sde!r}: their marginals (a(t), s(t)) differ; train the "
-                         f"classifier with this config's process")
 
 
 @functools.lru_cache(maxsize=4)

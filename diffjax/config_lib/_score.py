@@ -5,6 +5,7 @@ transforms keep ``v``), so the grid samplers sample with its learned variance by
 from __future__ import annotations
 
 import diffjax.core as core
+from diffjax.config_lib._clip_guidance import clip_guided, clip_scale
 from diffjax.config_lib._names import _nets, is_conditional, num_classes
 from diffjax.config_lib._network import network_marginal, score_kwargs
 from diffjax.config_lib._noisy_classifier import classifier_guided, _classifier_scale
@@ -36,6 +37,8 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
     (:func:`~diffjax.classifier_guidance`) by the noise-conditional classifier trained in
     ``sampling.classifier_workdir`` (``config.task="noisy_classifier"``) for the labels ``y`` (required then; see
     :func:`~diffjax.config_lib.sampling_num_classes`), before the x0 range control; it works with every sampler.
+    With ``sampling.clip_scale > 0`` an unconditional model's score is CLIP-guided (:func:`~diffjax.clip_guidance`)
+    by the noise-aware CLIP of ``sampling.clip_workdir`` towards the prompts whose token ids are ``y``, likewise.
 
     A learned-variance model (``model.overrides.learn_sigma``) gives a :class:`~diffjax.LearnedVarianceScore`
     through all of these (with guidance ``v`` is the conditional model's, as in GLIDE)."""
@@ -49,6 +52,8 @@ def build_sampling_score_fn(config, model, sde, params, *, y=None):
         score_fn = build_score_fn(config, model, sde, params, y=y)
     if _classifier_scale(config) > 0:
         score_fn = classifier_guided(config, score_fn, y)
+    if clip_scale(config) > 0:  # y: the prompts' token ids (an unconditional model ignores them)
+        score_fn = clip_guided(config, score_fn, y)
     if s.clip_denoised:
         score_fn = core.clip_denoised(score_fn, network_marginal(config, sde))
     elif s.dynamic_threshold:

@@ -1,7 +1,7 @@
 """Text-conditional diffusion models (``text.conditioning``): the network (a :class:`~diffjax.nets.TextConditional`
 over the backbone of ``model.name`` with ``context_block=text.conditioning``), its captioned training data, its
 pre-trained frozen text encoder (``text.encoder_workdir``: a ``config.task="clip"`` workdir) and the prompts of
-``sampling.prompt`` / ``sampling.prompt_file``.
+``sampling.prompt`` / ``sampling.prompt_file`` (also those of CLIP guidance, :mod:`~diffjax.config_lib._clip_guidance`).
 
 The condition ``y`` is a batch of caption token ids ``(B, text.max_length)``: it takes the class label's place in the
 loss, the score function and classifier-free guidance, whose null condition is the empty caption."""
@@ -19,6 +19,21 @@ TEXT_DATASETS = ("fashion_mnist", "fashion_mnist_tfds")  # the caption grammar n
 def text_conditional(config) -> bool:
     """Whether ``config`` trains a text-conditional model (``text.conditioning`` set)."""
     return bool(config.get("text", {}).get("conditioning", ""))
+
+
+def prompted(config) -> bool:
+    """Whether samples follow prompts: a text-conditional model, or CLIP guidance (``sampling.clip_scale > 0``, whose
+    prompts go to the guiding CLIP's text tower only, :mod:`~diffjax.config_lib._clip_guidance`)."""
+    return text_conditional(config) or config.sampling.get("clip_scale", 0.0) > 0
+
+
+def _prompt_length(config):
+    """``(field, n)``: prompts are encoded to ``n`` tokens, ``text.max_length`` of a text-conditional model, else
+    the guiding CLIP's ``clip.max_length``."""
+    if text_conditional(config):
+        return "text.max_length", int(config.text.max_length)
+    from diffjax.config_lib._clip_guidance import clip_prompt_length
+    return "clip.max_length of sampling.clip_workdir", clip_prompt_length(config)
 
 
 def text_tokenizer(config):
@@ -100,7 +115,7 @@ def sampling_prompts(config) -> tuple:
             raise ValueError(f"{field} holds no prompt (one prompt per line, blank lines are skipped)")
     else:
         return class_prompts()
-    tok, n = text_tokenizer(config), int(config.text.max_length)
+    tok, (length_field, n) = text_tokenizer(config), _prompt_length(config)
     for p in prompts:
         unknown = tok.unknown_words(p)
         if unknown:
@@ -109,20 +124,21 @@ def sampling_prompts(config) -> tuple:
         try:
             tok.encode(p, max_length=n)
         except ValueError as e:
-            raise ValueError(f"{field} (text.max_length={n}): {e}") from None
+            raise ValueError(f"{field} ({length_field}={n}): {e}") from None
     return prompts
 
 
 def prompt_ids(config) -> np.ndarray:
-    """``(P, text.max_length)`` token ids of :func:`sampling_prompts`."""
-    return text_tokenizer(config).encode(sampling_prompts(config), max_length=int(config.text.max_length))[0]
+    """``(P, n)`` token ids of :func:`sampling_prompts`: ``n`` is ``text.max_length``, or under CLIP guidance the
+    guiding CLIP's ``clip.max_length``."""
+    return text_tokenizer(config).encode(sampling_prompts(config), max_length=_prompt_length(config)[1])[0]
 
 
 def prompt_record(config, batch_sizes) -> dict:
     """For samples drawn in batches of ``batch_sizes``, each batch cycling through the prompts from the first:
     ``{"prompts": str array, "labels": the class each prompt names (-1: none, :func:`diffjax.data.parse_prompt`)}``;
-    ``{}`` for a model that is not text-conditional."""
-    if not text_conditional(config):
+    ``{}`` for unprompted samples (neither a text-conditional model nor CLIP guidance)."""
+    if not prompted(config):
         return {}
     from diffjax.data import parse_prompt
     prompts = sampling_prompts(config)
@@ -136,10 +152,11 @@ def validate_text(config) -> None:
     t, s, d = config.text, config.sampling, config.data
     _choice("text.conditioning", t.conditioning, TEXT_CONDITIONINGS)
     if not t.conditioning:
-        if s.prompt or s.prompt_file:
+        if (s.prompt or s.prompt_file) and not prompted(config):
             raise ValueError("sampling.prompt / sampling.prompt_file need a text-conditional model "
-                             f"(text.conditioning one of {list(TEXT_CONDITIONINGS[1:])}), got text.conditioning=''")
-        return
+                             f"(text.conditioning one of {list(TEXT_CONDITIONINGS[1:])}) or CLIP guidance "
+                             "(sampling.clip_scale > 0), got text.conditioning='' and sampling.clip_scale=0")
+        return  # CLIP guidance's prompts: checked by validate_clip_guidance
     _choice("data.dataset", d.dataset, TEXT_DATASETS)
     if d.num_classes:
         raise ValueError(f"text.conditioning={t.conditioning!r} conditions on captions instead of class labels: set "

@@ -18,6 +18,7 @@ from diffjax.config_lib._loss import TIME_SAMPLINGS, WEIGHTINGS, LOSSES, validat
 from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SDES, TOY_DATASETS, _PARAMETERIZATIONS, _TIME_INPUTS,
                                        _check_int, _choice, is_toy, num_classes)
 from diffjax.config_lib._noisy_classifier import validate_classifier_guidance
+from diffjax.config_lib._clip_guidance import validate_clip_guidance
 from diffjax.config_lib._sampler import SAMPLERS, check_sampler
 from diffjax.config_lib._latent import validate_latent
 from diffjax.config_lib._text import text_conditional, validate_text
@@ -99,6 +100,7 @@ def _validate(config, count: int) -> None:
                          f"beta_max, sigma_min, sigma_max, num_scales): {e}") from e
     validate_objective(config, sde)
     check_sampler(config, sde)
+    validate_clip_guidance(config, sde)  # first: it refuses classifier guidance beside it
     validate_classifier_guidance(config, sde)
     validate_cascade(config, sde)
 

@@ -5,9 +5,11 @@
   grad log p_t(y | x)``, exact at ``scale = 1``.
 * :func:`classifier_free_guidance` mixes a conditional and an unconditional (null-label) score
   (Ho & Salimans 2022): ``(1 + w) s(x, t, y) - w s(x, t, null)``.
+* :func:`clip_guidance` adds ``scale * grad_x`` of a noise-aware CLIP's logit of a prompt, ``cos(f(x_t, t), g(c))
+  / temperature`` (GLIDE, Nichol et al. 2022, Sec. 2.4).
 * :func:`with_label` binds ``y`` so that a conditional ``score_fn(x, t, y)`` drives any sampler as
   ``score_fn(x, t)``.
-* All three keep a learned variance: given a :class:`~diffjax.LearnedVarianceScore` they return one, whose ``v`` is
+* All four keep a learned variance: given a :class:`~diffjax.LearnedVarianceScore` they return one, whose ``v`` is
   the guided model's own (the conditional model's under classifier-free guidance, as in GLIDE).
 * :func:`noisy_classifier_loss` trains the noise-conditional classifier of :func:`classifier_guidance` on any
   process: cross-entropy of ``logits_fn(x_t, t)`` on ``x_t = a(t) x_0 + s(t) eps``, ``t ~ U[t_eps, T)``.
@@ -23,12 +25,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffjax.core._checks import check_nonnegative
+from diffjax.core._checks import check_nonnegative, check_positive
 from diffjax.core.learned_variance import as_score_fn, score_and_v
 from diffjax.core.weighting import uniform_time
 
-__all__ = ["classifier_guidance", "classifier_free_guidance", "with_label", "noisy_classifier_loss",
-           "noisy_classifier_accuracy"]
+__all__ = ["classifier_guidance", "clip_guidance", "classifier_free_guidance", "with_label",
+           "noisy_classifier_loss", "noisy_classifier_accuracy"]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -57,17 +59,69 @@ def classifier_guidance(score_fn: ScoreFn, classifier_logp_fn, *, scale: float =
     _check_callable("classifier_logp_fn", classifier_logp_fn, "classifier_logp_fn(x, t) -> logits")
     scale = check_nonnegative("scale", scale)
 
-    def guided(x, t, y):
+    def log_p_y(x, t, y):
         labels = jnp.broadcast_to(jnp.asarray(y, jnp.int32), (x.shape[0],))
+        logp = jax.nn.log_softmax(classifier_logp_fn(x, t), axis=-1)
+        return jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
-        def log_p_y(x):
-            logp = jax.nn.log_softmax(classifier_logp_fn(x, t), axis=-1)
-            return jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+    return _gradient_guided(score_fn, log_p_y, scale)
 
+
+def _gradient_guided(score_fn, log_term, scale: float):
+    """``guided(x, t, c) = score_fn(x, t) + scale * grad_x log_term(x, t, c)`` (``log_term``: a batch sum, so its
+    gradient is each example's own); ``scale = 0`` is ``score_fn`` exactly, with no gradient taken."""
+
+    def guided(x, t, c):
         s, v = score_and_v(score_fn, x, t)
-        return s + scale * jax.grad(log_p_y)(x).astype(x.dtype), v
+        if not scale:
+            return s, v
+        return s + scale * jax.grad(log_term)(x, t, c).astype(x.dtype), v
 
     return as_score_fn(guided, like=score_fn)
+
+
+def _unit(v):
+    v = jnp.asarray(v, jnp.float32)
+    return v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + 1e-12)
+
+
+def clip_guidance(score_fn: ScoreFn, image_embed_fn, *, scale: float = 1.0, logit_scale: float = 1.0):
+    """CLIP-guided score ``score_fn(x, t, text_emb)`` (GLIDE, Nichol et al. 2022, Sec. 2.4): the gradient of a
+    noise-aware CLIP's logit of the prompt takes the place of classifier guidance's ``grad log p_t(y | x)``
+    (Dhariwal & Nichol 2021).
+
+    .. math:: s(x, t, c) = s_\\theta(x, t) + \\lambda \\nabla_x \\tau \\cos(f(x, t), g(c))
+
+    with ``f`` the image tower on ``x_t`` (fed the noise labels it was trained with) and ``g(c)`` the prompt's
+    text embedding, fixed during sampling. ``tau = 1 / temperature`` (CLIP's learned logit scale) makes
+    ``tau cos`` the logit CLIP's InfoNCE loss was trained on, so ``lambda`` is in the units of classifier guidance's
+    scale whatever the temperature. The logit of the prompt alone, not its log-softmax against alternatives: a
+    free-form prompt has no set of alternatives, and GLIDE guides with the similarity ``f(x_t) . g(c)`` itself;
+    against a set of prompts ``C`` the log-softmax would add ``-grad log sum_{c' in C} exp(tau cos(f, g(c')))``.
+
+    Args:
+      score_fn: unconditional ``score_fn(x, t)`` (a :class:`~diffjax.LearnedVarianceScore`: ``v`` is kept).
+      image_embed_fn: ``(x, t) -> (batch, d)`` image embeddings of ``x_t`` (normalised to unit length here).
+        Examples must not interact (no batch statistics), since the gradient is taken of the batch sum.
+      scale: guidance scale ``lambda >= 0``; 0 is ``score_fn`` exactly.
+      logit_scale: ``tau > 0``, the multiplier of the cosine similarity.
+
+    Returns:
+      ``guided(x, t, text_emb)`` with text embeddings ``(d,)`` or ``(batch, d)`` (normalised here).
+    """
+    _check_callable("score_fn", score_fn, "score_fn(x, t)")
+    _check_callable("image_embed_fn", image_embed_fn, "image_embed_fn(x, t) -> (batch, d)")
+    scale = check_nonnegative("scale", scale)
+    logit_scale = check_positive("logit_scale", logit_scale)
+
+    def logit(x, t, text_emb):
+        img = _unit(image_embed_fn(x, t))
+        if jnp.ndim(text_emb) not in (1, 2) or jnp.shape(text_emb)[-1] != img.shape[-1]:
+            raise ValueError(f"text_emb must be shaped (d,) or (batch, d) with d={img.shape[-1]} (the image "
+                             f"embedding's width), got shape {jnp.shape(text_emb)}")
+        return logit_scale * jnp.sum(img * jnp.broadcast_to(_unit(text_emb), img.shape))
+
+    return _gradient_guided(score_fn, logit, scale)
 
 
 def classifier_free_guidance(cond_score_fn, *, guidance_scale: float, null_label):

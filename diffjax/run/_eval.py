@@ -223,8 +223,9 @@ def eval_settings(config, step, *, seed=None, batch_size=None) -> dict:
     smp = cfg.get("sampling", {})
     if isinstance(smp.get("options"), dict):
         smp["options"] = {k: v for k, v in smp["options"].items() if v is not None}
-    if smp.get("classifier_workdir"):
-        smp["classifier_workdir"] = os.path.abspath(smp["classifier_workdir"])
+    for workdir in ("classifier_workdir", "clip_workdir"):
+        if smp.get(workdir):
+            smp[workdir] = os.path.abspath(smp[workdir])
     settings = {"step": int(step), "seed": int(config.seed if seed is None else seed),
                 "batch_size": int(config.eval.batch_size if batch_size is None else batch_size), "config": cfg}
     if cl.is_super_resolution(config):  # a cascade's samples depend on its base model's checkpoint too

@@ -53,7 +53,7 @@ class Run:
                                                    num_classes=self.num_classes,
                                                    num_posthoc_emas=len(self.posthoc_sigma_rels), condition=condition)
         self._create = cl.with_pretrained_text(config, self._create)  # text.encoder_workdir: a frozen encoder
-        self.prompt_ids = cl.prompt_ids(config) if cl.text_conditional(config) else None  # samples cycle through
+        self.prompt_ids = cl.prompt_ids(config) if cl.prompted(config) else None  # samples cycle through
         abstract = jax.eval_shape(self._create, jax.random.key(0))
         self.shardings = tr.state_shardings(self.mesh, abstract, fsdp_min_size=config.distributed.fsdp_min_size)
         self.abstract = tr.abstract_with_shardings(abstract, self.shardings)
@@ -347,11 +347,12 @@ def sampler_label(config, sde=None) -> str:
 
 def _sample_stem(config, step, label):
     """``samples_STEP_SAMPLER_STEPS`` plus the EMA length and guidance scales where set (``_ema0.1``, ``_cfg2``,
-    ``_cg3``) and a cascade's sampling augmentation level (``_aug0.1``): one file per setting, so that sampling
-    with another sampler does not overwrite the last one's."""
+    ``_cg3``, ``_clipg4``) and a cascade's sampling augmentation level (``_aug0.1``): one file per setting, so that
+    sampling with another sampler does not overwrite the last one's."""
     s = config.sampling
     extra = [f"{tag}{float(v):g}" for tag, v in (("ema", s.ema_sigma_rel), ("cfg", s.guidance_scale),
-                                                  ("cg", s.classifier_scale)) if v]
+                                                  ("cg", s.classifier_scale),
+                                                  ("clipg", s.get("clip_scale", 0.0))) if v]
     from diffjax import config_lib as cl
     if cl.is_super_resolution(config):  # a cascade: its sampling augmentation level, always (0 is a setting too)
         extra.append(f"aug{float(config.cascade.sampling_aug_level):g}")
