@@ -75,13 +75,18 @@ def _state(cfg, wd):
     return state, step, frozen, run
 
 
-def _base_samples(base, prompt, seed=0):
-    """What the base model samples for ``prompt`` with the key --mode sample of the adapter uses."""
+def _base_samples(base, prompt, seed=42):
+    """What the base model samples for ``prompt`` with the key --mode sample of the adapter uses (``seed=None``: as
+    DreamBooth's prior images are drawn, uint8)."""
+    from diffjax.data import from_unit
     cfg = drun._adapt.base_config(_config(fashion_mnist_textual_inversion, base, ""))
     cfg.sampling.prompt = prompt
     run = drun.Run(cfg, base)
     state, _ = run.restore(compare_config=False)
     run.checkpoints.close()
+    if seed is None:
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), 6), 0)
+        return from_unit(run.sample(state.ema_params, key, 8))
     return run.sample(state.ema_params, jax.random.fold_in(jax.random.key(seed), 4), 8)
 
 
@@ -90,34 +95,56 @@ def _npz(wd, name):
         return {k: f[k] for k in f.files}
 
 
-def test_dreambooth_draws_its_prior_images_once_and_resumes_exactly(setup, capsys):
+def _dreambooth(base, images, steps):
+    return _config(fashion_mnist_dreambooth, base, images, steps=steps, targets=("*cross_attn*",), prior_weight=0.5)
+
+
+@pytest.fixture(scope="module")
+def dreambooth(setup):
+    """A DreamBooth LoRA trained 2 steps without interruption."""
     root, base, images = setup
-    whole, split = str(root / "db_whole"), str(root / "db_split")
-    dmain.run_mode(_config(fashion_mnist_dreambooth, base, images, steps=2), whole, "train", progress=False)
-    dmain.run_mode(_config(fashion_mnist_dreambooth, base, images, steps=1), split, "train", progress=False)
+    whole = str(root / "db_whole")
+    dmain.run_mode(_dreambooth(base, images, 2), whole, "train", progress=False)
+    return whole
+
+
+def test_dreambooth_loss_has_the_instance_and_the_prior_term(setup, dreambooth):
+    root, base, images = setup
+    cfg = _dreambooth(base, images, 2)
+    lines = [m for m in map(json.loads, open(os.path.join(dreambooth, "metrics.jsonl"))) if "instance_loss" in m]
+    assert [m["step"] for m in lines] == [1, 2]
+    for m in lines:  # L = L_instance + lambda L_prior, both terms there
+        assert np.isfinite([m["loss"], m["instance_loss"], m["prior_loss"]]).all()
+        assert m["instance_loss"] > 0 and m["prior_loss"] > 0
+        np.testing.assert_allclose(m["loss"], m["instance_loss"] + 0.5 * m["prior_loss"], rtol=1e-5)
+    with np.load(os.path.join(dreambooth, "prior_images.npz")) as f:  # the frozen base's, for the prior prompt
+        assert f["x"].shape == (8, 28, 28, 1) and f["x"].dtype == np.uint8 and str(f["prompt"]) == "a sneaker"
+        want = _base_samples(base, "a sneaker", seed=None)
+        assert np.array_equal(f["x"], want)
+    state, step, _, run = _state(cfg, dreambooth)
+    assert step == 2 and set(state.params) == set(run.kind.init())  # LoRA factors (adapt.dreambooth_lora=True)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+
+
+def test_dreambooth_draws_its_prior_images_once_and_resumes_exactly(setup, dreambooth, capsys):
+    root, base, images = setup
+    split = str(root / "db_split")
+    dmain.run_mode(_dreambooth(base, images, 1), split, "train", progress=False)
     prior = os.path.join(split, "prior_images.npz")
     stamp = os.stat(prior).st_mtime_ns
     capsys.readouterr()
-    dmain.run_mode(_config(fashion_mnist_dreambooth, base, images, steps=2), split, "train", progress=False)
+    dmain.run_mode(_dreambooth(base, images, 2), split, "train", progress=False)
     out = capsys.readouterr().out
     assert "read the 8 prior images of 'a sneaker'" in out and "drew" not in out  # not drawn again on resume
     assert os.stat(prior).st_mtime_ns == stamp
-    with np.load(prior) as a, np.load(os.path.join(whole, "prior_images.npz")) as b:
-        assert a["x"].shape == (8, 28, 28, 1) and a["x"].dtype == np.uint8 and str(a["prompt"]) == "a sneaker"
+    with np.load(prior) as a, np.load(os.path.join(dreambooth, "prior_images.npz")) as b:
         assert np.array_equal(a["x"], b["x"]) and a["x"].std() > 0  # deterministic in the seed
-    cfg = _config(fashion_mnist_dreambooth, base, images)
-    a, step_a, frozen, run = _state(cfg, whole)
+    cfg = _dreambooth(base, images, 2)
+    a, step_a, _, _ = _state(cfg, dreambooth)
     b, step_b, _, _ = _state(cfg, split)
     assert step_a == step_b == 2
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
-    assert set(a.params) == set(run.kind.init())  # LoRA factors (adapt.dreambooth_lora=True)
-    lines = [json.loads(line) for line in open(os.path.join(whole, "metrics.jsonl"))]
-    w = cfg.adapt.prior_weight
-    for m in lines:  # L = L_instance + lambda L_prior, both terms there
-        assert np.isfinite([m["loss"], m["instance_loss"], m["prior_loss"]]).all()
-        assert m["instance_loss"] > 0 and m["prior_loss"] > 0
-        np.testing.assert_allclose(m["loss"], m["instance_loss"] + w * m["prior_loss"], rtol=1e-5)
 
 
 def test_dreambooth_full_fine_tuning_checkpoints_the_whole_network(setup):
@@ -176,7 +203,7 @@ def test_lora_on_a_text_base_samples_its_prompt(setup):
     assert step == 2 and any(np.abs(np.asarray(v["up"])).max() > 0 for v in state.params.values())
     cfg.sampling.adapter_scale = 0.0
     x0 = dmain.run_mode(cfg, wd, "sample", progress=False)  # no sampling.prompt: adapt.prompt
-    assert np.isfinite(x0).all() and np.array_equal(x0, _base_samples(base, "a dark bag", seed=cfg.seed))
+    assert np.isfinite(x0).all() and np.array_equal(x0, _base_samples(base, "a dark bag"))
     cfg.sampling.adapter_scale = 1.0
     x1 = dmain.run_mode(cfg, wd, "sample", progress=False)
     assert np.isfinite(x1).all() and not np.allclose(x1, x0)
