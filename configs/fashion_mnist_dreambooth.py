@@ -14,12 +14,11 @@ held-out class is Sandal, the identifier its synonym "slipper", bound to the nea
     python -m diffjax.main --config configs/fashion_mnist_dreambooth.py --workdir W --mode sample \\
         --config.adapt.base_workdir=BASE --config.sampling.prompt="a dark slipper sneaker"
 """
-from configs import fashion_mnist_text
+from configs import fashion_mnist_lora, fashion_mnist_text
 
 
 def get_config():
-    config = fashion_mnist_text.get_config()
-    config.task = "adapt"
+    config = fashion_mnist_lora.adapter_of(fashion_mnist_text.get_config())
     a = config.adapt
     a.method = "dreambooth"
     a.prompt = "a slipper sneaker"
@@ -27,10 +26,4 @@ def get_config():
     a.prior_weight = 1.0
     a.num_prior_images = 64
     a.dreambooth_lora = True
-    a.rank = 4
-    a.batch_size = 16
-    a.n_iters = 300
-    a.lr = 1e-3
-    config.sampling.num_samples = 64
-    config.sampling.batch_size = 64
     return config

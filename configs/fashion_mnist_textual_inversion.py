@@ -10,20 +10,16 @@ prompts without it sample exactly as the base model does.
     python -m diffjax.main --config configs/fashion_mnist_textual_inversion.py --workdir W --mode sample \\
         --config.adapt.base_workdir=BASE --config.sampling.prompt="a dark zwx"
 """
-from configs import fashion_mnist_text
+from configs import fashion_mnist_lora, fashion_mnist_text
 
 
 def get_config():
-    config = fashion_mnist_text.get_config()
-    config.task = "adapt"
+    config = fashion_mnist_lora.adapter_of(fashion_mnist_text.get_config())
     a = config.adapt
     a.method = "textual_inversion"
     a.new_word = "zwx"
     a.init_word = "sneaker"
     a.prompt = "a zwx"
-    a.batch_size = 16
     a.n_iters = 1000
     a.lr = 5e-3
-    config.sampling.num_samples = 64
-    config.sampling.batch_size = 64
     return config
