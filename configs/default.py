@@ -340,10 +340,17 @@ def get_config():
     # config.task = "adapt": a LoRA adapter (diffjax.adapt) of the model this config describes, trained in
     # adapt.base_workdir; only the adapter is trained and checkpointed (diffjax/run/_adapt.py)
     config.adapt = ad = ml_collections.ConfigDict()
-    ad.method = "lora"                       # lora (dreambooth, textual_inversion: with the text-conditional models)
+    ad.method = "lora"                       # lora | dreambooth | textual_inversion (text-conditional bases)
     ad.base_workdir = ""                     # the trained base model's workdir (read-only)
     ad.images = ""                           # the new concept: an .npz (uint8 x, (N, H, W, C)) or a folder of PNGs
     ad.label = -1                            # class-conditional bases: the class the images are taught under
+    ad.prompt = ""                           # text-conditional bases: the caption the images are taught under
+    ad.prior_prompt = ""                     # dreambooth: the class prompt of the prior images (e.g. "a bag")
+    ad.prior_weight = 1.0                    # dreambooth: lambda of the prior-preservation loss
+    ad.num_prior_images = 64                 # dreambooth: images the frozen base draws once for prior_prompt
+    ad.dreambooth_lora = True                # dreambooth: train a LoRA adapter (False: fine-tune every parameter)
+    ad.new_word = ""                         # textual_inversion: the word added to the vocabulary (e.g. "zwx")
+    ad.init_word = ""                        # textual_inversion: its embedding starts as this word's ("": Gaussian)
     ad.rank = 4
     ad.alpha = 0.0                           # the update's scale alpha / rank; 0: alpha = rank
     ad.targets = ()                          # kernel path patterns (fnmatch, e.g. "*attn*"); (): every Dense / Conv

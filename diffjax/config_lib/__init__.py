@@ -52,6 +52,7 @@ from diffjax.config_lib._score import build_sampling_score_fn, build_score_fn
 from diffjax.config_lib._text import (TEXT_CONDITIONINGS, captioned_dataset, null_condition, prompt_ids,
                                      prompt_record, prompted, sampling_prompts, text_conditional, text_model, validate_text,
                                      with_pretrained_text)
+from diffjax.config_lib._text import adapter_words, text_tokenizer
 from diffjax.config_lib._validate import validate
 
 __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS", "SOLVERS", "TIME_GRIDS",
@@ -75,4 +76,5 @@ __all__ = ["SDES", "MODELS", "LOSSES", "WEIGHTINGS", "TIME_SAMPLINGS", "SAMPLERS
            "TEXT_CONDITIONINGS", "text_conditional", "text_model", "null_condition", "captioned_dataset",
            "with_pretrained_text", "sampling_prompts", "prompt_ids", "prompt_record", "validate_text",
            "is_super_resolution", "is_conditional", "validate_cascade", "batch_condition", "sampling_condition",
-           "example_condition"]
+           "example_condition",
+           "adapter_words", "text_tokenizer"]

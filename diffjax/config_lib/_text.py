@@ -36,17 +36,41 @@ def _prompt_length(config):
     return "clip.max_length of sampling.clip_workdir", clip_prompt_length(config)
 
 
-def text_tokenizer(config):
-    """The caption grammar's tokenizer (:func:`diffjax.data.caption_tokenizer`)."""
+def adapter_words(config) -> tuple:
+    """The words a textual-inversion adapter adds to the vocabulary: ``(adapt.new_word,)`` for ``config.task="adapt"``
+    with ``adapt.method="textual_inversion"``, else ``()``. ``ValueError`` for a word the vocabulary already has or
+    that is not one word."""
+    a = config.get("adapt", None)
+    if config.get("task", "") != "adapt" or a is None or a.get("method", "") != "textual_inversion":
+        return ()
     from diffjax.config_lib._clip import clip_tokenizer
-    return clip_tokenizer(config)
+    from diffjax.data import text_words
+    word = a.get("new_word", "")
+    if not isinstance(word, str) or text_words(word) != [word]:
+        raise ValueError(f"adapt.new_word must be one lower-case word (letters, digits, hyphens) for textual inversion "
+                         f"to add to the vocabulary, got {word!r}")
+    if word in clip_tokenizer(config).words:
+        raise ValueError(f"adapt.new_word={word!r} is already in the vocabulary; textual inversion needs a new word "
+                         f"(e.g. 'zwx'), not one of {list(clip_tokenizer(config).words)}")
+    return (word,)
+
+
+def text_tokenizer(config):
+    """The caption grammar's tokenizer (:func:`diffjax.data.caption_tokenizer`), extended by
+    :func:`adapter_words` (their ids follow the grammar's)."""
+    from diffjax.config_lib._clip import clip_tokenizer
+    words = adapter_words(config)
+    if not words:
+        return clip_tokenizer(config)
+    from diffjax.data import Tokenizer
+    return Tokenizer(clip_tokenizer(config).words + words)
 
 
 def _text_encoder(config):
     t = config.text
     if t.encoder_workdir:
         from diffjax.config_lib._clip import load_clip
-        return load_clip(t.encoder_workdir)[1].text_encoder
+        return load_clip(t.encoder_workdir)[1].text_encoder.clone(vocab_size=text_tokenizer(config).vocab_size)
     return _nets().TextEncoder(vocab_size=text_tokenizer(config).vocab_size, max_length=int(t.max_length),
                                width=int(t.width), depth=int(t.depth), num_heads=int(t.num_heads), pool=t.pool)
 
