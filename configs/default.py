@@ -125,6 +125,8 @@ def get_config():
     data.crop = 0
     data.resize = "bicubic"                  # to data.image_size: bicubic (PIL) | area (integer factors: block means,
                                              # the downsampling of a cascade's stages, diffjax.core.cascade)
+    data.exclude_classes = ()                # classes held out of the training split (Fashion-MNIST), e.g. (5,):
+                                             # a concept the model never saw, for adaptation (config.task="adapt")
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ddpmpp_cifar10"            # see diffjax.config_lib.MODELS

@@ -207,3 +207,30 @@ def test_training_on_damaged_data_fails_before_compiling_naming_the_file(tmp_pat
     assert "starting a new run" not in r.stdout  # failed before the state was created or compiled
     assert not (wd / "checkpoints").exists() or not os.listdir(wd / "checkpoints")
     print(f"failed after {time.perf_counter() - t0:.1f} s")
+
+
+def test_excluded_classes_never_reach_training_and_stay_in_the_test_split(tmp_path):
+    """data.exclude_classes (a concept held out for adaptation): the training pipeline never yields those labels
+    (nor their images); the test split keeps them; bad values are refused naming the field."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs import fashion_mnist_ddpm
+    from diffjax import config_lib
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40, dtype=np.uint8) % 10
+    for split in ("train", "t10k"):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", imgs)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    cfg = fashion_mnist_ddpm.get_config()
+    cfg.data.data_dir, cfg.data.num_classes, cfg.data.exclude_classes = str(tmp_path), 10, (5, 7)
+    cfg.training.batch_size = 8
+    train = config_lib.build_dataset(cfg)
+    assert train.size == 32
+    seen = np.concatenate([train.batch(s)["y"] for s in range(8)])  # two epochs
+    assert set(seen.tolist()) == set(range(10)) - {5, 7}
+    assert config_lib.build_dataset(cfg, split="test").size == 40
+    for bad in ((10,), (5, 5), ("5",)):
+        cfg.data.exclude_classes = bad
+        with pytest.raises(ValueError, match="data.exclude_classes"):
+            config_lib.validate(cfg, device_count=1)

@@ -155,8 +155,12 @@ def build_dataset(config, *, split: str = "train", global_batch: Optional[int] =
     source, tfds_name, _ = IMAGE_DATASETS[d.dataset]
     img_kw = dict(random_flip=bool(d.random_flip) and split == "train", dequantize=bool(d.uniform_dequantization),
                   num_classes=num_classes(config), **common)
+    excluded = excluded_classes(config)
     if source == "idx":
         images, labels = data.load_fashion_mnist(split, data_dir=d.data_dir or None)
+        if excluded and split == "train":  # held out of training only: the test split keeps them for evaluation
+            keep = ~np.isin(labels, excluded)
+            images, labels = images[keep], labels[keep]
         images = _fit(images, d)
         return _captioned(config, data.ImageData.from_arrays(images, labels, **img_kw), process_index)
     tsplit = {"train": "train", "test": "test"}[split]
@@ -169,6 +173,21 @@ def build_dataset(config, *, split: str = "train", global_batch: Optional[int] =
 
     shape = _fit(first, d).shape[1:]
     return _captioned(config, data.ImageData(get, len(src), shape, **img_kw), process_index)
+
+
+def excluded_classes(config) -> tuple:
+    """``data.exclude_classes``: class ids of Fashion-MNIST held out of the training split (checked)."""
+    ex = tuple(config.data.get("exclude_classes", ()))
+    if not ex:
+        return ()
+    if config.data.dataset != "fashion_mnist":
+        raise ValueError(f"data.exclude_classes is supported for data.dataset='fashion_mnist', got "
+                         f"{config.data.dataset!r}")
+    if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 10 for c in ex) or len(set(ex)) != len(ex) \
+            or len(ex) > 9:
+        raise ValueError(f"data.exclude_classes must be distinct Fashion-MNIST classes in [0, 10) (at most 9), got "
+                         f"{ex!r}")
+    return ex
 
 
 def _captioned(config, data, process_index):

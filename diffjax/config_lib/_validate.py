@@ -12,7 +12,8 @@ from typing import Optional
 
 import jax
 
-from diffjax.config_lib._build import validate_ema, build_model, build_optimizer, build_sde, MULTI_STEPS, RESIZES
+from diffjax.config_lib._build import (validate_ema, build_model, build_optimizer, build_sde, excluded_classes,
+                                      MULTI_STEPS, RESIZES)
 from diffjax.config_lib._cascade import validate_cascade
 from diffjax.config_lib._loss import TIME_SAMPLINGS, WEIGHTINGS, LOSSES, validate_loss, validate_objective
 from diffjax.config_lib._names import (IMAGE_DATASETS, MODELS, SDES, TOY_DATASETS, _PARAMETERIZATIONS, _TIME_INPUTS,
@@ -77,6 +78,7 @@ def _validate(config, count: int) -> None:
     _choice("sampling.method", s.method, SAMPLERS)
     _choice("data.dataset", d.dataset, TOY_DATASETS + tuple(IMAGE_DATASETS))
     _choice("data.resize", d.get("resize", "bicubic"), RESIZES)
+    excluded_classes(config)
     validate_loss(config)
     for name in ("batch_size", "n_iters", "n_jitted_steps", "log_freq"):
         if int(t[name]) < 1:
