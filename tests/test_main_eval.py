@@ -281,8 +281,8 @@ def test_bad_eval_settings_fail_fast(tmp_path):
     with pytest.raises(ValueError, match="eval.classifier_workdir"):
         drun.build_feature_net(cfg)
     cfg.task = "gan"
-    with pytest.raises(ValueError, match=r"task='gan' is not known; allowed values: "
-                                         r"\['classifier', 'diffusion', 'noisy_classifier'\]"):
+    with pytest.raises(ValueError, match=r"task='gan' is not known; allowed values: \['adapt', 'autoencoder', "
+                                         r"'classifier', 'clip', 'diffusion', 'noisy_classifier'\]"):
         dmain.run_mode(cfg, str(tmp_path), "train")
     cfg = tiny.get_config()
     cfg.eval.likelihood_trace = "skilling"

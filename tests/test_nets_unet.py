@@ -513,7 +513,7 @@ def test_layer_impls_and_forward_mode():
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(jvp))
     chex.assert_trees_all_close(jvp["fused"], jvp["reference"], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="layer_impl"):
-        nets.UNet(layer_impl="flash")
+        nets.UNet(layer_impl="blockwise")
 
 
 def test_group_norm_and_fused_equal_flax():
