@@ -41,6 +41,13 @@ EDM_MENU = {
     "dpmpp2m25": (25, {"sampling.method": "dpm_solver", "sampling.num_steps": 25, "sampling.options.order": 2}),
     "unipc25": (25, {"sampling.method": "unipc", "sampling.num_steps": 25}),
 }
+# the cascade: the base model's own sampler (Heun, 25 steps at 14x14), then the super-resolution stage's Heun with 10
+# steps at 28x28 from the base sample corrupted to the sampling augmentation level (the choice on validation)
+CASCADE_MENU = {f"heun25_heun10_aug{a:g}": (70, {"sampling.method": "ode_heun", "sampling.num_steps": 10,
+                                                  "cascade.sampling_aug_level": a}) for a in (0.0, 0.1, 0.2)}
+# the same total training compute as the single-stage model (XLA's count, experiments/bench/config_step.py): base
+# 1500 x 24.9 GFLOP + SR 1200 x 95.8 GFLOP = 152 TFLOP against rectified flow's 1500 x 102.0 = 153 TFLOP
+CASCADE_SR = {"training.n_iters": 1200}
 # diffusers' training example in diffjax (experiments/baselines/diffusers_fashion_mnist.py, --recipe peer): AdamW
 # 2e-4 with torch's weight decay 0.01, constant rate, no clipping, EMAModel(0.9999, use_ema_warmup=True, power=2/3)
 PEER_RECIPE = {"optim.optimizer": "adamw", "optim.lr": 2e-4, "optim.weight_decay": 0.01, "optim.warmup": 0,
@@ -69,15 +76,57 @@ class Diffjax:
                                            "seed": seed, "sampling.clip_denoised": False}) \
             + ["--mode", "sample", "--noprogress"]
         call(cmd, log)
-        # --mode sample names its file samples_STEP_METHOD_STEPS.npz: the newest of this sampler's
+        # --mode sample names its file samples_STEP_METHOD_STEPS[_TAGS].npz: the newest of this sampler's
         written = sorted(glob.glob(os.path.join(workdir, "samples", f"samples_*_{ov['sampling.method']}_"
-                                                                    f"{ov['sampling.num_steps']}.npz")),
+                                                                    f"{ov['sampling.num_steps']}*.npz")),
                          key=os.path.getmtime)
         if not written:
             raise SystemExit(f"no sample file of {ov} in {workdir}/samples after: {' '.join(cmd)}")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         shutil.copyfile(written[-1], out)
         return " ".join(cmd[1:])
+
+
+class Latent(Diffjax):
+    """Latent diffusion (issue 39): the autoencoder of ``configs/fashion_mnist_autoencoder.py`` trained once in
+    ``RUNS/autoencoder`` (seed 0, shared by every seed), then the latent model on its latents."""
+
+    def _autoencoder(self, args):
+        return os.path.join(args.runs, "autoencoder")
+
+    def train(self, workdir, seed, log, args):
+        ae = self._autoencoder(args)
+        call([sys.executable, "-m", "diffjax.main", "--config", "configs/fashion_mnist_autoencoder.py", "--workdir", ae,
+              "--config.eval.classifier_workdir=" + evidence.ARTIFACTS, "--noprogress"], ae + ".log")
+        self.overrides["latent.autoencoder_workdir"] = ae
+        return super().train(workdir, seed, log, args)
+
+    def sample(self, workdir, label, seed, out, log, args):
+        self.overrides["latent.autoencoder_workdir"] = self._autoencoder(args)
+        return super().sample(workdir, label, seed, out, log, args)
+
+
+class Cascade(Diffjax):
+    """A two-stage cascade (issue 39): the 14x14 base model of ``configs/fashion_mnist_cascade_base.py`` in
+    ``RUNS/cascade_base_seedS`` (shared by the cascade rows of one seed), then the super-resolution stage (this
+    row's config and overrides) in the row's workdir; sampled through both."""
+
+    def __init__(self, menu: dict, overrides: dict | None = None):
+        super().__init__("configs/fashion_mnist_cascade_sr.py", menu, overrides)
+
+    def _base_workdir(self, args, seed):
+        return os.path.join(args.runs, f"cascade_base_seed{seed}")
+
+    def train(self, workdir, seed, log, args):
+        base = self._base_workdir(args, seed)
+        call([sys.executable, "-m", "diffjax.main", "--config", "configs/fashion_mnist_cascade_base.py",
+              "--workdir", base, f"--config.seed={seed}", "--noprogress"], base + ".log")
+        return super().train(workdir, seed, log, args)
+
+    def sample(self, workdir, label, seed, out, log, args):
+        train_seed = int(os.path.basename(workdir).rsplit("_seed", 1)[1])
+        self.overrides["cascade.base_workdir"] = self._base_workdir(args, train_seed)
+        return super().sample(workdir, label, seed, out, log, args)
 
 
 class Diffusers:
@@ -104,6 +153,10 @@ METHODS = {
     "edm": Diffjax("configs/fashion_mnist_budget_edm.py", EDM_MENU),
     "ddpm": Diffjax("configs/fashion_mnist_budget.py", DDPM_MENU),
     "ddpm_peer_recipe": Diffjax("configs/fashion_mnist_budget.py", DDPM_MENU, PEER_RECIPE),
+    "latent": Latent("configs/fashion_mnist_latent.py", FLOW_MENU),
+    "cascade": Cascade(CASCADE_MENU, CASCADE_SR),
+    "cascade_noaug": Cascade({"heun25_heun10_aug0": CASCADE_MENU["heun25_heun10_aug0"]},
+                             {**CASCADE_SR, "cascade.aug_level_max": 0.0}),
     "diffusers_ddpm": Diffusers("ddpm", "peer", DDPM_MENU),
     "diffusers_ddpm_diffjax_recipe": Diffusers("ddpm", "diffjax", DDPM_MENU),
     "diffusers_flow_matching_diffjax_recipe": Diffusers("flow_matching", "diffjax", FLOW_MENU),
