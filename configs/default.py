@@ -282,7 +282,7 @@ def get_config():
     # student (same network as model.*, on training.sde) and --mode sample samples it with its few steps
     config.distill = dst = ml_collections.ConfigDict()
     dst.method = ""                          # "" | progressive | consistency_distillation | consistency_training
-                                             # | meanflow | shortcut
+                                             # | meanflow | shortcut | scm
     dst.teacher_workdir = ""                 # the teacher's run directory (newest checkpoint's EMA parameters)
     dst.teacher_config = ""                  # the teacher's config file; "": this config's model / training.sde
     dst.t_eps = 0.0                          # boundary / last time of every distillation function; 0: the process's
@@ -304,7 +304,7 @@ def get_config():
     dst.s1 = 1280
     dst.total_steps = 0                      # consistency training: K of the curriculum; 0: training.n_iters
     dst.rho = 7.0
-    dst.p_mean = -1.1                        # consistency training: log-normal noise levels
+    dst.p_mean = -1.1                        # consistency training and scm: log-normal noise levels (sCM: -1, 1.4)
     dst.p_std = 2.0
     dst.metric = "pseudo_huber"              # pseudo_huber | l2
     dst.weighting = ""                       # "": unit (distillation) / ict (training); unit | ict
@@ -317,7 +317,12 @@ def get_config():
     dst.time_label_scale = 50.0              # flow maps: the network sees c t / T and c (t - s) / T. MeanFlow
                                              # differentiates through these labels (jax.jvp in t): with score-SDE's
                                              # c = 999 the ring's 1-step energy distance was 1.56, with 50 0.0017
-                                             # (two data draws: 0.0018), with 1 0.0069 (2026-12-07)
+                                             # (two data draws: 0.0018), with 1 0.0069 (2026-12-07); scm: the
+                                             # network sees c t / T of TrigFlow's time
+    # continuous-time consistency (sCM, Lu & Song 2025; distill.method=scm, training.sde=trigflow)
+    dst.tangent_warmup = 0                   # steps of the tangent warm-up r: 0 -> 1 (0: r = 1 from the start)
+    dst.tangent_normalization = 0.1          # the tangent g divided by ||g|| + this
+    dst.mid_time = 1.1                       # sample_steps > 1: re-noising times evenly from this down
 
     # Cascaded diffusion (Ho et al. 2021): with cascade.low_res_size > 0 this model is the super-resolution stage,
     # conditioned on its image downsampled to that size (area) and upsampled back (bilinear), by channel

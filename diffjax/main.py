@@ -95,8 +95,10 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
                          "(cascade.low_res_size > 0); allowed modes: train, sample, eval, stats, describe")
     method = cl.distill_method(config)
     if method is not None and mode != "stats":  # a few-step student
-        if mode not in ("train", "sample"):
-            raise ValueError(f"distill.method={method.name!r} supports --mode train and sample, got {mode}")
+        if mode not in ("train", "sample", "eval"):
+            raise ValueError(f"distill.method={method.name!r} supports --mode train, sample and eval, got {mode}")
+        if mode == "eval":
+            return dr.evaluate_distill(config, workdir)
         return dr.train_distill(config, workdir, progress=progress) if mode == "train" else dr.sample_distill(
             config, workdir)
     if mode == "train":

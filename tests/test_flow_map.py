@@ -150,3 +150,111 @@ def test_bad_settings_are_refused():
         fm.flow_map_sample(lambda x, t, s: x, jnp.zeros((2, 2)), [1.0])
     with pytest.raises(ValueError, match="times must decrease"):  # s > t: a jump forward in time
         fm.flow_map_sample(lambda x, t, s: x, jnp.zeros((2, 2)), [0.2, 0.5])
+
+
+def _exact_trigflow_F(g, sd):
+    """TrigFlow's consistency network of the exact map: F(y, t) with f(sd y, t) = flow(sd y, t, 0)."""
+    def F(y, t):
+        x = sd * y
+        return (jnp.cos(t)[:, None] * x - g.flow(x, t, jnp.zeros_like(t))) / (sd * jnp.sin(t))[:, None]
+
+    return F
+
+
+def test_scm_tangent_vanishes_on_the_exact_consistency_function():
+    with jax.enable_x64(True):
+        sd = 0.5
+        process = dj.trigflow(sd)
+        g = fm.GaussianFlowMap(process, jnp.array([0.5, -1.0, 0.2]), jnp.array([0.3, 1.0, 0.7]))
+        x, t, _ = _points(jax.random.key(3))
+        t = t * 1.6  # (0.08, 1.44): most of TrigFlow's [0, pi/2]
+        F = _exact_trigflow_F(g, sd)
+        f = fm.trigflow_consistency(F, sd)
+        np.testing.assert_allclose(f(x, t), g.flow(x, t, jnp.zeros_like(t)), rtol=0, atol=1e-12)
+        any_F = fm.trigflow_consistency(lambda y, t: y**2 + 1.0, sd)
+        np.testing.assert_allclose(any_F(x, jnp.zeros_like(t)), x, rtol=0, atol=0)  # f(x, 0) = x for any F
+        # the same network as a flow map: its jump to 0 is the exact one
+        u = fm.trigflow_flow_map(F, sd)
+        np.testing.assert_allclose(u(x, t, jnp.zeros_like(t)), g.average_velocity(x, t, jnp.zeros_like(t)),
+                                   rtol=1e-10, atol=1e-12)
+        # and with the velocity's network, u(x, t, t) is the velocity
+        v = g.velocity(x, t)
+        np.testing.assert_allclose(fm.trigflow_flow_map(lambda y, t: g.velocity(sd * y, t) / sd, sd)(x, t, t), v,
+                                   rtol=1e-12)
+        # sCM's tangent cos(t) df/dt: zero on the exact map with the exact velocity
+        F_val, tangent = fm.scm_tangent(F, x, v, t, sigma_data=sd)
+        np.testing.assert_allclose(F_val, F(x / sd, t), rtol=1e-12)
+        assert np.abs(np.asarray(F(x / sd, t))).max() > 0.1  # not a trivially small network
+        np.testing.assert_allclose(tangent, 0.0, rtol=0, atol=1e-10)
+        # nonzero for a wrong map (the check can fail) and for a partial warm-up (r < 1)
+        wrong = lambda y, t: 1.1 * F(y, t)  # noqa: E731
+        assert np.abs(np.asarray(fm.scm_tangent(wrong, x, v, t, sigma_data=sd)[1])).max() > 1e-2
+        assert np.abs(np.asarray(fm.scm_tangent(F, x, v, t, sigma_data=sd, warmup=0.5)[1])).max() > 1e-2
+        # affine in v: the conditional velocities' tangents average to the marginal velocity's (unbiased training)
+        v1, v2 = v + 1.0, v - 3.0
+        g1, g2 = (fm.scm_tangent(F, x, w, t, sigma_data=sd)[1] for w in (v1, v2))
+        g_mid = fm.scm_tangent(F, x, 0.75 * v1 + 0.25 * v2, t, sigma_data=sd)[1]
+        np.testing.assert_allclose(g_mid, 0.75 * g1 + 0.25 * g2, rtol=0, atol=1e-10)
+
+
+def test_trigflow_is_edm_in_another_clock():
+    with jax.enable_x64(True):
+        p = dj.trigflow(0.5)
+        t = jnp.linspace(0.05, 1.5, 7, dtype=jnp.float64)
+        a, s = p.marginal(t)
+        np.testing.assert_allclose(s / a, 0.5 * jnp.tan(t), rtol=1e-12)  # sigma = sigma_d tan t
+        np.testing.assert_allclose(p.t_from_log_snr(p.log_snr(t)), t, rtol=1e-12)
+        da, ds = jax.jvp(p.marginal, (t,), (jnp.ones_like(t),))[1]
+        np.testing.assert_allclose(p.marginal_derivative(t), (da, ds), rtol=1e-12)
+        np.testing.assert_allclose(p.T, np.arctan(80.0 / 0.5))
+    with pytest.raises(ValueError, match="sigma_data"):
+        dj.trigflow(0.0)
+
+
+class TrigFlowMLP(nn.Module):
+    """F(y, t) for 2-D points: MLP on (y, Fourier features of t)."""
+
+    @nn.compact
+    def __call__(self, y, t):
+        freqs = jnp.arange(1, 9, dtype=y.dtype)
+        h = jnp.concatenate([y, jnp.sin(freqs * t[:, None]), jnp.cos(freqs * t[:, None])], axis=-1)
+        for _ in range(3):
+            h = nn.silu(nn.Dense(128)(h))
+        return nn.Dense(2)(h)
+
+
+def test_scm_trains_an_mlp_whose_one_step_samples_land_on_the_ring():
+    sd = 0.5
+    process = dj.trigflow(sd)
+    mix = ring_mixture(8, radius=4.0, std=0.2)
+    scale = 8.0  # data std ~ sigma_d
+    net = TrigFlowMLP()
+    params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.ones(1))
+    steps = 3000
+    opt = optax.adam(optax.cosine_decay_schedule(1e-3, steps))
+    state = opt.init(params)
+
+    def loss(params, key, r):
+        kx, kl = jax.random.split(key)
+        return fm.scm_loss(lambda y, t: net.apply(params, y, t), process, kl, mix.sample(kx, 256) / scale,
+                           warmup=r)[0]
+
+    @jax.jit
+    def step(params, state, key, r):
+        value, grads = jax.value_and_grad(loss)(params, key, r)
+        updates, state = opt.update(grads, state)
+        return optax.apply_updates(params, updates), state, value
+
+    for i in range(steps):
+        params, state, value = step(params, state, jax.random.fold_in(jax.random.key(1), i), min(1.0, i / 500))
+    assert np.isfinite(float(value))
+    f = fm.trigflow_consistency(lambda y, t: net.apply(params, y, t), sd)
+    x_T = process.prior_sample(jax.random.key(2), (512, 2))
+    x = np.asarray(jax.jit(lambda x: f(x, jnp.full((512,), process.T)))(x_T)) * scale
+    assert np.isfinite(x).all()
+    r = np.linalg.norm(x, axis=1)  # seeds 0-2: median 4.33-4.39, 90-93% within 1 (the prior's r ~ 0.6 / scale)
+    assert abs(np.median(r) - 4.0) < 0.5, np.median(r)
+    assert np.mean(np.abs(r - 4.0) < 1.0) > 0.8, np.mean(np.abs(r - 4.0) < 1.0)
+    angles = np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi)
+    counts = np.bincount(np.round(angles / (np.pi / 4)).astype(int) % 8, minlength=8)
+    assert counts.min() > 0.04 * len(x), counts

@@ -1,6 +1,7 @@
-"""Flow maps from the command line (distill.method meanflow | shortcut): the train step's loss is the objective
-itself (meanflow_loss / shortcut_loss of the FlowMapNet with the Distiller's time labels), training resumes exactly,
---mode sample jumps 1 or 2 times, and bad settings fail in one line before anything is compiled."""
+"""Flow maps from the command line (distill.method meanflow | shortcut | scm): the train step's loss is the objective
+itself (meanflow_loss / shortcut_loss of the FlowMapNet, scm_loss of the TrigFlow network, with the Distiller's time
+labels), training resumes exactly, --mode sample jumps 1 or 2 times, --mode eval scores the student on the ring, and
+bad settings fail in one line before anything is compiled."""
 import os
 import sys
 
@@ -111,3 +112,64 @@ def test_bad_time_sampling_is_refused(tmp_path):
     cfg.distill.time_sampling = "beta"
     with pytest.raises(ValueError, match="distill.time_sampling"):
         dmain.run_mode(cfg, str(tmp_path), "train", progress=False)
+
+
+def _scm_config(**fields):
+    cfg = _config("scm", p_mean=0.74, p_std=1.4, **fields)
+    cfg.training.sde, cfg.training.continuous = "trigflow", True
+    cfg.model.time_input = ""
+    cfg.training.n_iters, cfg.training.checkpoint_freq = 4, 2
+    return cfg
+
+
+def test_scm_train_step_loss_is_scm_loss_and_eval_scores_the_student(tmp_path):
+    cfg = _scm_config(tangent_warmup=8, time_label_scale=1.0)
+    sde = cl.build_sde(cfg)
+    assert isinstance(sde, dj.TrigFlow) and sde.sigma_data == 2.85
+    dist = dr.Distiller(cfg, str(tmp_path / "w"))
+    state = dist.fresh_state()
+    x = jnp.asarray(RING.sample(jax.random.key(3), 64))
+    params = jax.device_get(state.train.params)
+    model = cl.build_model(cfg)
+
+    def F(y, t):
+        return model.apply({"params": params}, y, t / sde.T, train=False)
+
+    step = int(jax.device_get(state.step))
+    want = jax.jit(lambda k, x: distill.scm_loss(F, sde, k, x, p_mean=0.74, p_std=1.4, warmup=step / 8)[0])(
+        _step_key(state), x)
+    new, loss = _one_step(dist, state, x)
+    assert np.isfinite(loss) and np.isfinite(float(want))
+    np.testing.assert_allclose(loss, float(want), rtol=2e-5)
+    _finite(new.train.params)
+    dr.train_distill(cfg, str(tmp_path / "w"), progress=False)
+    cfg.distill.sample_steps = 2
+    cfg.sampling.final_num_samples = 64
+    dmain.run_mode(cfg, str(tmp_path / "w"), "eval", progress=False)
+    import json
+    rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+    last = rows[-1]
+    assert last["final_samples"] == 64 and last["sampler"] == "2-step sCM consistency sampling"
+    assert np.isfinite(last["energy_distance"])
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"sde": "rectified_flow"}, "training.sde must be 'trigflow'"),
+    ({"mid_time": 2.0}, "distill.mid_time"),
+    ({"tangent_warmup": -1}, "distill.tangent_warmup"),
+    ({"tangent_normalization": -0.1}, "distill.tangent_normalization"),
+])
+def test_bad_scm_settings_are_one_line_errors(tmp_path, change, match):
+    cfg = _scm_config()
+    for k, v in change.items():
+        (cfg.training if k == "sde" else cfg.distill)[k] = v
+    with pytest.raises(ValueError, match=match):
+        dmain.run_mode(cfg, str(tmp_path), "train", progress=False)
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_eval_of_an_image_student_points_to_the_scorer(tmp_path):
+    cfg = _flow_config("meanflow")
+    cfg.data.dataset = "fashion_mnist"
+    with pytest.raises(ValueError, match="--mode eval of a few-step student"):
+        dr.evaluate_distill(cfg, str(tmp_path))

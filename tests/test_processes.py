@@ -26,7 +26,7 @@ def _vp_s(t):
 GP_VP = dj.gaussian_path(_vp_a, _vp_s, prior_std=1.0)  # VP's prior (the default is N(0, s(T)^2))
 PROCESSES = {
     "vp": dj.vp_sde(), "cosine_vp": dj.cosine_vp_sde(), "subvp": dj.subvp_sde(), "ve": dj.ve_sde(),
-    "rectified_flow": dj.rectified_flow(), "edm": dj.edm_sde(), "gaussian_path_vp": GP_VP,
+    "rectified_flow": dj.rectified_flow(), "edm": dj.edm_sde(), "gaussian_path_vp": GP_VP, "trigflow": dj.trigflow(),
 }
 
 

@@ -16,6 +16,8 @@ SDES = {
     "vesde": lambda m: core.ve_sde(m.sigma_min, m.sigma_max, N=m.num_scales),
     "cosine": lambda m: core.cosine_vp_sde(N=m.num_scales),
     "rectified_flow": lambda m: core.rectified_flow(N=m.num_scales),           # a = 1 - t, s = t
+    "trigflow": lambda m: core.trigflow(m.sigma_data, sigma_max=m.get("edm_sigma_max", 80.0),  # cos t, sd sin t
+                                        N=m.num_scales),
     "edm": lambda m: core.edm_sde(m.get("edm_sigma_min", 0.002), m.get("edm_sigma_max", 80.0),  # a = 1, s = sigma
                                   N=m.num_scales),
 }

@@ -42,6 +42,8 @@ __all__ = [
     "GaussianPath",
     "gaussian_path",
     "RectifiedFlow",
+    "TrigFlow",
+    "trigflow",
     "rectified_flow",
     "EDMProcess",
     "edm_sde",
@@ -392,6 +394,69 @@ def rectified_flow(*, T: float = 1.0 - 1e-3, N: int = 1000) -> RectifiedFlow:
     if not T < 1.0:
         raise ValueError(f"T must lie in (0, 1) for rectified_flow (a(1) = 0 makes the drift singular), got {T!r}")
     return RectifiedFlow(T, check_int("N", N, minimum=1))
+
+
+# --------------------------------------------------------------------------------------------------- TrigFlow
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class TrigFlow(GaussianPath):
+    """TrigFlow (Lu & Song 2025, "Simplifying, stabilizing and scaling continuous-time consistency models"):
+    ``x_t = cos(t) x_0 + sin(t) z`` with ``z ~ N(0, sigma_data^2 I)``, ``t`` in ``[0, pi/2]``.
+
+    EDM's process in another clock: its noise-to-signal ratio is ``sigma = sigma_data tan(t)``, so EDM's
+    preconditioning is TrigFlow's ``c_skip = cos t``, ``c_out = sigma_data sin t``, ``c_in = 1 / sigma_data``, and
+    the probability-flow ODE's conditional velocity is ``cos(t) z - sin(t) x_0``. Like rectified flow its signal
+    vanishes at the end (``a(pi/2) = 0``): ``T = arctan(sigma_max / sigma_data)`` (EDM's ``sigma_max = 80``:
+    ``T = 1.5645`` for ``sigma_data = 0.5``), prior ``N(0, sigma_data^2 I)``.
+    """
+
+    sigma_data: float = 0.5
+    T: float = math.atan(80.0 / 0.5)
+    N: int = 1000
+
+    @property
+    def prior_std(self):
+        return self.sigma_data
+
+    def marginal(self, t):
+        t = as_time(t)
+        return jnp.cos(t), self.sigma_data * jnp.sin(t)
+
+    def marginal_derivative(self, t):
+        t = as_time(t)
+        return -jnp.sin(t), self.sigma_data * jnp.cos(t)
+
+    def log_snr(self, t):
+        t = as_time(t)
+        return -2.0 * jnp.log(self.sigma_data * jnp.tan(t))
+
+    def t_from_log_snr(self, log_snr):
+        """.. math:: t = \\arctan(e^{-\\lambda/2} / \\sigma_d)"""
+        return jnp.arctan(jnp.exp(-0.5 * as_time(log_snr)) / self.sigma_data)
+
+    def _drift_rate(self, t):
+        return -jnp.tan(as_time(t))
+
+    def _g2(self, t):
+        # d s^2/dt - 2 (a'/a) s^2 = 2 sd^2 sin cos + 2 tan sd^2 sin^2 = 2 sd^2 tan(t)
+        return 2.0 * self.sigma_data**2 * jnp.tan(as_time(t))
+
+    def _log_mean_coeff(self, t):
+        return jnp.log(jnp.cos(as_time(t)))
+
+
+def trigflow(sigma_data: float = 0.5, *, sigma_max: float = 80.0, N: int = 1000) -> TrigFlow:
+    """TrigFlow's path ``x_t = cos(t) x_0 + sin(t) sigma_data eps`` (see :class:`TrigFlow`) up to
+    ``T = arctan(sigma_max / sigma_data)``.
+
+    .. math:: \\frac{dx}{dt} = \\cos(t) z - \\sin(t) x_0 \\text{ (conditional velocity)},\\quad f = -\\tan(t)\\, x,
+        \\quad g^2 = 2 \\sigma_d^2 \\tan t
+    """
+    sigma_data = check_positive("sigma_data", sigma_data)
+    sigma_max = check_positive("sigma_max", sigma_max)
+    return TrigFlow(sigma_data, math.atan(sigma_max / sigma_data), check_int("N", N, minimum=1))
 
 
 # -------------------------------------------------------------------------------------------------------- EDM

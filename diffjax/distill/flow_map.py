@@ -15,8 +15,13 @@ identities of the exact map give the training targets:
 * shortcut (Frans et al. 2025, eq. 5): the semigroup property, one jump of length ``2d`` is two jumps of length ``d``,
   ``u(x_t, t, t - 2d) = (u(x_t, t, t - d) + u(x_{t-d}, t - d, t - 2d)) / 2`` (:func:`shortcut_target`).
 
+* continuous-time consistency (sCM, Lu & Song 2025): the jump to ``s = 0``, ``f(x_t, t) = x_t - t u(x_t, t, 0)``,
+  is constant along the ODE, ``df/dt = 0`` (MeanFlow's identity at ``s = 0``); on the TrigFlow path with
+  ``f = cos(t) x - sin(t) sigma_d F(x / sigma_d, t)`` the training signal is ``cos(t) df/dt`` in ``F``'s units,
+  normalised (:func:`scm_tangent`, :func:`scm_loss`); :func:`trigflow_flow_map` is the same network as a flow map.
+
 Training replaces the marginal velocity ``v`` by the conditional one ``a'_t x_0 + s'_t eps`` (unbiased for the
-regression). For Gaussian data every quantity is in closed form (:class:`GaussianFlowMap`), the oracle the tests
+regression; sCM's tangent is affine in ``v``, so its expectation is the marginal one's). For Gaussian data every quantity is in closed form (:class:`GaussianFlowMap`), the oracle the tests
 check each target against.
 """
 from __future__ import annotations
@@ -28,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["GaussianFlowMap", "meanflow_target", "meanflow_loss", "shortcut_target", "shortcut_loss",
-           "logit_normal_two_times", "uniform_two_times", "flow_map_sample"]
+           "logit_normal_two_times", "uniform_two_times", "flow_map_sample", "trigflow_consistency",
+           "trigflow_flow_map", "scm_tangent", "scm_loss"]
 
 FlowMapFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # u(x, t, s) -> like x
 
@@ -171,3 +177,72 @@ def flow_map_sample(u_fn: FlowMapFn, x_T, times):
 
     x, _ = jax.lax.scan(step, x_T, (times[:-1], times[1:]))
     return x, times.shape[0] - 1
+
+
+TrigFlowFn = Callable[[jax.Array, jax.Array], jax.Array]  # F(x / sigma_d, t) -> like x
+
+
+def trigflow_consistency(F_fn: TrigFlowFn, sigma_data: float):
+    """sCM's consistency function on the TrigFlow path (Lu & Song 2025, eq. 9):
+    ``f(x, t) = cos(t) x - sin(t) sigma_d F(x / sigma_d, t)``, ``f(x, 0) = x`` for any ``F`` (EDM's preconditioning
+    in TrigFlow's clock, see :class:`~diffjax.core.TrigFlow`)."""
+    def f(x, t):
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        return _bcast(jnp.cos(t), x) * x - _bcast(sigma_data * jnp.sin(t), x) * F_fn(x / sigma_data, t)
+
+    return f
+
+
+def trigflow_flow_map(F_fn: TrigFlowFn, sigma_data: float) -> FlowMapFn:
+    """The TrigFlow network as a flow map: the jump ``x_s = cos(t - s) x_t - sin(t - s) sigma_d F(x_t / sigma_d, t)``
+    (DDIM's step with ``F``'s prediction of ``x_0 = cos(t) x - sin(t) sigma_d F`` and of the noise; TrigFlow's path
+    is a rotation), as the average velocity ``u = (x_t - x_s) / (t - s)`` (``sigma_d F`` where ``s = t``). With the
+    consistency function's ``F`` the jump to ``s = 0`` is :func:`trigflow_consistency`'s; with the velocity's
+    (``sigma_d F = v``) ``u(x, t, t) = v``."""
+    def u(x, t, s):
+        sd_F = sigma_data * F_fn(x / sigma_data, t)
+        d = _bcast(t - s, x)
+        safe = jnp.where(d == 0, 1.0, d)
+        return jnp.where(d == 0, sd_F, (x - jnp.cos(d) * x + jnp.sin(d) * sd_F) / safe)
+
+    return u
+
+
+def scm_tangent(F_fn: TrigFlowFn, x_t, v, t, *, sigma_data: float, warmup=1.0):
+    """``(F, g)``: the network ``F(x_t / sigma_d, t)`` and sCM's tangent (Lu & Song 2025, Algorithm 1, before
+    normalisation), with ``f`` of :func:`trigflow_consistency` and ``v = dx_t/dt``:
+
+    .. math:: g = \\cos(t) \\frac{df}{dt} = -\\cos^2 t\\, (\\sigma_d F - v) - r \\cos t \\sin t\\, (x_t + \\sigma_d
+        \\tfrac{dF}{dt})
+
+    ``dF/dt = (dF/dx) v / sigma_d + dF/dt`` from one ``jax.jvp`` whose tangents carry the factor ``cos t sin t``
+    (the paper's stabilisation); ``r = warmup`` in ``[0, 1]`` (tangent warm-up). ``g = 0`` where ``f`` is the exact
+    consistency function and ``v`` the exact velocity (``r = 1``). ``t``: ``(batch,)``."""
+    c, s = _bcast(jnp.cos(t), x_t), _bcast(jnp.sin(t), x_t)
+    cs_t = jnp.cos(t) * jnp.sin(t)
+    F, cs_dF = jax.jvp(F_fn, (x_t / sigma_data, t), (c * s * v / sigma_data, cs_t))
+    return F, -c**2 * (sigma_data * F - v) - warmup * (c * s * x_t + sigma_data * cs_dF)
+
+
+def scm_loss(F_fn: TrigFlowFn, process, key, x0, *, p_mean: float = -1.0, p_std: float = 1.4, warmup=1.0,
+             normalization: float = 0.1, velocity_fn: Callable | None = None):
+    """sCM's continuous-time consistency loss (Lu & Song 2025, Algorithm 1; training without a teacher, or
+    distillation with ``velocity_fn(x_t, t) -> dx_t/dt``) on ``process``, a :class:`~diffjax.core.TrigFlow`:
+    ``t = arctan(e^tau / sigma_d)``, ``tau ~ N(p_mean, p_std^2)``; the tangent ``g`` of :func:`scm_tangent` divided
+    by ``||g|| + normalization`` per sample; the loss ``||F - sg(F + g)||^2 / D``, whose gradient is ``-2 (dF)^T g / D``
+    (its value is ``||g||^2 / D``, not a distance to anything). The adaptive weighting ``w_phi(t)`` is left out.
+    Returns ``(loss, aux)``."""
+    sd = float(process.sigma_data)
+    n = x0.shape[0]
+    k_t, k_z = jax.random.split(key)
+    tau = p_mean + p_std * jax.random.normal(k_t, (n,), x0.dtype)
+    t = jnp.minimum(jnp.arctan(jnp.exp(tau) / sd), float(process.T))
+    z = sd * jax.random.normal(k_z, x0.shape, x0.dtype)
+    c, s = _bcast(jnp.cos(t), x0), _bcast(jnp.sin(t), x0)
+    x_t = c * x0 + s * z
+    v = c * z - s * x0 if velocity_fn is None else velocity_fn(x_t, t)
+    F, g = scm_tangent(F_fn, x_t, v, t, sigma_data=sd, warmup=warmup)
+    norm = jnp.sqrt(jnp.sum(g.reshape(n, -1) ** 2, axis=1))
+    g = jax.lax.stop_gradient(g / _bcast(norm + normalization, g))
+    loss = jnp.mean(jnp.mean((F - jax.lax.stop_gradient(F + g)).reshape(n, -1) ** 2, axis=1))
+    return loss, {"tangent_norm": jnp.mean(norm)}

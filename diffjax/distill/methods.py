@@ -13,6 +13,9 @@ networks the loss reads (a scalar placeholder where unused). :mod:`diffjax.confi
   step of the teacher, an optional EMA target; :func:`~diffjax.distill.consistency_sample`.
 * :class:`ConsistencyTraining` (iCT, Song & Dhariwal 2024): :func:`~diffjax.distill.ct_loss` with iCT's curriculum,
   no teacher; :func:`~diffjax.distill.consistency_sample`.
+* :class:`MeanFlow`, :class:`Shortcut`: flow maps ``u(x_t, t, s)`` from scratch, :func:`~diffjax.distill.flow_map_sample`.
+* :class:`ContinuousConsistency` (sCM, Lu & Song 2025): :func:`~diffjax.distill.scm_loss` on the TrigFlow path,
+  no teacher; :func:`~diffjax.distill.consistency_sample` of :func:`~diffjax.distill.trigflow_consistency`.
 """
 from __future__ import annotations
 
@@ -27,12 +30,13 @@ import numpy as np
 from diffjax.core.parameterizations import x0_from_score
 from diffjax.distill.consistency import (cd_loss, consistency_sample, ct_loss, ict_num_scales, ict_weight, pseudo_huber,
                                          unit_weight)
-from diffjax.distill.flow_map import flow_map_sample, logit_normal_two_times, meanflow_loss, shortcut_loss
+from diffjax.distill.flow_map import (flow_map_sample, logit_normal_two_times, meanflow_loss, scm_loss, shortcut_loss,
+                                     trigflow_consistency)
 from diffjax.distill.progressive import pd_loss, pd_sample
 from diffjax.samplers import karras_grid, ode_heun_step, process_default
 
 __all__ = ["DistillNetworks", "DistillMethod", "ProgressiveDistillation", "ConsistencyDistillation",
-           "ConsistencyTraining", "MeanFlow", "Shortcut"]
+           "ConsistencyTraining", "MeanFlow", "Shortcut", "ContinuousConsistency"]
 
 
 class DistillNetworks(Protocol):
@@ -49,6 +53,9 @@ class DistillNetworks(Protocol):
 
     def flow_map(self, params, *, train: bool = False, rng=None) -> Callable:
         """The student's average velocity ``u(x, t, s)`` (:mod:`diffjax.distill.flow_map`)."""
+
+    def trigflow_network(self, params, *, train: bool = False, rng=None) -> Callable:
+        """The student's TrigFlow network ``F(x / sigma_d, t)`` (:func:`~diffjax.distill.trigflow_consistency`)."""
 
 
 @runtime_checkable
@@ -431,3 +438,66 @@ class Shortcut(_FlowMap):
     def _loss(self, u, process, key, x0):
         return shortcut_loss(u, process, key, x0, levels=self.levels,
                              self_consistency_fraction=self.self_consistency_fraction)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContinuousConsistency(_OneRound):
+    """Continuous-time consistency training (sCM, Lu & Song 2025): :func:`~diffjax.distill.scm_loss` of the student's
+    TrigFlow network on a :class:`~diffjax.core.TrigFlow` process, the tangent warmed up over ``tangent_warmup``
+    steps (``r = min(1, step / tangent_warmup)``; 0: ``r = 1``) and divided by ``||g|| + normalization``;
+    sampled by :func:`~diffjax.distill.consistency_sample` from ``T`` (one step) and, for ``sample_steps = k > 1``,
+    re-noised to ``k - 1`` times evenly from ``mid_time`` down (the paper's 2-step ``t_mid = 1.1``)."""
+
+    total_steps: int
+    sample_steps: int = 1
+    p_mean: float = -1.0
+    p_std: float = 1.4
+    tangent_warmup: int = 0
+    normalization: float = 0.1
+    mid_time: float = 1.1
+
+    name: ClassVar[str] = "scm"
+    needs_teacher: ClassVar[bool] = False
+    length_sets_schedule: ClassVar[bool] = False
+
+    def describe_sampler(self, round_index: int) -> str:
+        return f"{self.sample_steps}-step sCM consistency sampling"
+
+    def starts_from_teacher(self, same_inputs: bool) -> bool:
+        return False
+
+    def initial_aux(self, params, teacher) -> dict:
+        return {"teacher": _placeholder(), "target": _placeholder()}
+
+    def sample_times(self, process) -> tuple:
+        k = self.sample_steps
+        return (float(process.T),) + tuple(float(v) for v in np.linspace(self.mid_time, 0.0, k)[:k - 1])
+
+    def loss_fn(self, nets, process, round_index: int) -> Callable:
+        def loss_fn(params, key, batch):
+            k_loss, k_drop = jax.random.split(key)
+            r = 1.0 if not self.tangent_warmup else jnp.minimum(1.0, batch["step"] / self.tangent_warmup)
+            loss, aux = scm_loss(nets.trigflow_network(params, train=True, rng=k_drop), process, k_loss, batch["x"],
+                                 p_mean=self.p_mean, p_std=self.p_std, warmup=r, normalization=self.normalization)
+            return loss, dict(aux, tangent_warmup=jnp.asarray(r, jnp.float32))
+
+        return loss_fn
+
+    def sampler(self, nets, process, round_index: int) -> Callable:
+        times = self.sample_times(process)
+
+        def sample(params, key, x_T):
+            f = trigflow_consistency(nets.trigflow_network(params), float(process.sigma_data))
+            return consistency_sample(key, x_T, f, process, steps=times)
+
+        return sample
+
+    def check(self, process, x0) -> None:
+        if not hasattr(process, "sigma_data"):
+            raise ValueError(f"distill.method='scm' trains on the TrigFlow path: training.sde must be 'trigflow', "
+                             f"got the process {type(process).__name__}")
+        if not 0.0 < self.mid_time < float(process.T):
+            raise ValueError(f"distill.mid_time={self.mid_time!r} must lie in (0, T={float(process.T):.4f})")
+        F = lambda y, t: y  # noqa: E731
+        jax.eval_shape(lambda k, x: scm_loss(F, process, k, x, p_mean=self.p_mean, p_std=self.p_std),
+                       _abstract_key(), x0)

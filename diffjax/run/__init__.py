@@ -18,7 +18,7 @@ flags and the mode dispatch (:func:`diffjax.main.run_mode`).
   :func:`make_clip_step`, :func:`clip_retrieval` and :func:`batch_captions` (``diffjax/run/_clip.py``).
 - :func:`run_autoencoder`, :func:`train_autoencoder`, :func:`evaluate_autoencoder`, :func:`load_autoencoder`: the
   KL autoencoder of latent diffusion (``config.task="autoencoder"``) (``diffjax/run/_autoencoder.py``).
-- :func:`train_distill`, :func:`sample_distill`, :class:`Distiller`: few-step students (``config.distill``:
+- :func:`train_distill`, :func:`sample_distill`, :func:`evaluate_distill`, :class:`Distiller`: few-step students (``config.distill``:
   progressive distillation, consistency distillation / training) (``diffjax/run/_distill.py``).
 - :func:`train_adapter`, :func:`sample_adapter`: a LoRA adapter of a trained model (``config.task="adapt"``,
   ``config.adapt``) (``diffjax/run/_adapt.py``).
@@ -34,11 +34,11 @@ from diffjax.run._eval import (FEATURE_NETS, build_feature_net, eval_label, eval
                                validate_eval)
 from diffjax.run._run import Run, describe, open_run, sample, sampler_label, train
 from diffjax.run._cascade import SuperResolutionRun
-from diffjax.run._distill import DistillState, Distiller, sample_distill, train_distill
+from diffjax.run._distill import DistillState, Distiller, evaluate_distill, sample_distill, train_distill
 from diffjax.run._adapt import AdapterRun, load_adapt_images, sample_adapter, train_adapter
 
 __all__ = ["Run", "open_run", "SuperResolutionRun", "train", "sample", "sampler_label", "describe", "Distiller",
-           "DistillState", "train_distill", "sample_distill",
+           "DistillState", "train_distill", "sample_distill", "evaluate_distill",
            "train_adapter", "sample_adapter", "AdapterRun", "load_adapt_images",
            "train_classifier", "CLASSIFIER_FILE", "train_noisy_classifier",
            "make_noisy_classifier_step", "init_noisy_classifier", "noisy_classifier_accuracy_by_time",

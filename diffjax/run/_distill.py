@@ -165,6 +165,18 @@ class Distiller:
 
         return u
 
+    def trigflow_network(self, params, *, train=False, rng=None):
+        """sCM: the TrigFlow network ``F(y, t)`` of the student (``y = x / sigma_d``), fed ``c t / T``
+        (``c = distill.time_label_scale``)."""
+        scale = float(self.d.time_label_scale) / float(self.sde.T)
+
+        def F(y, t):
+            if train:
+                return self.model.apply({"params": params}, y, scale * t, train=True, rngs={"dropout": rng})
+            return self.model.apply({"params": params}, y, scale * t, train=False)
+
+        return F
+
     def teacher_score(self, params):
         """The teacher's ``score_fn(x, t)``: the given function, or the loaded teacher's network with ``params``."""
         from diffjax import config_lib as cl
@@ -394,6 +406,27 @@ def _final_samples(dist, state, data, key, n, reference, workdir):
               f"draws: {ed_ref:.5f})", flush=True)
     dist.run.write_samples(x, "final", reference=reference, title=title)
     append_metrics(workdir, record)
+
+
+def evaluate_distill(config, workdir, *, teacher_score_fn: Optional[Callable] = None):
+    """``--mode eval`` with ``distill.method`` set, on a toy dataset: ``sampling.final_num_samples`` (else
+    ``sampling.num_samples``) samples of the newest checkpoint's EMA student with its few steps (e.g.
+    ``--config.distill.sample_steps=2``), their energy distance to fresh data beside two data draws', printed and
+    appended to ``metrics.jsonl``. Images: ``--mode sample``, then score the npz (experiments/results/evidence.py)."""
+    from diffjax import config_lib as cl
+    if not cl.is_toy(config):
+        raise ValueError(f"--mode eval of a few-step student (distill.method={config.distill.method!r}) is defined on "
+                         f"toy data (energy distance), got data.dataset={config.data.dataset!r}; for images run "
+                         f"--mode sample and score samples/*.npz with experiments/results/evidence.py")
+    dist = Distiller(config, workdir, teacher_score_fn=teacher_score_fn, sampling=True)
+    state, _ = dist.restore()
+    if state is None:
+        raise ValueError(f"--mode eval needs a checkpoint in {workdir}/checkpoints or checkpoints-meta; none found")
+    s = config.sampling
+    data, key = cl.build_dataset(config), jax.random.key(config.seed)
+    reference = data.sample(jax.random.fold_in(key, 2), s.snapshot_num)
+    _final_samples(dist, state, data, key, s.final_num_samples or s.num_samples, reference, workdir)
+    dist.run.checkpoints.close()
 
 
 def sample_distill(config, workdir, *, teacher_score_fn: Optional[Callable] = None):
