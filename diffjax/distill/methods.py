@@ -361,10 +361,9 @@ class ConsistencyTraining(_ConsistencyModel):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _FlowMap(_OneRound):
-    """What the flow-map methods share: one round of ``total_steps`` from scratch (no teacher), a loss of the
-    student's ``u(x, t, s)`` (``_loss``), and :func:`~diffjax.distill.flow_map_sample` with ``sample_steps`` equal
-    jumps from ``T`` to 0."""
+class _FromScratch(_OneRound):
+    """A method trained in one round of ``total_steps`` from a fresh student, without a teacher, sampled in
+    ``sample_steps`` steps."""
 
     total_steps: int
     sample_steps: int = 1
@@ -372,14 +371,20 @@ class _FlowMap(_OneRound):
     needs_teacher: ClassVar[bool] = False
     length_sets_schedule: ClassVar[bool] = False
 
-    def describe_sampler(self, round_index: int) -> str:
-        return f"{self.sample_steps}-step flow map"
-
     def starts_from_teacher(self, same_inputs: bool) -> bool:
         return False
 
     def initial_aux(self, params, teacher) -> dict:
         return {"teacher": _placeholder(), "target": _placeholder()}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _FlowMap(_FromScratch):
+    """What the flow-map methods share: a loss of the student's ``u(x, t, s)`` (``_loss``), and
+    :func:`~diffjax.distill.flow_map_sample` with ``sample_steps`` equal jumps from ``T`` to 0."""
+
+    def describe_sampler(self, round_index: int) -> str:
+        return f"{self.sample_steps}-step flow map"
 
     def sample_times(self, process) -> tuple:
         return tuple(float(v) for v in np.linspace(float(process.T), 0.0, self.sample_steps + 1))
@@ -441,15 +446,13 @@ class Shortcut(_FlowMap):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ContinuousConsistency(_OneRound):
+class ContinuousConsistency(_FromScratch):
     """Continuous-time consistency training (sCM, Lu & Song 2025): :func:`~diffjax.distill.scm_loss` of the student's
     TrigFlow network on a :class:`~diffjax.core.TrigFlow` process, the tangent warmed up over ``tangent_warmup``
     steps (``r = min(1, step / tangent_warmup)``; 0: ``r = 1``) and divided by ``||g|| + normalization``;
     sampled by :func:`~diffjax.distill.consistency_sample` from ``T`` (one step) and, for ``sample_steps = k > 1``,
     re-noised to ``k - 1`` times evenly from ``mid_time`` down (the paper's 2-step ``t_mid = 1.1``)."""
 
-    total_steps: int
-    sample_steps: int = 1
     p_mean: float = -1.0
     p_std: float = 1.4
     tangent_warmup: int = 0
@@ -457,17 +460,9 @@ class ContinuousConsistency(_OneRound):
     mid_time: float = 1.1
 
     name: ClassVar[str] = "scm"
-    needs_teacher: ClassVar[bool] = False
-    length_sets_schedule: ClassVar[bool] = False
 
     def describe_sampler(self, round_index: int) -> str:
         return f"{self.sample_steps}-step sCM consistency sampling"
-
-    def starts_from_teacher(self, same_inputs: bool) -> bool:
-        return False
-
-    def initial_aux(self, params, teacher) -> dict:
-        return {"teacher": _placeholder(), "target": _placeholder()}
 
     def sample_times(self, process) -> tuple:
         k = self.sample_steps

@@ -70,18 +70,24 @@ class Diffjax:
         call(cmd, log)  # trains, resumes, or finds the run finished
         return " ".join(cmd[1:])
 
-    def sample(self, workdir, label, seed, out, log, args):
+    def _sample_overrides(self, label, seed, args) -> dict:
+        return {**self.overrides, **self.menu[label][1], "sampling.num_samples": args.num_samples, "seed": seed,
+                "sampling.clip_denoised": False}
+
+    def _sample_pattern(self, label) -> str:
+        """--mode sample names its file samples_STEP_METHOD_STEPS[_TAGS].npz: this sampler's."""
         ov = self.menu[label][1]
-        cmd = self._base(workdir) + flags({**self.overrides, **ov, "sampling.num_samples": args.num_samples,
-                                           "seed": seed, "sampling.clip_denoised": False}) \
-            + ["--mode", "sample", "--noprogress"]
+        return f"samples_*_{ov['sampling.method']}_{ov['sampling.num_steps']}*.npz"
+
+    def sample(self, workdir, label, seed, out, log, args):
+        cmd = self._base(workdir) + flags(self._sample_overrides(label, seed, args)) + ["--mode", "sample",
+                                                                                       "--noprogress"]
         call(cmd, log)
-        # --mode sample names its file samples_STEP_METHOD_STEPS[_TAGS].npz: the newest of this sampler's
-        written = sorted(glob.glob(os.path.join(workdir, "samples", f"samples_*_{ov['sampling.method']}_"
-                                                                    f"{ov['sampling.num_steps']}*.npz")),
-                         key=os.path.getmtime)
+        written = sorted(glob.glob(os.path.join(workdir, "samples", self._sample_pattern(label))),
+                         key=os.path.getmtime)  # the newest
         if not written:
-            raise SystemExit(f"no sample file of {ov} in {workdir}/samples after: {' '.join(cmd)}")
+            raise SystemExit(f"no sample file {self._sample_pattern(label)} in {workdir}/samples after: "
+                             f"{' '.join(cmd)}")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         shutil.copyfile(written[-1], out)
         return " ".join(cmd[1:])
@@ -96,20 +102,21 @@ class FewStep(Diffjax):
         super().__init__(config, {f"{steps}step": (steps, {"distill.sample_steps": steps})})
         self.run = run
 
+    def _workdir(self, workdir, args):
+        return os.path.join(args.runs, f"{self.run}_seed{os.path.basename(workdir).rsplit('_seed', 1)[1]}")
+
     def train(self, workdir, seed, log, args):
-        return super().train(os.path.join(args.runs, f"{self.run}_seed{seed}"), seed, log, args)
+        return super().train(self._workdir(workdir, args), seed, log, args)
+
+    def _sample_overrides(self, label, seed, args) -> dict:
+        return {**self.overrides, **self.menu[label][1], "sampling.num_samples": args.num_samples,
+                "sampling.batch_size": 250, "seed": seed}
+
+    def _sample_pattern(self, label) -> str:
+        return "samples_*.npz"
 
     def sample(self, workdir, label, seed, out, log, args):
-        wd = os.path.join(args.runs, f"{self.run}_seed{os.path.basename(workdir).rsplit('_seed', 1)[1]}")
-        cmd = self._base(wd) + flags({**self.overrides, **self.menu[label][1], "sampling.num_samples": args.num_samples,
-                                      "sampling.batch_size": 250, "seed": seed}) + ["--mode", "sample", "--noprogress"]
-        call(cmd, log)
-        written = sorted(glob.glob(os.path.join(wd, "samples", "samples_*.npz")), key=os.path.getmtime)
-        if not written:
-            raise SystemExit(f"no sample file in {wd}/samples after: {' '.join(cmd)}")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        shutil.copyfile(written[-1], out)
-        return " ".join(cmd[1:])
+        return super().sample(self._workdir(workdir, args), label, seed, out, log, args)
 
 
 class Latent(Diffjax):
