@@ -334,6 +334,9 @@ def get_config():
                                              # by training.sde's process at a level s ~ U[0, max] (a time in [0, T])
                                              # that the network is told; 0: no augmentation
     cascade.sampling_aug_level = 0.0         # the level at sampling, in [0, aug_level_max]
+    cascade.sampling_low_res = "base"        # --mode sample / eval conditions on: base (the base model's samples:
+                                             # the cascade) | train (the first training images downsampled: the
+                                             # super-resolution stage alone, no base model)
 
     config.distributed = dist = ml_collections.ConfigDict()
     dist.initialize = False                  # call jax.distributed.initialize (multi-host)

@@ -311,6 +311,29 @@ def test_the_cascade_samples_through_main(base_workdir, sr_workdir, data_dir, ca
     assert settings["base"] == {"workdir": os.path.abspath(base_workdir), "step": 2}
 
 
+def test_the_sr_stage_alone_samples_on_downsampled_training_images(sr_workdir, data_dir, capsys):
+    """cascade.sampling_low_res="train": no base model; the condition is the first training images, downsampled
+    (the same images whatever the key), and the file says so."""
+    cfg = _tiny(fashion_mnist_cascade_sr.get_config(), data_dir, 28)
+    cfg.cascade.sampling_low_res = "train"
+    cfg.cascade.sampling_aug_level = 0.0
+    x = dmain.run_mode(cfg, sr_workdir, "sample", progress=False)
+    out = capsys.readouterr().out
+    assert "cascade base model" not in out and "NFE 4 score evaluations per sample" in out
+    assert x.shape == (6, 28, 28, 1) and _finite(x)
+    z = np.load(os.path.join(sr_workdir, "samples", "samples_00000002_ode_heun_2_aug0_ontrain.npz"))["x"]
+    assert z.dtype == np.uint8 and z.shape == (6, 28, 28, 1)
+    run = drun.open_run(cfg, sr_workdir)
+    run.checkpoints.close()
+    low, nfe = run.low_res.sample(jax.random.key(0), 6)
+    from diffjax.core.cascade import downsample_area
+    from diffjax.data import to_unit
+    from diffjax.run._common import split_rows
+    images, _ = split_rows(cfg, "train", 6)
+    np.testing.assert_allclose(low, np.asarray(downsample_area(to_unit(images), 2)), atol=1e-6)
+    assert nfe == 0 and drun.eval_settings(cfg, 2)["base"] == {"low_res": "train"}
+
+
 def test_the_sr_stage_follows_its_condition(base_workdir, sr_workdir, data_dir):
     """SuperResolutionRun.sample on given low-resolution images: other images give other samples (same key)."""
     cfg = _tiny(fashion_mnist_cascade_sr.get_config(), data_dir, 28)
@@ -345,6 +368,7 @@ def _sr(**fields):
     (dict(cascade__low_res_size=0), r"cascade.aug_level_max=0.3 applies to a super-resolution stage"),
     (dict(data__num_classes=10), r"cannot be class-conditional too"),
     (dict(data__resize="nearest"), r"data.resize='nearest' is not known; allowed values: \['area', 'bicubic'\]"),
+    (dict(cascade__sampling_low_res="test"), r"cascade.sampling_low_res must be one of \('base', 'train'\), got 'test'"),
 ])
 def test_bad_cascade_fields_are_one_line_errors(fields, match):
     with pytest.raises(ValueError, match=match) as e:

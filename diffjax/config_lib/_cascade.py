@@ -16,6 +16,10 @@ def _level(field, value, hi, note=""):
         raise ValueError(f"cascade.{field} must be a number in [0, {hi:g}]{note}, got {value!r}")
 
 
+# cascade.sampling_low_res: what a super-resolution stage's samples are conditioned on (diffjax/run/_cascade.py)
+SAMPLING_LOW_RES = ("base", "train")
+
+
 def validate_cascade(config, sde) -> None:
     """The ``cascade`` fields on the built process ``sde``."""
     c, d = config.get("cascade"), config.data
@@ -24,6 +28,9 @@ def validate_cascade(config, sde) -> None:
     size = _check_int("cascade.low_res_size", c.low_res_size, 0, " (0: not a super-resolution stage)")
     if not isinstance(c.base_workdir, str):
         raise ValueError(f"cascade.base_workdir must be a path (a string), got {c.base_workdir!r}")
+    low_res = c.get("sampling_low_res", "base")
+    if low_res not in SAMPLING_LOW_RES:
+        raise ValueError(f"cascade.sampling_low_res must be one of {SAMPLING_LOW_RES}, got {low_res!r}")
     if not size:
         for field in ("aug_level_max", "sampling_aug_level"):
             if c[field]:

@@ -1,7 +1,8 @@
 """A cascade's super-resolution stage as a run (Ho et al. 2021): :class:`SuperResolutionRun` samples the whole
 cascade, the base model of ``cascade.base_workdir`` first (:class:`BaseModel`), then the super-resolution model
-conditioned on its samples; a training run's snapshots condition on downsampled test images instead
-(:class:`TestImages`: the super-resolution stage alone, no base model needed while it trains).
+conditioned on its samples; a training run's snapshots condition on downsampled test images instead, and
+``cascade.sampling_low_res="train"`` samples on downsampled training images (:class:`DataImages`: the
+super-resolution stage alone, no base model).
 
 Part of the entry layer (it reads a ``ConfigDict``).
 """
@@ -54,6 +55,8 @@ def base_config(config):
 def base_settings(config) -> dict:
     """What of the base model decides the cascade's samples besides this config: its workdir and newest checkpoint
     step (keys the eval sample cache)."""
+    if config.cascade.get("sampling_low_res", "base") != "base":
+        return {"low_res": config.cascade.sampling_low_res}
     wd = config.cascade.base_workdir
     steps = [int(e) for name in ("checkpoints", "checkpoints-meta") if wd and os.path.isdir(os.path.join(wd, name))
              for e in os.listdir(os.path.join(wd, name)) if e.isdigit()]
@@ -84,24 +87,25 @@ class BaseModel:
         return np.clip(x, -1.0, 1.0), nfe
 
 
-class TestImages:
-    """The low-resolution images of a training run's snapshots: the first test images, downsampled
-    (:func:`~diffjax.core.cascade.downsample_area`) as in training; the key is not used, so every snapshot
-    conditions on the same images."""
+class DataImages:
+    """Low-resolution images from the data: the first images of ``split``, downsampled
+    (:func:`~diffjax.core.cascade.downsample_area`) as in training; the key is not used, so every call conditions on
+    the same images (a training run's snapshots: the test split; ``cascade.sampling_low_res="train"``: the
+    training split)."""
 
-    def __init__(self, config):
-        self.config, self._low = config, None
+    def __init__(self, config, split: str):
+        self.config, self.split, self._low = config, split, None
 
     def sample(self, key, n):
         if self._low is None or len(self._low) < n:
             from diffjax.core.cascade import downsample_area
             from diffjax.data import to_unit
             from diffjax.run._common import split_rows
-            images, _ = split_rows(self.config, "test", n)
+            images, _ = split_rows(self.config, self.split, n)
             factor = self.config.data.image_size // self.config.cascade.low_res_size
             self._low = np.asarray(downsample_area(to_unit(images), factor))
         if len(self._low) < n:
-            raise ValueError(f"{n} samples need {n} test images; the test split has {len(self._low)}")
+            raise ValueError(f"{n} samples need {n} {self.split} images; the split has {len(self._low)}")
         return self._low[:n], 0
 
 
@@ -114,7 +118,12 @@ class SuperResolutionRun(Run):
     def __init__(self, config, workdir, *, read_only: bool = True):
         from diffjax import config_lib as cl
         super().__init__(config, workdir, read_only=read_only)
-        self.low_res = BaseModel(config) if read_only else TestImages(config)
+        if not read_only:
+            self.low_res = DataImages(config, "test")
+        elif config.cascade.get("sampling_low_res", "base") == "base":
+            self.low_res = BaseModel(config)
+        else:
+            self.low_res = DataImages(config, config.cascade.sampling_low_res)
         self._condition = cl.sampling_condition(config, self.sde)
 
     def sampling_condition(self, key, n, condition):

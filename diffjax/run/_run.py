@@ -356,6 +356,8 @@ def _sample_stem(config, step, label):
     from diffjax import config_lib as cl
     if cl.is_super_resolution(config):  # a cascade: its sampling augmentation level, always (0 is a setting too)
         extra.append(f"aug{float(config.cascade.sampling_aug_level):g}")
+        if config.cascade.get("sampling_low_res", "base") != "base":  # the SR stage alone, on data
+            extra.append(f"on{config.cascade.sampling_low_res}")
     return "_".join([f"samples_{step:08d}", label] + extra)
 
 

@@ -57,15 +57,22 @@ PEER = os.path.join(REPO, "experiments", "baselines", "diffusers_fashion_mnist.p
 
 
 class Diffjax:
-    """A diffjax row: ``python -m diffjax.main --config CONFIG`` with training overrides."""
+    """A diffjax row: ``python -m diffjax.main --config CONFIG`` with training overrides, in the row's workdir
+    ``RUNS/METHOD_seedS`` or, with ``run``, in ``RUNS/RUN_seedS`` (a training several rows sample)."""
 
-    def __init__(self, config: str, menu: dict, overrides: dict | None = None):
-        self.config, self.menu, self.overrides = config, menu, dict(overrides or {})
+    def __init__(self, config: str, menu: dict, overrides: dict | None = None, run: str | None = None):
+        self.config, self.menu, self.overrides, self.run = config, menu, dict(overrides or {}), run
 
     def _base(self, workdir):
         return [sys.executable, "-m", "diffjax.main", "--config", self.config, "--workdir", workdir]
 
+    def _workdir(self, workdir, args):
+        if self.run is None:
+            return workdir
+        return os.path.join(args.runs, f"{self.run}_seed{os.path.basename(workdir).rsplit('_seed', 1)[1]}")
+
     def train(self, workdir, seed, log, args):
+        workdir = self._workdir(workdir, args)
         cmd = self._base(workdir) + flags({**self.overrides, "seed": seed}) + ["--noprogress"]
         call(cmd, log)  # trains, resumes, or finds the run finished
         return " ".join(cmd[1:])
@@ -80,6 +87,7 @@ class Diffjax:
         return f"samples_*_{ov['sampling.method']}_{ov['sampling.num_steps']}*.npz"
 
     def sample(self, workdir, label, seed, out, log, args):
+        workdir = self._workdir(workdir, args)
         cmd = self._base(workdir) + flags(self._sample_overrides(label, seed, args)) + ["--mode", "sample",
                                                                                        "--noprogress"]
         call(cmd, log)
@@ -99,14 +107,7 @@ class FewStep(Diffjax):
     ``distill.sample_steps``; ``--mode sample`` writes ``samples_STEP.npz``."""
 
     def __init__(self, config: str, run: str, steps: int):
-        super().__init__(config, {f"{steps}step": (steps, {"distill.sample_steps": steps})})
-        self.run = run
-
-    def _workdir(self, workdir, args):
-        return os.path.join(args.runs, f"{self.run}_seed{os.path.basename(workdir).rsplit('_seed', 1)[1]}")
-
-    def train(self, workdir, seed, log, args):
-        return super().train(self._workdir(workdir, args), seed, log, args)
+        super().__init__(config, {f"{steps}step": (steps, {"distill.sample_steps": steps})}, run=run)
 
     def _sample_overrides(self, label, seed, args) -> dict:
         return {**self.overrides, **self.menu[label][1], "sampling.num_samples": args.num_samples,
@@ -114,9 +115,6 @@ class FewStep(Diffjax):
 
     def _sample_pattern(self, label) -> str:
         return "samples_*.npz"
-
-    def sample(self, workdir, label, seed, out, log, args):
-        return super().sample(self._workdir(workdir, args), label, seed, out, log, args)
 
 
 class Latent(Diffjax):
@@ -143,8 +141,8 @@ class Cascade(Diffjax):
     ``RUNS/cascade_base_seedS`` (shared by the cascade rows of one seed), then the super-resolution stage (this
     row's config and overrides) in the row's workdir; sampled through both."""
 
-    def __init__(self, menu: dict, overrides: dict | None = None):
-        super().__init__("configs/fashion_mnist_cascade_sr.py", menu, overrides)
+    def __init__(self, menu: dict, overrides: dict | None = None, run: str | None = None):
+        super().__init__("configs/fashion_mnist_cascade_sr.py", menu, overrides, run)
 
     def _base_workdir(self, args, seed):
         return os.path.join(args.runs, f"cascade_base_seed{seed}")
@@ -187,8 +185,12 @@ METHODS = {
     "ddpm_peer_recipe": Diffjax("configs/fashion_mnist_budget.py", DDPM_MENU, PEER_RECIPE),
     "latent": Latent("configs/fashion_mnist_latent.py", FLOW_MENU),
     "cascade": Cascade(CASCADE_MENU, CASCADE_SR),
+    # the super-resolution stage alone (the cascade row's training): on the first 1000 training images, downsampled
+    "cascade_sr_alone": Cascade({"heun10_aug0.1_ontrain": (20, {**CASCADE_MENU["heun25_heun10_aug0.1"][1],
+                                                             "cascade.sampling_low_res": "train"})}, CASCADE_SR,
+                                run="cascade"),
     "cascade_noaug": Cascade({"heun25_heun10_aug0": CASCADE_MENU["heun25_heun10_aug0"]},
-                             {**CASCADE_SR, "cascade.aug_level_max": 0.0}),
+                             {**CASCADE_SR, "cascade.aug_level_max": 0.0, "cascade.sampling_aug_level": 0.0}),
     **{f"{run}_{k}step": FewStep(f"configs/fashion_mnist_{run}.py", run, k)
        for run in ("meanflow", "shortcut", "scm") for k in (1, 2)},
     "diffusers_ddpm": Diffusers("ddpm", "peer", DDPM_MENU),
