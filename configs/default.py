@@ -282,7 +282,7 @@ def get_config():
     # student (same network as model.*, on training.sde) and --mode sample samples it with its few steps
     config.distill = dst = ml_collections.ConfigDict()
     dst.method = ""                          # "" | progressive | consistency_distillation | consistency_training
-                                             # | meanflow | shortcut | scm
+                                             # | meanflow | shortcut | scm | scm_distillation
     dst.teacher_workdir = ""                 # the teacher's run directory (newest checkpoint's EMA parameters)
     dst.teacher_config = ""                  # the teacher's config file; "": this config's model / training.sde
     dst.t_eps = 0.0                          # boundary / last time of every distillation function; 0: the process's

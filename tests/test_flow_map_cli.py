@@ -173,3 +173,37 @@ def test_eval_of_an_image_student_points_to_the_scorer(tmp_path):
     cfg.data.dataset = "fashion_mnist"
     with pytest.raises(ValueError, match="--mode eval of a few-step student"):
         dr.evaluate_distill(cfg, str(tmp_path))
+
+
+def test_scm_distillation_from_a_teacher_on_another_process(tmp_path):
+    """sCD from a VP-trained teacher (through run_mode, its own config file): the Distiller keeps the teacher's
+    process, and the train step's loss is scm_loss with trigflow_velocity of the teacher's score on VP."""
+    teacher_dir = str(tmp_path / "teacher")
+    dmain.run_mode(_config(""), teacher_dir, "train", progress=False)
+    teacher_file = tmp_path / "teacher_config.py"
+    teacher_file.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+                            "from test_distill_train import _config\n\n\ndef get_config():\n    return _config('')\n")
+    cfg = _scm_config(time_label_scale=1.0, teacher_workdir=teacher_dir, teacher_config=str(teacher_file))
+    cfg.distill.method = "scm_distillation"
+    dist = dr.Distiller(cfg, str(tmp_path / "student"))
+    vp = cl.build_sde(_config(""))
+    assert dist.teacher_process == vp and dist.sde != vp
+    state = dist.fresh_state()
+    x = jnp.asarray(RING.sample(jax.random.key(3), 64))
+    params, teacher = jax.device_get(state.train.params), jax.device_get(state.aux["teacher"])
+    model, sde = cl.build_model(cfg), dist.sde
+
+    def F(y, t):
+        return model.apply({"params": params}, y, t / sde.T, train=False)
+
+    velocity = distill.trigflow_velocity(dist.teacher_score(teacher), vp, sde.sigma_data)
+    want = jax.jit(lambda k, x: distill.scm_loss(F, sde, k, x, p_mean=0.74, p_std=1.4, velocity_fn=velocity)[0])(
+        _step_key(state), x)
+    no_teacher = jax.jit(lambda k, x: distill.scm_loss(F, sde, k, x, p_mean=0.74, p_std=1.4)[0])(_step_key(state), x)
+    new, loss = _one_step(dist, state, x)
+    dist.run.checkpoints.close()
+    np.testing.assert_allclose(loss, float(want), rtol=2e-5)
+    assert abs(float(no_teacher) - float(want)) > 1e-4 * abs(float(want))  # the teacher's velocity is in the loss
+    state = dmain.run_mode(cfg, str(tmp_path / "student"), "train", progress=False)
+    assert int(state.step) == 4
+    _finite(state.train.params)

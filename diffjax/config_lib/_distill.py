@@ -100,9 +100,9 @@ def _shortcut(config):
         raise ValueError(f"distill.sample_steps / distill.shortcut_levels: {e}") from None
 
 
-def _scm(config):
+def _scm(config, method=_distill.ContinuousConsistency):
     d = config.distill
-    return _distill.ContinuousConsistency(
+    return method(
         **_flow_map_fields(config), p_mean=check_number("distill.p_mean", d.p_mean, -math.inf, math.inf, lo_open=True),
         p_std=check_number("distill.p_std", d.p_std, 0.0, math.inf, lo_open=True),
         tangent_warmup=_check_int("distill.tangent_warmup", d.tangent_warmup, 0),
@@ -110,10 +110,14 @@ def _scm(config):
         mid_time=check_number("distill.mid_time", d.mid_time, 0.0, math.inf, lo_open=True))
 
 
+def _scm_distillation(config):
+    return _scm(config, _distill.ContinuousConsistencyDistillation)
+
+
 # distill.method -> the method object's builder (its fields checked); "": no distillation
 DISTILL_METHODS = {"progressive": _progressive, "consistency_distillation": _consistency_distillation,
                    "consistency_training": _consistency_training, "meanflow": _meanflow, "shortcut": _shortcut,
-                   "scm": _scm}
+                   "scm": _scm, "scm_distillation": _scm_distillation}
 FLOW_MAP_METHODS = ("meanflow", "shortcut")  # their network is a FlowMapNet: u(x, t, s)
 
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 __all__ = ["GaussianFlowMap", "meanflow_target", "meanflow_loss", "shortcut_target", "shortcut_loss",
            "logit_normal_two_times", "uniform_two_times", "flow_map_sample", "trigflow_consistency",
-           "trigflow_flow_map", "scm_tangent", "scm_loss"]
+           "trigflow_flow_map", "trigflow_velocity", "scm_tangent", "scm_loss"]
 
 FlowMapFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # u(x, t, s) -> like x
 
@@ -206,6 +206,29 @@ def trigflow_flow_map(F_fn: TrigFlowFn, sigma_data: float) -> FlowMapFn:
         return jnp.where(d == 0, sd_F, (x - jnp.cos(d) * x + jnp.sin(d) * sd_F) / safe)
 
     return u
+
+
+def trigflow_velocity(score_fn: Callable, process, sigma_data: float):
+    """The probability-flow velocity ``dx/dt`` on the TrigFlow path (``sigma_data``) of a model trained on any Gaussian
+    path ``process`` with ``score_fn(x, tau)``: sCM's teacher for distillation from any diffjax model.
+
+    TrigFlow's ``x_t = cos(t) (x_0 + sigma eps)`` with ``sigma = sigma_d tan t``; the process reaches the same
+    noise-to-signal ratio at ``tau`` (its log-SNR inverse), where ``x_tau = (a_tau / cos t) x_t``; its data
+    prediction ``x0`` there gives ``dx/dt = (cos(t) x_t - x0) / sin(t)`` (for ``x0`` the true ``x_0`` this is the
+    conditional velocity ``cos(t) z - sin(t) x_0``)."""
+    from diffjax.core.parameterizations import x0_from_score
+    lo, hi = float(process.t_eps), float(process.T)
+
+    def velocity(x, t):
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        log_snr = -2.0 * jnp.log(sigma_data * jnp.tan(t))
+        tau = jnp.clip(process.t_from_log_snr(log_snr), lo, hi).astype(x.dtype)
+        a_tau, _ = process.marginal(tau)
+        x_tau = _bcast(a_tau / jnp.cos(t), x) * x
+        x0 = x0_from_score(score_fn(x_tau, tau), x_tau, tau, process)
+        return (_bcast(jnp.cos(t), x) * x - x0) / _bcast(jnp.sin(t), x)
+
+    return velocity
 
 
 def scm_tangent(F_fn: TrigFlowFn, x_t, v, t, *, sigma_data: float, warmup=1.0):

@@ -15,7 +15,8 @@ networks the loss reads (a scalar placeholder where unused). :mod:`diffjax.confi
   no teacher; :func:`~diffjax.distill.consistency_sample`.
 * :class:`MeanFlow`, :class:`Shortcut`: flow maps ``u(x_t, t, s)`` from scratch, :func:`~diffjax.distill.flow_map_sample`.
 * :class:`ContinuousConsistency` (sCM, Lu & Song 2025): :func:`~diffjax.distill.scm_loss` on the TrigFlow path,
-  no teacher; :func:`~diffjax.distill.consistency_sample` of :func:`~diffjax.distill.trigflow_consistency`.
+  no teacher; :func:`~diffjax.distill.consistency_sample` of :func:`~diffjax.distill.trigflow_consistency`;
+  :class:`ContinuousConsistencyDistillation` (sCD): the same with a teacher of any process.
 """
 from __future__ import annotations
 
@@ -31,12 +32,13 @@ from diffjax.core.parameterizations import x0_from_score
 from diffjax.distill.consistency import (cd_loss, consistency_sample, ct_loss, ict_num_scales, ict_weight, pseudo_huber,
                                          unit_weight)
 from diffjax.distill.flow_map import (flow_map_sample, logit_normal_two_times, meanflow_loss, scm_loss, shortcut_loss,
-                                     trigflow_consistency)
+                                     trigflow_consistency, trigflow_velocity)
 from diffjax.distill.progressive import pd_loss, pd_sample
 from diffjax.samplers import karras_grid, ode_heun_step, process_default
 
 __all__ = ["DistillNetworks", "DistillMethod", "ProgressiveDistillation", "ConsistencyDistillation",
-           "ConsistencyTraining", "MeanFlow", "Shortcut", "ContinuousConsistency"]
+           "ConsistencyTraining", "MeanFlow", "Shortcut", "ContinuousConsistency",
+           "ContinuousConsistencyDistillation"]
 
 
 class DistillNetworks(Protocol):
@@ -49,7 +51,10 @@ class DistillNetworks(Protocol):
         """The student's consistency function ``f(x, t)`` (:func:`~diffjax.distill.consistency_fn`)."""
 
     def teacher_score(self, params) -> Callable:
-        """The teacher's ``score_fn(x, t)`` with its parameters (a teacher given as a function ignores them)."""
+        """The teacher's ``score_fn(x, t)`` with its parameters (a teacher given as a function ignores them), on
+        :attr:`teacher_process`."""
+
+    teacher_process: object  # the process the teacher was trained on (the student's, unless any_teacher_process)
 
     def flow_map(self, params, *, train: bool = False, rng=None) -> Callable:
         """The student's average velocity ``u(x, t, s)`` (:mod:`diffjax.distill.flow_map`)."""
@@ -66,6 +71,8 @@ class DistillMethod(Protocol):
 
     name: str                   # for messages
     needs_teacher: bool         # trains from a teacher (a trained network's parameters, or a score function)
+    any_teacher_process: bool   # the teacher may be trained on another process than the student's (its own is
+                                # nets.teacher_process); else the two must be the same
     rounds: int
     total_steps: int            # optimizer steps of the whole run
     length_sets_schedule: bool  # the run's length sets the method's schedule: a resumed run may not change it
@@ -134,6 +141,7 @@ class ProgressiveDistillation:
 
     name: ClassVar[str] = "progressive"
     needs_teacher: ClassVar[bool] = True
+    any_teacher_process: ClassVar[bool] = False
     length_sets_schedule: ClassVar[bool] = False
 
     @property
@@ -212,6 +220,7 @@ class _OneRound:
     """A method trained in one round of ``total_steps`` whose ``aux`` never changes."""
 
     rounds: ClassVar[int] = 1
+    any_teacher_process: ClassVar[bool] = False
 
     def round_start(self, round_index: int) -> int:
         return 0
@@ -473,10 +482,15 @@ class ContinuousConsistency(_FromScratch):
             k_loss, k_drop = jax.random.split(key)
             r = 1.0 if not self.tangent_warmup else jnp.minimum(1.0, batch["step"] / self.tangent_warmup)
             loss, aux = scm_loss(nets.trigflow_network(params, train=True, rng=k_drop), process, k_loss, batch["x"],
-                                 p_mean=self.p_mean, p_std=self.p_std, warmup=r, normalization=self.normalization)
+                                 p_mean=self.p_mean, p_std=self.p_std, warmup=r, normalization=self.normalization,
+                                 velocity_fn=self._velocity(nets, process, batch))
             return loss, dict(aux, tangent_warmup=jnp.asarray(r, jnp.float32))
 
         return loss_fn
+
+    def _velocity(self, nets, process, batch):
+        """``dx_t/dt`` of the tangent: ``None``, the conditional velocity (training without a teacher)."""
+        return None
 
     def sampler(self, nets, process, round_index: int) -> Callable:
         times = self.sample_times(process)
@@ -496,3 +510,21 @@ class ContinuousConsistency(_FromScratch):
         F = lambda y, t: y  # noqa: E731
         jax.eval_shape(lambda k, x: scm_loss(F, process, k, x, p_mean=self.p_mean, p_std=self.p_std),
                        _abstract_key(), x0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContinuousConsistencyDistillation(ContinuousConsistency):
+    """sCD (Lu & Song 2025): :class:`ContinuousConsistency` with the teacher's probability-flow velocity in the
+    tangent, :func:`~diffjax.distill.trigflow_velocity` of its score on the process it was trained on (any of the
+    core's: a rectified-flow, VP or EDM model distils into a TrigFlow consistency model)."""
+
+    name: ClassVar[str] = "scm_distillation"
+    needs_teacher: ClassVar[bool] = True
+    any_teacher_process: ClassVar[bool] = True
+
+    def initial_aux(self, params, teacher) -> dict:
+        return {"teacher": _placeholder() if teacher is None else teacher, "target": _placeholder()}
+
+    def _velocity(self, nets, process, batch):
+        return trigflow_velocity(nets.teacher_score(batch["aux"]["teacher"]), nets.teacher_process,
+                                 float(process.sigma_data))

@@ -105,6 +105,7 @@ class Distiller:
         self.total_steps, self.rounds = self.method.total_steps, self.method.rounds
         self.external_teacher = teacher_score_fn
         self.teacher_config = None
+        self.teacher_process = self.sde  # a teacher given as a function: on the student's process
         if self._has_loaded_teacher():
             path = self.d.teacher_config
             self.teacher_config = load_config_file(path) if path else config
@@ -112,7 +113,8 @@ class Distiller:
             if cl.input_shape(self.teacher_config, 1) != cl.input_shape(config, 1):
                 raise ValueError(f"distill.teacher_config's data shape {cl.input_shape(self.teacher_config, 1)} "
                                  f"differs from this config's {cl.input_shape(config, 1)}")
-            if cl.build_sde(self.teacher_config) != self.sde:
+            self.teacher_process = cl.build_sde(self.teacher_config)
+            if self.teacher_process != self.sde and not self.method.any_teacher_process:
                 raise ValueError(f"distill.teacher_config's process (training.sde="
                                  f"{self.teacher_config.training.sde!r} and model.* fields) differs from this "
                                  f"config's (training.sde={config.training.sde!r}); the student uses the teacher's")
@@ -182,7 +184,7 @@ class Distiller:
         from diffjax import config_lib as cl
         if self.external_teacher is not None:
             return self.external_teacher
-        return cl.build_score_fn(self.teacher_config, self.teacher_model, self.sde, params)
+        return cl.build_score_fn(self.teacher_config, self.teacher_model, self.teacher_process, params)
 
     def num_student_steps(self, round_index: int) -> int:
         """Progressive distillation: the student's DDIM steps in round ``round_index``."""
