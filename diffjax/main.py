@@ -59,6 +59,36 @@ def _init_distributed(config):
         jax.distributed.initialize(**kw)
 
 
+# the entry point of each task's modes (config, workdir, progress) -> result; the autoencoder dispatches its own
+_TASK_MODES = {
+    "classifier": {"train": lambda c, w, p: dr.train_classifier(c, w)},
+    "noisy_classifier": {"train": lambda c, w, p: dr.train_noisy_classifier(c, w)},
+    "clip": {"train": lambda c, w, p: dr.train_clip(c, w)},
+    "adapt": {"train": lambda c, w, p: dr.train_adapter(c, w, progress=p),
+              "sample": lambda c, w, p: dr.sample_adapter(c, w, progress=p)},
+}
+# a diffusion config with distill.method set: the few-step student's (--mode stats is the data's, as below)
+_DISTILL_MODES = {
+    "train": lambda c, w, p: dr.train_distill(c, w, progress=p),
+    "sample": lambda c, w, p: dr.sample_distill(c, w),
+    "eval": lambda c, w, p: dr.evaluate_distill(c, w),
+    "stats": lambda c, w, p: dr.stats_mode(c, w),
+}
+_DIFFUSION_MODES = {
+    "train": lambda c, w, p: dr.train(c, w, progress=p),
+    "sample": lambda c, w, p: dr.sample(c, w, progress=p),
+    "eval": lambda c, w, p: dr.evaluate(c, w, progress=p),
+    "likelihood": lambda c, w, p: dr.likelihood(c, w),
+    "stats": lambda c, w, p: dr.stats_mode(c, w),
+}
+
+
+def _modes_text(modes) -> str:
+    """``train only`` / ``train and sample`` / ``train, sample and eval``."""
+    modes = list(modes)
+    return f"{modes[0]} only" if len(modes) == 1 else ", ".join(modes[:-1]) + f" and {modes[-1]}"
+
+
 def run_mode(config, workdir, mode, *, progress: bool = True):
     """Dispatch ``mode`` for ``config.task`` (what ``main`` does after parsing flags). A diffusion config is
     validated whole first (:func:`diffjax.config_lib.validate`: names, arithmetic, SDE, sampler settings), in every
@@ -74,42 +104,19 @@ def run_mode(config, workdir, mode, *, progress: bool = True):
         return dr.describe_clip(config) if config.task == "clip" else dr.describe(config)
     if not workdir:
         raise ValueError(f"--workdir is required for --mode {mode}")
-    if config.task == "classifier":
-        if mode != "train":
-            raise ValueError(f"config.task='classifier' supports --mode train only, got --mode {mode}")
-        return dr.train_classifier(config, workdir)
-    if config.task == "noisy_classifier":
-        if mode != "train":
-            raise ValueError(f"config.task='noisy_classifier' supports --mode train only, got --mode {mode}")
-        return dr.train_noisy_classifier(config, workdir)
-    if config.task == "adapt":
-        if mode not in ("train", "sample"):
-            raise ValueError(f"config.task='adapt' supports --mode train and sample, got --mode {mode}")
-        return (dr.train_adapter if mode == "train" else dr.sample_adapter)(config, workdir, progress=progress)
-    if config.task == "clip":
-        if mode != "train":
-            raise ValueError(f"config.task='clip' supports --mode train only, got --mode {mode}")
-        return dr.train_clip(config, workdir)
-    if cl.is_super_resolution(config) and mode == "likelihood":
-        raise ValueError("--mode likelihood is not defined for a cascade's super-resolution stage "
-                         "(cascade.low_res_size > 0); allowed modes: train, sample, eval, stats, describe")
-    method = cl.distill_method(config)
-    if method is not None and mode != "stats":  # a few-step student
-        if mode not in ("train", "sample", "eval"):
-            raise ValueError(f"distill.method={method.name!r} supports --mode train, sample and eval, got {mode}")
-        if mode == "eval":
-            return dr.evaluate_distill(config, workdir)
-        return dr.train_distill(config, workdir, progress=progress) if mode == "train" else dr.sample_distill(
-            config, workdir)
-    if mode == "train":
-        return dr.train(config, workdir, progress=progress)
-    if mode == "sample":
-        return dr.sample(config, workdir, progress=progress)
-    if mode == "eval":
-        return dr.evaluate(config, workdir, progress=progress)
-    if mode == "likelihood":
-        return dr.likelihood(config, workdir)
-    return dr.stats_mode(config, workdir)
+    if config.task in _TASK_MODES:
+        modes, who = _TASK_MODES[config.task], f"config.task={config.task!r}"
+    elif (method := cl.distill_method(config)) is not None:
+        modes, who = _DISTILL_MODES, f"distill.method={method.name!r}"
+    else:
+        if cl.is_super_resolution(config) and mode == "likelihood":
+            raise ValueError("--mode likelihood is not defined for a cascade's super-resolution stage "
+                             "(cascade.low_res_size > 0); allowed modes: train, sample, eval, stats, describe")
+        modes, who = _DIFFUSION_MODES, "a diffusion model"
+    if mode not in modes:
+        shown = [m for m in modes if m != "stats"] if modes is _DISTILL_MODES else modes
+        raise ValueError(f"{who} supports --mode {_modes_text(shown)}, got --mode {mode}")
+    return modes[mode](config, workdir, progress)
 
 
 TRACEBACK_ENV = "DIFFJAX_TRACEBACK"  # set (not "0"): user errors raise with their traceback
