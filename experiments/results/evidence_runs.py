@@ -118,16 +118,23 @@ class FewStep(Diffjax):
 
 
 class Latent(Diffjax):
-    """Latent diffusion (issue 39): the autoencoder of ``configs/fashion_mnist_autoencoder.py`` trained once in
-    ``RUNS/autoencoder`` (seed 0, shared by every seed), then the latent model on its latents."""
+    """Latent diffusion (issue 39): the autoencoder of ``configs/fashion_mnist_autoencoder.py`` with
+    ``autoencoder`` overrides trained once in ``RUNS/AE_NAME`` (seed 0, shared by every seed), then the latent model
+    on its latents (its UNet's channels set to the autoencoder's latent channels)."""
+
+    def __init__(self, config: str, menu: dict, *, ae_name: str = "autoencoder", autoencoder: dict | None = None):
+        self.ae_name, self.ae_overrides = ae_name, dict(autoencoder or {})
+        channels = self.ae_overrides.get("autoencoder.latent_channels", 4)
+        super().__init__(config, menu, {"model.overrides.num_channels": channels})
 
     def _autoencoder(self, args):
-        return os.path.join(args.runs, "autoencoder")
+        return os.path.join(args.runs, self.ae_name)
 
     def train(self, workdir, seed, log, args):
         ae = self._autoencoder(args)
         call([sys.executable, "-m", "diffjax.main", "--config", "configs/fashion_mnist_autoencoder.py", "--workdir", ae,
-              "--config.eval.classifier_workdir=" + evidence.ARTIFACTS, "--noprogress"], ae + ".log")
+              "--config.eval.classifier_workdir=" + evidence.ARTIFACTS, "--noprogress"] + flags(self.ae_overrides),
+             ae + ".log")
         self.overrides["latent.autoencoder_workdir"] = ae
         return super().train(workdir, seed, log, args)
 
@@ -184,6 +191,9 @@ METHODS = {
     "ddpm": Diffjax("configs/fashion_mnist_budget.py", DDPM_MENU),
     "ddpm_peer_recipe": Diffjax("configs/fashion_mnist_budget.py", DDPM_MENU, PEER_RECIPE),
     "latent": Latent("configs/fashion_mnist_latent.py", FLOW_MENU),
+    # 8 latent channels (7x7x8 = 392 numbers, half the image's), the autoencoder trained twice as long
+    "latent_c8": Latent("configs/fashion_mnist_latent.py", FLOW_MENU, ae_name="autoencoder_c8",
+                        autoencoder={"autoencoder.latent_channels": 8, "training.n_iters": 3000}),
     "cascade": Cascade(CASCADE_MENU, CASCADE_SR),
     # the super-resolution stage alone (the cascade row's training): on the first 1000 training images, downsampled
     "cascade_sr_alone": Cascade({"heun10_aug0.1_ontrain": (20, {**CASCADE_MENU["heun25_heun10_aug0.1"][1],
