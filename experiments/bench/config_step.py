@@ -96,7 +96,11 @@ def _worker_body(args, config, out, t_start):
     from diffjax import config_lib as cl
     from diffjax import train as tr
     from diffjax.run._run import Run
-    run = Run(config, None)
+    # a latent model's run writes its scale factor (WORKDIR/latent.json) when it encodes the data: a scratch workdir
+    if cl.is_latent(config):
+        run = Run(config, tempfile.mkdtemp(prefix="config_step_"), read_only=False)
+    else:
+        run = Run(config, None)
     steps = run.train_steps()
     n = int(config.training.n_jitted_steps)
     single = getattr(steps, "single", None)  # one compiled step dispatched n times (training.multi_step="dispatch")
@@ -112,7 +116,7 @@ def _worker_body(args, config, out, t_start):
         print(json.dumps(out), flush=True)
         return
     out["matmul_gflops_before"] = _matmul_gflops()
-    data = cl.build_dataset(config)
+    data = run.space.dataset(cl.build_dataset(config))  # a latent model's: encoded by its autoencoder
 
     def get_batches(step, k):
         return tr.global_batch(data.batches(step, k), run.mesh)
