@@ -323,6 +323,8 @@ def get_config():
     dst.tangent_warmup = 0                   # steps of the tangent warm-up r: 0 -> 1 (0: r = 1 from the start)
     dst.tangent_normalization = 0.1          # the tangent g divided by ||g|| + this
     dst.mid_time = 1.1                       # sample_steps > 1: re-noising times evenly from this down
+    dst.tune_teacher = False                 # scm_distillation: the student is the teacher's network, from its
+                                             # weights (its velocity converted to TrigFlow: SANA-Sprint's transform)
 
     # Cascaded diffusion (Ho et al. 2021): with cascade.low_res_size > 0 this model is the super-resolution stage,
     # conditioned on its image downsampled to that size (area) and upsampled back (bilinear), by channel

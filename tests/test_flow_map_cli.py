@@ -207,3 +207,44 @@ def test_scm_distillation_from_a_teacher_on_another_process(tmp_path):
     state = dmain.run_mode(cfg, str(tmp_path / "student"), "train", progress=False)
     assert int(state.step) == 4
     _finite(state.train.params)
+
+
+def test_scm_distillation_tunes_the_teachers_own_network(tmp_path):
+    """distill.tune_teacher: the student starts as the VP teacher's weights, its F is the teacher network's velocity
+    converted to TrigFlow (at step 0 exactly the teacher's: F = v / sigma_d), the loss is scm_loss of that F, and
+    --mode sample needs only the teacher's config, not its run."""
+    teacher_dir = str(tmp_path / "teacher")
+    teacher = dmain.run_mode(_config(""), teacher_dir, "train", progress=False)
+    teacher_file = tmp_path / "teacher_config.py"
+    teacher_file.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+                            "from test_distill_train import _config\n\n\ndef get_config():\n    return _config('')\n")
+    cfg = _scm_config(teacher_workdir=teacher_dir, teacher_config=str(teacher_file), tune_teacher=True)
+    cfg.distill.method = "scm_distillation"
+    dist = dr.Distiller(cfg, str(tmp_path / "student"))
+    state = dist.fresh_state()
+    chex.assert_trees_all_equal(jax.device_get(state.train.params), jax.device_get(teacher.ema_params))
+    sde, vp = dist.sde, dist.teacher_process
+    sd = float(sde.sigma_data)
+    x = jnp.asarray(RING.sample(jax.random.key(3), 64))
+    params = jax.device_get(state.train.params)
+    teacher_v = distill.trigflow_velocity(dist.teacher_score(params), vp, sd)
+
+    def F(y, t):
+        return teacher_v(sd * y, t) / sd
+
+    t = jnp.linspace(0.1, 1.4, 64)
+    np.testing.assert_allclose(dist.method._network(dist, sde, params)(x / sd, t), F(x / sd, t), rtol=1e-5, atol=1e-6)
+    want = jax.jit(lambda k, x: distill.scm_loss(F, sde, k, x, p_mean=0.74, p_std=1.4, velocity_fn=teacher_v)[0])(
+        _step_key(state), x)
+    new, loss = _one_step(dist, state, x)
+    dist.run.checkpoints.close()
+    np.testing.assert_allclose(loss, float(want), rtol=2e-5)
+    state = dmain.run_mode(cfg, str(tmp_path / "student"), "train", progress=False)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(state.train.params),
+                                                                jax.tree.leaves(params)))
+    assert int(state.step) == 4 and moved > 0
+    cfg.distill.teacher_workdir = ""  # sampling needs the teacher's config, not its run
+    out = np.asarray(dmain.run_mode(cfg, str(tmp_path / "student"), "sample", progress=False))
+    assert out.shape == (32, 2) and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="distill.tune_teacher=True tunes the teacher's own network"):
+        dr.Distiller(cfg, str(tmp_path / "other"), teacher_score_fn=lambda x, t: -x)

@@ -100,10 +100,11 @@ def _shortcut(config):
         raise ValueError(f"distill.sample_steps / distill.shortcut_levels: {e}") from None
 
 
-def _scm(config, method=_distill.ContinuousConsistency):
+def _scm(config, method=_distill.ContinuousConsistency, **fields):
     d = config.distill
     return method(
-        **_flow_map_fields(config), p_mean=check_number("distill.p_mean", d.p_mean, -math.inf, math.inf, lo_open=True),
+        **_flow_map_fields(config), **fields,
+        p_mean=check_number("distill.p_mean", d.p_mean, -math.inf, math.inf, lo_open=True),
         p_std=check_number("distill.p_std", d.p_std, 0.0, math.inf, lo_open=True),
         tangent_warmup=_check_int("distill.tangent_warmup", d.tangent_warmup, 0),
         normalization=check_number("distill.tangent_normalization", d.tangent_normalization, 0.0, math.inf),
@@ -111,7 +112,10 @@ def _scm(config, method=_distill.ContinuousConsistency):
 
 
 def _scm_distillation(config):
-    return _scm(config, _distill.ContinuousConsistencyDistillation)
+    tune = config.distill.get("tune_teacher", False)
+    if not isinstance(tune, bool):
+        raise ValueError(f"distill.tune_teacher must be True or False, got {tune!r}")
+    return _scm(config, _distill.ContinuousConsistencyDistillation, tune=tune)
 
 
 # distill.method -> the method object's builder (its fields checked); "": no distillation

@@ -62,6 +62,10 @@ class DistillNetworks(Protocol):
     def trigflow_network(self, params, *, train: bool = False, rng=None) -> Callable:
         """The student's TrigFlow network ``F(x / sigma_d, t)`` (:func:`~diffjax.distill.trigflow_consistency`)."""
 
+    def student_score(self, params, *, train: bool = False, rng=None) -> Callable:
+        """The student's ``score_fn(x, t)`` on :attr:`teacher_process` through the teacher's config: a student that is
+        the teacher's network, tuned (its parameters have the teacher's structure)."""
+
 
 @runtime_checkable
 class DistillMethod(Protocol):
@@ -73,6 +77,7 @@ class DistillMethod(Protocol):
     needs_teacher: bool         # trains from a teacher (a trained network's parameters, or a score function)
     any_teacher_process: bool   # the teacher may be trained on another process than the student's (its own is
                                 # nets.teacher_process); else the two must be the same
+    student_is_teacher: bool    # the student is the teacher's network (nets.student_score), tuned from its weights
     rounds: int
     total_steps: int            # optimizer steps of the whole run
     length_sets_schedule: bool  # the run's length sets the method's schedule: a resumed run may not change it
@@ -142,6 +147,7 @@ class ProgressiveDistillation:
     name: ClassVar[str] = "progressive"
     needs_teacher: ClassVar[bool] = True
     any_teacher_process: ClassVar[bool] = False
+    student_is_teacher: ClassVar[bool] = False
     length_sets_schedule: ClassVar[bool] = False
 
     @property
@@ -221,6 +227,7 @@ class _OneRound:
 
     rounds: ClassVar[int] = 1
     any_teacher_process: ClassVar[bool] = False
+    student_is_teacher: ClassVar[bool] = False
 
     def round_start(self, round_index: int) -> int:
         return 0
@@ -481,12 +488,17 @@ class ContinuousConsistency(_FromScratch):
         def loss_fn(params, key, batch):
             k_loss, k_drop = jax.random.split(key)
             r = 1.0 if not self.tangent_warmup else jnp.minimum(1.0, batch["step"] / self.tangent_warmup)
-            loss, aux = scm_loss(nets.trigflow_network(params, train=True, rng=k_drop), process, k_loss, batch["x"],
+            loss, aux = scm_loss(self._network(nets, process, params, train=True, rng=k_drop), process, k_loss,
+                                 batch["x"],
                                  p_mean=self.p_mean, p_std=self.p_std, warmup=r, normalization=self.normalization,
                                  velocity_fn=self._velocity(nets, process, batch))
             return loss, dict(aux, tangent_warmup=jnp.asarray(r, jnp.float32))
 
         return loss_fn
+
+    def _network(self, nets, process, params, *, train=False, rng=None):
+        """The student's ``F(y, t)``: its TrigFlow network."""
+        return nets.trigflow_network(params, train=train, rng=rng)
 
     def _velocity(self, nets, process, batch):
         """``dx_t/dt`` of the tangent: ``None``, the conditional velocity (training without a teacher)."""
@@ -496,7 +508,7 @@ class ContinuousConsistency(_FromScratch):
         times = self.sample_times(process)
 
         def sample(params, key, x_T):
-            f = trigflow_consistency(nets.trigflow_network(params), float(process.sigma_data))
+            f = trigflow_consistency(self._network(nets, process, params), float(process.sigma_data))
             return consistency_sample(key, x_T, f, process, steps=times)
 
         return sample
@@ -516,14 +528,34 @@ class ContinuousConsistency(_FromScratch):
 class ContinuousConsistencyDistillation(ContinuousConsistency):
     """sCD (Lu & Song 2025): :class:`ContinuousConsistency` with the teacher's probability-flow velocity in the
     tangent, :func:`~diffjax.distill.trigflow_velocity` of its score on the process it was trained on (any of the
-    core's: a rectified-flow, VP or EDM model distils into a TrigFlow consistency model)."""
+    core's: a rectified-flow, VP or EDM model distils into a TrigFlow consistency model); ``tune``: the student is
+    the teacher's network itself, tuned from its weights (:attr:`student_is_teacher`)."""
+
+    tune: bool = False
 
     name: ClassVar[str] = "scm_distillation"
     needs_teacher: ClassVar[bool] = True
     any_teacher_process: ClassVar[bool] = True
 
+    @property
+    def student_is_teacher(self) -> bool:
+        """``tune``: the student is the teacher's network from its weights, ``F = v / sigma_d`` of its score converted
+        to TrigFlow (:func:`~diffjax.distill.trigflow_velocity`; SANA-Sprint's training-free transform of a
+        flow-matching model, Chen et al. 2025), so training starts at the teacher's velocity."""
+        return self.tune
+
+    def starts_from_teacher(self, same_inputs: bool) -> bool:
+        return self.tune
+
     def initial_aux(self, params, teacher) -> dict:
         return {"teacher": _placeholder() if teacher is None else teacher, "target": _placeholder()}
+
+    def _network(self, nets, process, params, *, train=False, rng=None):
+        if not self.tune:
+            return super()._network(nets, process, params, train=train, rng=rng)
+        sd = float(process.sigma_data)
+        v = trigflow_velocity(nets.student_score(params, train=train, rng=rng), nets.teacher_process, sd)
+        return lambda y, t: v(sd * y, t) / sd
 
     def _velocity(self, nets, process, batch):
         return trigflow_velocity(nets.teacher_score(batch["aux"]["teacher"]), nets.teacher_process,

@@ -106,7 +106,10 @@ class Distiller:
         self.external_teacher = teacher_score_fn
         self.teacher_config = None
         self.teacher_process = self.sde  # a teacher given as a function: on the student's process
-        if self._has_loaded_teacher():
+        if self.method.student_is_teacher and teacher_score_fn is not None:
+            raise ValueError("distill.tune_teacher=True tunes the teacher's own network: it needs the teacher's run "
+                             "(distill.teacher_workdir and distill.teacher_config), not a score function")
+        if self._has_loaded_teacher() or self.method.student_is_teacher:  # sampling a tuned teacher: its config
             path = self.d.teacher_config
             self.teacher_config = load_config_file(path) if path else config
             cl.validate(self.teacher_config)
@@ -178,6 +181,13 @@ class Distiller:
             return self.model.apply({"params": params}, y, scale * t, train=False)
 
         return F
+
+    def student_score(self, params, *, train=False, rng=None):
+        """A tuned teacher (``distill.tune_teacher``): the student's ``score_fn`` on the teacher's process through the
+        teacher's config and network."""
+        from diffjax import config_lib as cl
+        return cl.build_score_fn(self.teacher_config, self.teacher_model, self.teacher_process, params, train=train,
+                                 rng=rng)
 
     def teacher_score(self, params):
         """The teacher's ``score_fn(x, t)``: the given function, or the loaded teacher's network with ``params``."""
