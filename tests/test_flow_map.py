@@ -61,12 +61,17 @@ def test_gaussian_flow_map_is_the_ode_flow_and_the_targets_are_exact(name):
         assert np.abs(np.asarray(fm.meanflow_target(wrong, x, g.velocity(x, t), t, s)[1]) - 1.1 * u).max() > 1e-3
 
 
+def _ring64(*, radius, std):
+    """A 4-mode ring mixture in float64 (inside jax.enable_x64)."""
+    mix = ring_mixture(4, radius=radius, std=std)
+    return mix._replace(means=mix.means.astype(jnp.float64), stds=mix.stds.astype(jnp.float64),
+                        weights=mix.weights.astype(jnp.float64))
+
+
 def test_targets_on_an_exact_mixture_match_a_reference_ode_solve():
     with jax.enable_x64(True):
         process = dj.rectified_flow()
-        mix = ring_mixture(4, radius=2.0, std=0.4)
-        mix = mix._replace(means=mix.means.astype(jnp.float64), stds=mix.stds.astype(jnp.float64),
-                           weights=mix.weights.astype(jnp.float64))
+        mix = _ring64(radius=2.0, std=0.4)
         score = mixture_score_fn(mix, process)
 
         def velocity(x, t):
@@ -274,9 +279,7 @@ def test_trigflow_velocity_of_a_model_on_another_process_is_trigflows_own():
     with jax.enable_x64(True):
         sd = 0.5
         trig = dj.trigflow(sd)
-        mix = ring_mixture(4, radius=1.0, std=0.2)
-        mix = mix._replace(means=mix.means.astype(jnp.float64), stds=mix.stds.astype(jnp.float64),
-                           weights=mix.weights.astype(jnp.float64))
+        mix = _ring64(radius=1.0, std=0.2)
         want_score = mixture_score_fn(mix, trig)
 
         def want(x, t):
