@@ -202,6 +202,7 @@ def test_scm_distillation_from_a_teacher_on_another_process(tmp_path):
     no_teacher = jax.jit(lambda k, x: distill.scm_loss(F, sde, k, x, p_mean=0.74, p_std=1.4)[0])(_step_key(state), x)
     new, loss = _one_step(dist, state, x)
     dist.run.checkpoints.close()
+    assert np.isfinite(loss) and np.isfinite(float(want))
     np.testing.assert_allclose(loss, float(want), rtol=2e-5)
     assert abs(float(no_teacher) - float(want)) > 1e-4 * abs(float(want))  # the teacher's velocity is in the loss
     state = dmain.run_mode(cfg, str(tmp_path / "student"), "train", progress=False)
@@ -238,6 +239,7 @@ def test_scm_distillation_tunes_the_teachers_own_network(tmp_path):
         _step_key(state), x)
     new, loss = _one_step(dist, state, x)
     dist.run.checkpoints.close()
+    assert np.isfinite(loss) and np.isfinite(float(want))
     np.testing.assert_allclose(loss, float(want), rtol=2e-5)
     state = dmain.run_mode(cfg, str(tmp_path / "student"), "train", progress=False)
     moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(state.train.params),
