@@ -251,6 +251,29 @@ def test_prompted_sampling_through_main_writes_prompts_and_labels(tmp_path, cond
         want = ["a dark sneaker", "a photo of a pair of jeans", "big bright bag"]
         assert f["prompts"].tolist() == [want[i % 3] for i in range(8)]
         assert f["labels"].tolist() == [[7, 1, 8][i % 3] for i in range(8)]
+    if conditioning != "mmdit":
+        return
+    # --mode eval under the feature classifier: prompt following of its samples, each batch cycling the prompts
+    from diffjax.eval import feature_classifier as fc
+    e = c.eval
+    e.classifier_workdir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                                        "results", "artifacts")
+    e.num_samples, e.batch_size, e.reference_num_examples, e.feature_batch_size = 12, 8, 64, 16
+    e.kid_subsets, e.kid_subset_size, e.score_splits = 4, 8, 2
+    rec = run_mode(c, wd, "eval", progress=False)
+    ev = os.path.join(wd, "eval")
+    x = np.concatenate([np.load(os.path.join(ev, f"samples_00000002_{rec['sampler_label']}_{i:05d}.npz"))["x"]
+                        for i in range(2)])
+    assert x.shape == (12, 28, 28, 1)
+    idx = [i % 3 for i in range(8)] + [i % 3 for i in range(4)]  # batches of 8 and 4, each from the first prompt
+    cls = fc.classifier_logits(fc.load_classifier_params(os.path.join(e.classifier_workdir,
+                                                                      "classifier_params.npz")), x).argmax(-1)
+    shade, size = ddata.measure_attributes(x)
+    assert rec["class_accuracy"] == pytest.approx(np.mean(cls == np.array([7, 1, 8])[idx]))
+    stated_shade = np.array([-1, 0, 1])[idx]  # dark, none, bright
+    assert rec["shade_accuracy"] == pytest.approx(np.mean((shade == stated_shade)[stated_shade != 0]))
+    assert rec["size_accuracy"] == pytest.approx(np.mean(size[np.array(idx) == 2] == 1))  # big
+    assert (rec["num_class"], rec["num_shade"], rec["num_size"]) == (12, 8, 3)
 
 
 def test_frozen_clip_text_encoder_stays_frozen(tmp_path):

@@ -5,7 +5,7 @@ Batches are deterministic in ``(seed, step)`` (a resumed run sees the same data)
 only its own rows of the global batch.
 """
 from diffjax.data._captions import (CAPTION_SPLITS, CLASS_NAMES, CLASS_SYNONYMS, Prompt, attribute_measures,
-                                    caption_words, captions, class_prompts, match_matrix, measure_attributes,
+                                    caption_words, captions, class_prompts, heldout_prompts, match_matrix, measure_attributes,
                                     parse_prompt, prompt_matches, sample_captions, text_words)
 from diffjax.data._tokenizer import SPECIAL_TOKENS, Tokenizer, caption_tokenizer
 from diffjax.data._images import (FASHION_MNIST_DIR, dequantize, from_unit, load_fashion_mnist, load_tfds,
@@ -20,6 +20,7 @@ __all__ = ["FASHION_MNIST_DIR", "load_fashion_mnist", "load_tfds", "verify_array
            "checkerboard",
            "two_moons", "toy_sample",
            "CLASS_NAMES", "CLASS_SYNONYMS", "CAPTION_SPLITS", "Prompt", "attribute_measures", "measure_attributes",
-           "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt", "prompt_matches",
+           "captions", "sample_captions", "caption_words", "class_prompts", "heldout_prompts", "parse_prompt",
+           "prompt_matches",
            "match_matrix",
            "text_words", "Tokenizer", "caption_tokenizer", "SPECIAL_TOKENS", "LatentData", "latent_scale_factor"]

@@ -33,8 +33,8 @@ import numpy as np
 
 __all__ = ["CLASS_NAMES", "CLASS_SYNONYMS", "SHADE_WORDS", "SIZE_WORDS", "CAPTION_SPLITS", "INK_THRESHOLD",
            "DARK_BELOW", "LIGHT_ABOVE", "SMALL_BELOW", "LARGE_ABOVE", "Prompt", "measure_attributes",
-           "attribute_measures", "captions", "sample_captions", "caption_words", "class_prompts", "parse_prompt",
-           "prompt_matches", "match_matrix", "text_words"]
+           "attribute_measures", "captions", "sample_captions", "caption_words", "class_prompts", "heldout_prompts",
+           "parse_prompt", "prompt_matches", "match_matrix", "text_words"]
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")
@@ -150,6 +150,24 @@ def sample_captions(rng: np.random.Generator, labels, shades, sizes, *, split: s
 def class_prompts() -> Tuple[str, ...]:
     """One training-frame prompt per class with its canonical noun: ``"a photo of a t-shirt"``, ..."""
     return tuple(f"a photo of {_noun_phrase([], nouns[0])}" for nouns in CLASS_SYNONYMS)
+
+
+def heldout_prompts(*, split: str = "heldout") -> Tuple[str, ...]:
+    """The fixed prompt set of prompt-following evaluations: per class (class-major), every combination of shade
+    (unstated, dark, light) and size (unstated, small, large) with the canonical noun, plus the bare class with its
+    second synonym (10 per class, 100 in all); frames cycled through ``split``'s (``"heldout"``: phrasings no
+    training caption has)."""
+    if split not in _FRAMES:
+        raise ValueError(f"split must be one of {CAPTION_SPLITS}, got {split!r}")
+    frames, out = _FRAMES[split], []
+    for nouns in CLASS_SYNONYMS:
+        phrases = [[SHADE_WORDS[s][0] if s else "", SIZE_WORDS[z][0] if z else ""]
+                   for s, z in itertools.product((0, -1, 1), (0, -1, 1))]
+        if split == "train":
+            phrases = [p[::-1] for p in phrases]
+        nps = [_noun_phrase([a for a in p if a], nouns[0]) for p in phrases] + [_noun_phrase([], nouns[1])]
+        out += [frames[(len(out) + i) % len(frames)].format(np=np_) for i, np_ in enumerate(nps)]
+    return tuple(out)
 
 
 def caption_words() -> Tuple[str, ...]:

@@ -135,7 +135,7 @@ def evaluate_images(config, workdir, images_uint8, *, feature_net=None, referenc
     return _evaluate_images(config, workdir, images_uint8, feature_net=feature_net, reference=reference)
 
 
-def _evaluate_images(config, workdir, images_uint8, *, feature_net=None, reference=None) -> dict:
+def _evaluate_images(config, workdir, images_uint8, *, feature_net=None, reference=None, drawn_for=None) -> dict:
     from diffjax import config_lib as cl
     from diffjax.eval import evaluate as ev
     images = np.asarray(images_uint8)
@@ -152,6 +152,12 @@ def _evaluate_images(config, workdir, images_uint8, *, feature_net=None, referen
     out = ev.image_metrics(feats, logits, ref, score_name=fnet.score_name, kid_subsets=int(e.kid_subsets),
                            kid_subset_size=int(e.kid_subset_size), score_splits=int(e.score_splits), seed=config.seed)
     out["feature_net"] = fnet.cache_id
+    if drawn_for and fnet.score_name == "classifier_score":  # the Fashion-MNIST classes: how samples follow
+        from diffjax.eval import prompt_following as pf
+        if "prompts" in drawn_for:
+            out.update(pf.prompt_following(images, logits, drawn_for["prompts"]))
+        else:
+            out["class_accuracy"] = pf.class_accuracy(logits, drawn_for["labels"])
     return out
 
 
@@ -325,7 +331,9 @@ def evaluate(config, workdir, *, progress: bool = True):
     ``eval/metrics_STEP_LABEL.json`` (LABEL: the sampler, its steps and a hash of the settings, as the sample files
     of :func:`eval_samples`; the file holds the settings too), a ``metrics.jsonl`` line and TensorBoard scalars
     ``eval/LABEL/METRIC``. Images: Frechet distance, KID and the classifier / Inception score; toy 2-D data: energy
-    distance and MMD to as many fresh draws of the distribution. ``progress``: a tqdm bar over the samples."""
+    distance and MMD to as many fresh draws of the distribution. Under the Fashion-MNIST classifier, samples drawn for
+    class labels also get ``class_accuracy`` and those drawn for prompts the prompt-following accuracies of
+    :func:`diffjax.eval.prompt_following.prompt_following`. ``progress``: a tqdm bar over the samples."""
     import jax
     from diffjax import config_lib as cl
     from diffjax.eval.evaluate import write_json_atomic
@@ -347,7 +355,9 @@ def evaluate(config, workdir, *, progress: bool = True):
         metrics = {"energy_distance": float(energy_distance(x, truth)), "mmd": float(mmd_rbf(x, truth)),
                    "num_samples": len(x)}
     else:
-        metrics = _evaluate_images(config, workdir, x, feature_net=fnet)
+        metrics = _evaluate_images(config, workdir, x, feature_net=fnet,
+                                   drawn_for=run.drawn_for([min(int(e.batch_size), len(x) - a)
+                                                           for a in range(0, len(x), int(e.batch_size))]))
     settings = eval_settings(config, step, seed=config.seed, batch_size=int(e.batch_size))
     label = eval_label(config, settings)
     known = [n for n in nfes if n is not None]

@@ -156,6 +156,18 @@ class Run:
             return jnp.asarray(self.prompt_ids)[jnp.arange(n) % len(self.prompt_ids)]
         return jnp.arange(n) % self.label_classes if self.label_classes else None
 
+    def drawn_for(self, batch_sizes) -> dict:
+        """What samples drawn in batches of ``batch_sizes`` were drawn for, each batch cycling from the first as
+        :meth:`sampling_condition` does: ``{"prompts", "labels"}`` (the class each prompt names, -1: none) for a
+        prompted model, ``{"labels"}`` for class labels, else ``{}``."""
+        from diffjax import config_lib as cl
+        if self.prompt_ids is not None:
+            return cl.prompt_record(self.config, batch_sizes)
+        if self.label_classes:
+            return {"labels": np.concatenate([np.arange(b) % self.label_classes for b in batch_sizes]).astype(
+                np.int32)}
+        return {}
+
     def sample(self, params, key, n, *, return_nfe: bool = False, condition=None):
         """``n`` samples (host numpy, float) from the network with ``params``; with ``return_nfe``, ``(samples,
         nfe)``: ``nfe`` the score evaluations the sampler ran (an int; None where the sampler cannot count them, e.g.
@@ -401,7 +413,7 @@ def sample(config, workdir, *, progress: bool = True):
     ema = f"post-hoc EMA sigma_rel={float(s.ema_sigma_rel):g}" if s.ema_sigma_rel else "EMA"
     paths = run.write_samples(x, _sample_stem(config, step, label),
                               title=f"{ema} samples, step {step}, {s.method}, NFE {nfe}",
-                              extra=cl.prompt_record(config, [len(b) for b in xs]))  # prompts and their classes
+                              extra=run.drawn_for([len(b) for b in xs]))  # prompts / labels of the samples
     print(f"sampled {len(x)} in {time.perf_counter() - t0:.1f} s ({s.method}, NFE {nfe} score evaluations per "
           f"sample, step {step})" + (f"; wrote {' and '.join(paths)}" if paths else ""), flush=True)
     run.checkpoints.close()

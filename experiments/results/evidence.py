@@ -54,6 +54,13 @@ def load_images(path: str) -> np.ndarray:
     return x
 
 
+def drawn_for(path: str) -> dict:
+    """What a sample set was drawn for: its ``prompts`` and / or ``labels`` arrays (``--mode sample`` writes them for
+    prompted and class-conditional models), else ``{}``."""
+    with np.load(path) as z:
+        return {k: z[k] for k in ("prompts", "labels") if k in z.files}
+
+
 def test_halves(images: np.ndarray) -> dict:
     """The validation / report split of the test images: even indices validate, odd indices report."""
     return {"val": images[0::2], "test": images[1::2]}
@@ -84,9 +91,10 @@ class Scorer:
                                    fc.classifier_logits(self.params, images))
         return self._features[key]
 
-    def score(self, images: np.ndarray, split: str) -> dict:
+    def score(self, images: np.ndarray, split: str, drawn_for: dict | None = None) -> dict:
         """Frechet distance to the split's reference with a 95% bootstrap interval over the samples, the
-        classifier score and the fraction of samples per class."""
+        classifier score and the fraction of samples per class; for samples ``drawn_for`` prompts or labels
+        (:func:`drawn_for`) also how they follow them (:mod:`diffjax.eval.prompt_following`)."""
         from diffjax.eval import metrics
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -101,9 +109,15 @@ class Scorer:
         interval = np.percentile(boot, [2.5, 97.5]) - (boot.mean() - fd)
         cs, _ = metrics.classifier_score(logits, splits=1)
         fractions = np.bincount(logits.argmax(-1), minlength=logits.shape[-1]) / len(images)
-        return dict(n=int(len(images)), frechet_distance=round(float(fd), 4),
-                    fd_interval=[round(float(v), 4) for v in interval],
-                    classifier_score=round(float(cs), 4), class_fractions=[round(float(f), 3) for f in fractions])
+        out = dict(n=int(len(images)), frechet_distance=round(float(fd), 4),
+                   fd_interval=[round(float(v), 4) for v in interval],
+                   classifier_score=round(float(cs), 4), class_fractions=[round(float(f), 3) for f in fractions])
+        from diffjax.eval import prompt_following as pf
+        if drawn_for and "prompts" in drawn_for:
+            out.update(pf.prompt_following(images, logits, drawn_for["prompts"]))
+        elif drawn_for and "labels" in drawn_for:
+            out["class_accuracy"] = pf.class_accuracy(logits, drawn_for["labels"])
+        return out
 
 
 def bootstrap_fd(feats: np.ndarray, mu_r: np.ndarray, sigma_r: np.ndarray, *, resamples: int = BOOTSTRAP,
@@ -145,7 +159,7 @@ def rescore_row(scorer: Scorer, row: dict) -> dict:
     path = os.path.join(scorer.artifacts, row["file"])
     if sha256(path) != row["sha256"]:
         raise ValueError(f"{row['file']} changed since it was scored (sha256 {sha256(path)} != {row['sha256']})")
-    return scorer.score(load_images(path), row["split"])
+    return scorer.score(load_images(path), row["split"], drawn_for(path))
 
 
 def reference(args) -> None:
@@ -170,7 +184,7 @@ def reference(args) -> None:
 
 def score(args) -> None:
     scorer = Scorer(args.artifacts)
-    m = scorer.score(load_images(args.file), args.split)
+    m = scorer.score(load_images(args.file), args.split, drawn_for(args.file))
     row = dict(file=relative(args.file, args.artifacts), sha256=sha256(args.file), split=args.split,
                method=args.method, seed=args.seed, sampler=args.sampler, nfe=args.nfe, chosen=args.chosen,
                command=args.command, date=time.strftime("%Y-%m-%d"), **m)
@@ -189,7 +203,7 @@ def rescore(args) -> None:
     for row in load_rows(args.artifacts):
         m = rescore_row(scorer, row)
         same = all(np.allclose(m[k], row[k], rtol=1e-3, atol=1e-3)
-                   for k in ("frechet_distance", "fd_interval", "classifier_score"))
+                   for k in ("frechet_distance", "fd_interval", "classifier_score", "class_accuracy") if k in row)
         bad += not same
         print(f"{'ok  ' if same else 'DIFF'} {row['file']} ({row['split']}): FD {m['frechet_distance']:.3f} "
               f"(recorded {row['frechet_distance']:.3f}) [{m['fd_interval'][0]:.2f}, {m['fd_interval'][1]:.2f}]",

@@ -51,6 +51,17 @@ CASCADE_SR = {"training.n_iters": 1200}
 # the same total again, moved to the base model (the bottleneck: the SR stage alone scores half the cascade's
 # distance): base 3000 x 24.9 + SR 800 x 95.8 = 151 TFLOP
 CASCADE_BASE_HEAVY = {"training.n_iters": 3000}, {"training.n_iters": 800}
+# prompt following (issue 40): UniPC 25 at classifier-free guidance scales 0-8 (two network evaluations per step
+# when guided); text models sample the fixed held-out prompts (artifacts/heldout_prompts.txt: 10 per class, every
+# shade x size statement, phrasings no training caption has), class-conditional models cycle the ten labels
+PROMPTS = os.path.join("experiments", "results", "artifacts", "heldout_prompts.txt")  # from REPO, the runs' cwd
+GUIDANCE_SCALES = (0, 1, 2, 3, 4, 6, 8)
+TEXT_MENU = {f"unipc25_w{w:g}": (50 if w else 25, {
+    "sampling.method": "unipc", "sampling.num_steps": 25, "sampling.guidance_scale": float(w),
+    "sampling.prompt_file": PROMPTS, "sampling.batch_size": 500}) for w in GUIDANCE_SCALES}
+LABEL_MENU = {k: (nfe, {o: v for o, v in ov.items() if o != "sampling.prompt_file"})
+              for k, (nfe, ov) in TEXT_MENU.items()}
+CLASS_ACCURACY_TARGET = 0.9
 # diffusers' training example in diffjax (experiments/baselines/diffusers_fashion_mnist.py, --recipe peer): AdamW
 # 2e-4 with torch's weight decay 0.01, constant rate, no clipping, EMAModel(0.9999, use_ema_warmup=True, power=2/3)
 PEER_RECIPE = {"optim.optimizer": "adamw", "optim.lr": 2e-4, "optim.weight_decay": 0.01, "optim.warmup": 0,
@@ -59,7 +70,15 @@ PEER_RECIPE = {"optim.optimizer": "adamw", "optim.lr": 2e-4, "optim.weight_decay
 PEER = os.path.join(REPO, "experiments", "baselines", "diffusers_fashion_mnist.py")
 
 
-class Diffjax:
+class Row:
+    """A row of the table: trains a run and samples it with each entry of its menu."""
+
+    def choose(self, val: dict) -> str:
+        """The menu entry the validation rows ``{label: row}`` choose: the lowest Frechet distance."""
+        return min(val.values(), key=lambda r: r["frechet_distance"])["sampler"]
+
+
+class Diffjax(Row):
     """A diffjax row: ``python -m diffjax.main --config CONFIG`` with training overrides, in the row's workdir
     ``RUNS/METHOD_seedS`` or, with ``run``, in ``RUNS/RUN_seedS`` (a training several rows sample)."""
 
@@ -120,6 +139,28 @@ class FewStep(Diffjax):
         return "samples_*.npz"
 
 
+class Prompted(Diffjax):
+    """A model sampled for prompts or class labels at several guidance scales (issue 40): the scale chosen on
+    validation is the one with the lowest Frechet distance among those whose samples the classifier assigns to the
+    intended class at least ``CLASS_ACCURACY_TARGET`` of the time (none reaching it: the most accurate)."""
+
+    def sample(self, workdir, label, seed, out, log, args):
+        from diffjax.data import heldout_prompts
+        want, path = "\n".join(heldout_prompts()) + "\n", os.path.join(REPO, PROMPTS)
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(want)
+        elif open(path).read() != want:
+            raise SystemExit(f"{PROMPTS} is not diffjax.data.heldout_prompts() (one per line); restore it")
+        return super().sample(workdir, label, seed, out, log, args)
+
+    def choose(self, val: dict) -> str:
+        good = [r for r in val.values() if r["class_accuracy"] >= CLASS_ACCURACY_TARGET]
+        if good:
+            return min(good, key=lambda r: r["frechet_distance"])["sampler"]
+        return max(val.values(), key=lambda r: r["class_accuracy"])["sampler"]
+
+
 class Latent(Diffjax):
     """Latent diffusion (issue 39): the autoencoder of ``configs/fashion_mnist_autoencoder.py`` with
     ``autoencoder`` overrides trained once in ``RUNS/AE_NAME`` (seed 0, shared by every seed), then the latent model
@@ -172,7 +213,7 @@ class Cascade(Diffjax):
         return super().sample(workdir, label, seed, out, log, args)
 
 
-class Diffusers:
+class Diffusers(Row):
     """A diffusers row: the peer script (torch and diffusers in their own environment, ``--peer-python``)."""
 
     def __init__(self, method: str, recipe: str, menu: dict):
@@ -217,6 +258,12 @@ METHODS = {
                              {**CASCADE_SR, "cascade.aug_level_max": 0.0, "cascade.sampling_aug_level": 0.0}),
     **{f"{run}_{k}step": FewStep(f"configs/fashion_mnist_{run}.py", run, k)
        for run in ("meanflow", "shortcut", "scm") for k in (1, 2)},
+    # text conditioning (issue 40) against a class-conditional rectified flow of the same recipe and budget
+    "text_unet": Prompted("configs/fashion_mnist_text.py", TEXT_MENU),
+    "text_dit": Prompted("configs/fashion_mnist_text_dit.py", TEXT_MENU),
+    "text_mmdit": Prompted("configs/fashion_mnist_text_mmdit.py", TEXT_MENU),
+    "class_conditional": Prompted("configs/fashion_mnist_budget_rf.py", LABEL_MENU,
+                                  {"data.num_classes": 10, "training.label_dropout": 0.1}),
     "diffusers_ddpm": Diffusers("ddpm", "peer", DDPM_MENU),
     "diffusers_ddpm_diffjax_recipe": Diffusers("ddpm", "diffjax", DDPM_MENU),
     "diffusers_flow_matching_diffjax_recipe": Diffusers("flow_matching", "diffjax", FLOW_MENU),
@@ -226,7 +273,7 @@ METHODS = {
 
 def record(scorer, path, split, method, seed, sampler, nfe, chosen, command):
     import json
-    m = scorer.score(evidence.load_images(path), split)
+    m = scorer.score(evidence.load_images(path), split, evidence.drawn_for(path))
     row = dict(file=evidence.relative(path), sha256=evidence.sha256(path), split=split, method=method, seed=seed,
                sampler=sampler, nfe=nfe, chosen=chosen, command=command, date=time.strftime("%Y-%m-%d"), **m)
     with open(evidence.results_path(), "a") as f:
@@ -261,7 +308,7 @@ def main() -> None:
                 out = os.path.join(evidence.ARTIFACTS, "samples", f"{method}_seed{seed}_{label}_val.npz")
                 cmd = side.sample(workdir, label, 100 + seed, out, log, args)
                 val[label] = record(scorer, out, "val", method, seed, label, nfe, False, cmd)
-            best = min(val.values(), key=lambda r: r["frechet_distance"])["sampler"]
+            best = side.choose(val)
             if any(r["split"] == "test" for r in rows):
                 continue
             out = os.path.join(evidence.ARTIFACTS, "samples", f"{method}_seed{seed}_{best}_test.npz")
