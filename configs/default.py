@@ -101,6 +101,8 @@ def get_config():
     sampling.prompt_file = ""                # ... or a file of prompts, one a line (default: one per class)
     sampling.classifier_scale = 0.0          # classifier guidance scale (0: off); labels y = arange(n) % classes
     sampling.adapter_scale = 1.0             # config.task="adapt": the LoRA's strength (0: the base model)
+    sampling.extra_adapters = ()             # config.task="adapt": workdirs of more LoRA adapters of the same base,
+    sampling.extra_adapter_scales = ()       # merged too, each at its scale (one per workdir; (): all 1.0)
     sampling.classifier_workdir = ""         # workdir of a config.task="noisy_classifier" run (same process)
     sampling.clip_scale = 0.0                # CLIP guidance scale of an unconditional model (0: off); the prompts:
     sampling.clip_workdir = ""               # ... sampling.prompt(_file); a clip.noise_aware=True run (same process)

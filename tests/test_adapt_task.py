@@ -74,6 +74,8 @@ def test_adapter_checkpoints_resume_exactly_and_hold_only_the_adapter(setup):
     record = json.load(open(os.path.join(whole, "adapter.json")))
     assert record["trainable_params"] == sum(np.size(x) for x in leaves)
     assert 0 < record["trainable_params"] < record["base_params"]
+    # Adam's two moments of each trainable float32 (plus its step counter) and nothing of the frozen weights
+    assert 8 * record["trainable_params"] <= record["optimizer_state_bytes"] <= 8 * record["trainable_params"] + 64
 
 
 def test_sampling_at_scale_zero_is_the_base_model(setup, capsys):
@@ -111,3 +113,38 @@ def test_another_base_and_bad_inputs_are_refused(setup, tmp_path):
     cfg.adapt.batch_size = 8 * 3
     with pytest.raises(ValueError, match="exceeds the 16 images"):
         dmain.run_mode(cfg, str(tmp_path / "c"), "train", progress=False)
+
+
+def test_two_loras_add_up(setup, tmp_path):
+    """sampling.extra_adapters: a second LoRA of the same base merged on top, each at its scale, equals merging the
+    two adapters by hand (diffjax.adapt.lora_merge twice); the second at scale 0 changes nothing; bad fields are
+    refused with one-line errors."""
+    from diffjax import adapt
+    root, base, images, whole = setup
+    second = str(tmp_path / "second")
+    cfg2 = _config(base, images, steps=2)
+    cfg2.seed, cfg2.adapt.rank = 7, 3
+    dmain.run_mode(cfg2, second, "train", progress=False)
+    cfg = _config(base, images)
+    cfg.sampling.adapter_scale = 0.5
+    cfg.sampling.extra_adapters, cfg.sampling.extra_adapter_scales = (second,), (2.0,)
+    x = dmain.run_mode(cfg, whole, "sample", progress=False)
+    assert os.path.exists(os.path.join(whole, "samples", "adapted_00000004_scale0.5_plus1.npz"))
+    _, frozen, _ = drun._adapt._base_params(cfg)
+    a, _ = _adapter_state(_config(base, images), whole)
+    b, _ = _adapter_state(cfg2, second)
+    merged = adapt.lora_merge(adapt.lora_merge(frozen, adapt.LoraAdapter(a.ema_params, alpha=2.0, rank=2), 0.5),
+                              adapt.LoraAdapter(b.ema_params, alpha=3.0, rank=3), 2.0)
+    run = drun.Run(cfg, base)
+    want = run.sample(merged, jax.random.fold_in(jax.random.key(cfg.seed), 4), 8)
+    assert np.isfinite(x).all() and np.allclose(x, want, atol=1e-5)
+    cfg.sampling.extra_adapter_scales = (0.0,)
+    cfg.sampling.adapter_scale = 1.0
+    x1 = dmain.run_mode(cfg, whole, "sample", progress=False)
+    cfg.sampling.extra_adapters, cfg.sampling.extra_adapter_scales = (), ()
+    np.testing.assert_allclose(x1, dmain.run_mode(cfg, whole, "sample", progress=False), atol=1e-6)
+    for extras, scales, match in (((second,), (1.0, 2.0), "one scale per sampling.extra_adapters"),
+                                  ((str(tmp_path),), (), "holds no adapter")):
+        cfg.sampling.extra_adapters, cfg.sampling.extra_adapter_scales = extras, scales
+        with pytest.raises(ValueError, match=match):
+            dmain.run_mode(cfg, whole, "sample", progress=False)

@@ -154,8 +154,9 @@ def _fingerprint(params) -> str:
     return params_fingerprint(params, length=16)
 
 
-def _check_base(workdir, record):
-    """The stored ``adapter.json`` of ``workdir`` (None if there is none) after checking it against ``record``."""
+def _check_base(workdir, record, fields=("method", "new_words")):
+    """The stored ``adapter.json`` of ``workdir`` (None if there is none) after checking it against ``record``: the
+    base's fingerprint and ``fields``."""
     path = os.path.join(workdir, ADAPTER_FILE)
     if not os.path.isfile(path):
         return None
@@ -166,7 +167,7 @@ def _check_base(workdir, record):
                          f"({stored['base_workdir']}, step {stored['base_step']}); adapt.base_workdir="
                          f"{record['base_workdir']!r} holds {record['base_fingerprint']} (step {record['base_step']}): "
                          f"another base model")
-    for field in ("method", "new_words"):
+    for field in fields:
         if stored.get(field, record[field]) != record[field]:
             raise ValueError(f"{path} holds an adapter of {field}={stored[field]!r}; this config has "
                              f"{record[field]!r} (adapt.method / adapt.new_word)")
@@ -290,8 +291,10 @@ def _train_adapter(config, workdir, *, progress):
     record = dict(_record(config, frozen, base_step), num_images=int(len(images)))
     _check_base(workdir, record)
     run = AdapterRun(config, workdir, frozen, read_only=False)
+    opt_state = jax.eval_shape(run.fresh_state).opt_state  # shapes only: the optimizer's memory
     record.update(run.kind.record(), checkpoint_holds=run.kind.holds,
-                  base_params=int(sum(np.size(x) for x in jax.tree.leaves(frozen))))
+                  base_params=int(sum(np.size(x) for x in jax.tree.leaves(frozen))),
+                  optimizer_state_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt_state))))
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, ADAPTER_FILE), record)
     if a.method == "dreambooth":
@@ -330,16 +333,64 @@ def _sampling_config(config):
     return config
 
 
+def check_extra_adapters(config):
+    """``sampling.extra_adapters`` / ``extra_adapter_scales``: workdirs of LoRA adapters (``adapter.json`` with
+    low-rank factors) and a scale for each (``()``: all 1.0); ``ValueError`` naming the field."""
+    s = config.sampling
+    wds, scales = tuple(s.get("extra_adapters", ())), tuple(s.get("extra_adapter_scales", ()))
+    if scales and len(scales) != len(wds):
+        raise ValueError(f"sampling.extra_adapter_scales={scales!r} must give one scale per sampling.extra_adapters "
+                         f"workdir ({len(wds)}), or be () for 1.0 each")
+    for wd in wds:
+        path = os.path.join(str(wd), ADAPTER_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"sampling.extra_adapters: {wd!r} holds no adapter ({ADAPTER_FILE} missing); allowed: "
+                             f"workdirs of trained LoRA adapters of this base")
+        with open(path) as f:
+            if "kernels" not in json.load(f):
+                raise ValueError(f"sampling.extra_adapters: {wd!r} holds no LoRA adapter (only LoRA and DreamBooth-"
+                                 f"LoRA adapters add up; full fine-tuning and textual inversion do not)")
+    return list(zip(wds, [float(v) for v in scales] or [1.0] * len(wds)))
+
+
+class _ExtraLora:
+    """A trained LoRA adapter of another workdir, rebuilt from its ``adapter.json`` (rank, alpha, kernels)."""
+
+    def __init__(self, config, workdir, frozen, stored):
+        c = copy.deepcopy(config)
+        c.adapt.method, c.adapt.rank, c.adapt.alpha = "lora", int(stored["rank"]), float(stored["alpha"])
+        c.adapt.targets = tuple(stored["kernels"])
+        run = AdapterRun(c, workdir, frozen, read_only=True)
+        state, _ = run.restore()
+        run.checkpoints.close()
+        if state is None:
+            raise ValueError(f"sampling.extra_adapters: {workdir!r} holds no adapter checkpoint")
+        self.kind, self.trainable = run.kind, state.ema_params
+
+    def params_onto(self, params, scale):
+        return self.kind.merge(params, self.trainable, scale)
+
+
+def _extra_adapters(config, frozen, base_step):
+    out = []
+    for wd, scale in check_extra_adapters(config):
+        stored = _check_base(wd, _record(config, frozen, base_step), fields=())
+        out.append((_ExtraLora(config, wd, frozen, stored), scale))
+    return out
+
+
 def sample_adapter(config, workdir, *, progress: bool = True):
     """``--mode sample`` of ``config.task="adapt"``: the base merged with the trained parameters' EMA at strength
     ``sampling.adapter_scale`` (LoRA; full fine-tuning: the interpolation base -> fine-tuned; textual inversion: not
-    used); writes ``WORKDIR/samples/adapted_STEP_scaleS.npz`` (and .png), with ``prompts`` and ``labels`` on a
-    text-conditional base."""
+    used), plus the LoRA adapters of ``sampling.extra_adapters`` at their scales (LoRA updates add up, Hu et al.
+    2021: two concepts in one model); writes ``WORKDIR/samples/adapted_STEP_scaleS[_plusN].npz`` (and .png; N: the
+    extra adapters), with ``prompts`` and ``labels`` on a text-conditional base."""
     import jax
     from diffjax import config_lib as cl
     from diffjax.run._run import Run
     del progress
     check_adapt_config(config, training=False)
+    check_extra_adapters(config)
     config = _sampling_config(config)
     base, frozen, base_step = _base_params(config)
     stored = _check_base(workdir, _record(config, frozen, base_step))
@@ -352,10 +403,15 @@ def sample_adapter(config, workdir, *, progress: bool = True):
         raise ValueError(f"{workdir} holds no adapter checkpoint")
     scale = float(config.sampling.adapter_scale)
     params = run.params(state.ema_params, scale)
+    extras = _extra_adapters(config, frozen, base_step)
+    for lora, lora_scale in extras:  # LoRA updates add up: W + s1 B1 A1 + s2 B2 A2
+        params = lora.params_onto(params, lora_scale)
     out = Run(config, workdir)  # the adapted network and the base's sampler, writing into this workdir
     n = int(config.sampling.num_samples)
     x = out.sample(params, jax.random.fold_in(jax.random.key(config.seed), 4), n)
-    paths = out.write_samples(x, f"adapted_{step:08d}_scale{scale:g}", title=f"adapter step {step}, scale {scale:g}",
+    tag, more = (f"_plus{len(extras)}", f" + {len(extras)} more") if extras else ("", "")
+    paths = out.write_samples(x, f"adapted_{step:08d}_scale{scale:g}{tag}",
+                              title=f"adapter step {step}, scale {scale:g}{more}",
                               extra=cl.prompt_record(config, [n]))
     out.checkpoints.close()
     print(f"sampled {len(x)} with the adapter at scale {scale:g}; wrote {', '.join(paths)}", flush=True)
