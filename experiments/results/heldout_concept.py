@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -43,6 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import evidence  # noqa: E402
+from fmnist_budget import overrides_to_flags as flags, run  # noqa: E402  (run: a command's wall seconds)
 
 BASE_CONFIG = "configs/fashion_mnist_text.py"
 DREAMBOOTH = "configs/fashion_mnist_dreambooth.py"  # adapter_of(the text base): its prompt "a slipper sneaker"
@@ -70,22 +70,6 @@ def concept_prompts(words: str) -> list:
 def other_prompts(heldout) -> list:
     from diffjax.data import class_prompts
     return [p for k, p in enumerate(class_prompts()) if k not in heldout]
-
-
-def flags(overrides: dict) -> list:
-    return [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
-            for k, v in overrides.items()]
-
-
-def run(cmd, log) -> float:
-    """Run ``cmd`` from the repository root, appending to ``log``; its wall seconds."""
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    if rc:
-        raise SystemExit(f"exit {rc}: {' '.join(cmd)} (log: {log})")
-    return time.perf_counter() - t0
 
 
 class Protocol:
