@@ -59,6 +59,9 @@ GUIDANCE_SCALES = (0, 1, 2, 3, 4, 6, 8)
 TEXT_MENU = {f"unipc25_w{w:g}": (50 if w else 25, {
     "sampling.method": "unipc", "sampling.num_steps": 25, "sampling.guidance_scale": float(w),
     "sampling.prompt_file": PROMPTS, "sampling.batch_size": 500}) for w in GUIDANCE_SCALES}
+CLIP_MENU = {f"unipc25_clip{c:g}": (25, {
+    "sampling.method": "unipc", "sampling.num_steps": 25, "sampling.clip_scale": float(c),
+    "sampling.prompt_file": PROMPTS, "sampling.batch_size": 500}) for c in (1, 2, 4, 8, 16)}  # 0: no prompt
 LABEL_MENU = {k: (nfe, {o: v for o, v in ov.items() if o != "sampling.prompt_file"})
               for k, (nfe, ov) in TEXT_MENU.items()}
 CLASS_ACCURACY_TARGET = 0.9
@@ -159,6 +162,26 @@ class Prompted(Diffjax):
         if good:
             return min(good, key=lambda r: r["frechet_distance"])["sampler"]
         return max(val.values(), key=lambda r: r["class_accuracy"])["sampler"]
+
+
+class ClipGuided(Prompted):
+    """CLIP guidance (issue 40) of a trained unconditional row (``run``): the noise-aware CLIP of
+    ``configs/fashion_mnist_clip_rf.py`` trained once in ``RUNS/clip_rf``, the menu's entries its scales."""
+
+    def _clip(self, args):
+        return os.path.join(args.runs, "clip_rf")
+
+    def train(self, workdir, seed, log, args):
+        clip = self._clip(args)
+        if not os.path.exists(os.path.join(clip, "clip_params.npz")):
+            call([sys.executable, "-m", "diffjax.main", "--config", "configs/fashion_mnist_clip_rf.py", "--workdir",
+                  clip], clip + ".log")
+        self.overrides["sampling.clip_workdir"] = clip
+        return super().train(workdir, seed, log, args)
+
+    def sample(self, workdir, label, seed, out, log, args):
+        self.overrides["sampling.clip_workdir"] = self._clip(args)
+        return super().sample(workdir, label, seed, out, log, args)
 
 
 class Latent(Diffjax):
@@ -265,6 +288,7 @@ METHODS = {
     "text_unet": Prompted("configs/fashion_mnist_text.py", TEXT_MENU),
     "text_dit": Prompted("configs/fashion_mnist_text_dit.py", TEXT_MENU),
     "text_mmdit": Prompted("configs/fashion_mnist_text_mmdit.py", TEXT_MENU),
+    "clip_guided_rf": ClipGuided("configs/fashion_mnist_budget_rf.py", CLIP_MENU, run="rectified_flow"),
     "class_conditional": Prompted("configs/fashion_mnist_budget_rf.py", LABEL_MENU,
                                   {"data.num_classes": 10, "training.label_dropout": 0.1}),
     "diffusers_ddpm": Diffusers("ddpm", "peer", DDPM_MENU),
