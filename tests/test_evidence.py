@@ -46,6 +46,21 @@ def test_a_committed_set_rescores_to_its_record(evidence, kind):
     assert sum(m["class_fractions"]) == pytest.approx(1.0, abs=0.01)
 
 
+def test_a_prompted_set_rescores_its_prompt_following(evidence):
+    """A set drawn for prompts or labels (issue 40) carries them in its npz; re-scoring recomputes how it follows them
+    from the classifier and the caption rules alone."""
+    rows = [r for r in evidence.load_rows() if "class_accuracy" in r]
+    if not rows:
+        pytest.skip("no prompted rows recorded yet")
+    for row in (rows[0], rows[-1]):
+        m = evidence.rescore_row(evidence.Scorer(), row)
+        for k in ("class_accuracy", "shade_accuracy", "size_accuracy", "prompt_accuracy"):
+            if k in row:
+                assert np.isfinite(m[k]) and m[k] == pytest.approx(row[k], abs=1e-6), (k, m[k], row[k])
+        with np.load(os.path.join(evidence.ARTIFACTS, row["file"])) as z:
+            assert "labels" in z.files and len(z["labels"]) == row["n"]
+
+
 def test_bootstrap_is_the_batched_frechet_distance(evidence):
     from diffjax.eval import metrics
     rng = np.random.default_rng(1)
