@@ -182,7 +182,10 @@ class Protocol:
         images, labels = load_fashion_mnist("train")
         images, labels = np.asarray(images), np.asarray(labels)
         rng = np.random.default_rng(self.args.seed + 1)
-        concept = rng.choice(np.flatnonzero(labels == self.k), self.args.num_concept, replace=False)
+        with np.load(self.concept_images(self.k, "concept")) as z:
+            taught = z["index"]
+        pool = np.setdiff1d(np.flatnonzero(labels == self.k), taught)
+        concept = rng.choice(pool, self.args.num_concept, replace=False)
         other = rng.choice(np.flatnonzero(~np.isin(labels, (self.k, self.k2))), self.args.num_other, replace=False)
         right = self.scorer.features(images[other])[1].argmax(-1) == labels[other]
         return dict(concept_accuracy=round(float(np.mean(self.scorer.features(images[concept])[1].argmax(-1)
@@ -261,7 +264,10 @@ class Protocol:
                          self.score_concept(path, self.k if tag == "concept" else self.k2, refs[tag], tag))
             adapter = json.load(open(os.path.join(self.runs, "lora_all", "adapter.json")))
             adapter2 = json.load(open(os.path.join(self.runs, name2, "adapter.json")))
-            row = self.adapted_row(combined, 1.0, m, adapter, trained2, base_row, commands)
+            trained = self.train_method("lora_all", config, overrides, images)  # recorded above: read back
+            both_trained = {"adapt_wall_s": trained["adapt_wall_s"] + trained2["adapt_wall_s"],
+                            "command": trained["command"] + " ; " + trained2["command"]}
+            row = self.adapted_row(combined, 1.0, m, adapter, both_trained, base_row, commands)
             row["trainable_params"] += adapter2["trainable_params"]
             row["trainable_fraction"] = round(row["trainable_params"] / row["base_params"], 6)
             self.record(row)
