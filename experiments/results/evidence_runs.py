@@ -51,6 +51,9 @@ CASCADE_SR = {"training.n_iters": 1200}
 # the same total again, moved to the base model (the bottleneck: the SR stage alone scores half the cascade's
 # distance): base 3000 x 24.9 + SR 800 x 95.8 = 151 TFLOP
 CASCADE_BASE_HEAVY = {"training.n_iters": 3000}, {"training.n_iters": 800}
+# and further: a quarter-width SR stage (ch 16: 25.6 GFLOP/step; its task is local) frees it for a 4000-step base:
+# base 4000 x 24.9 + SR 2000 x 25.6 = 151 TFLOP
+CASCADE_SMALL_SR = {"training.n_iters": 4000}, {"training.n_iters": 2000, "model.overrides.ch": 16}
 # prompt following (issue 40): UniPC 25 at classifier-free guidance scales 0-8 (two network evaluations per step
 # when guided); text models sample the fixed held-out prompts (artifacts/heldout_prompts.txt: 10 per class, every
 # shade x size statement, phrasings no training caption has), class-conditional models cycle the ten labels
@@ -276,6 +279,8 @@ METHODS = {
     "cascade": Cascade(CASCADE_MENU, CASCADE_SR),
     "cascade_base_heavy": Cascade(CASCADE_MENU, CASCADE_BASE_HEAVY[1], base_name="cascade_base3000",
                                   base=CASCADE_BASE_HEAVY[0]),
+    "cascade_small_sr": Cascade(CASCADE_MENU, CASCADE_SMALL_SR[1], base_name="cascade_base4000",
+                                base=CASCADE_SMALL_SR[0]),
     # the super-resolution stage alone (the cascade row's training): on the first 1000 training images, downsampled
     "cascade_sr_alone": Cascade({"heun10_aug0.1_ontrain": (20, {**CASCADE_MENU["heun25_heun10_aug0.1"][1],
                                                              "cascade.sampling_low_res": "train"})}, CASCADE_SR,
