@@ -42,9 +42,10 @@ EDM_MENU = {
     "unipc25": (25, {"sampling.method": "unipc", "sampling.num_steps": 25}),
 }
 # the cascade: the base model's own sampler (Heun, 25 steps at 14x14), then the super-resolution stage's Heun with 10
-# steps at 28x28 from the base sample corrupted to the sampling augmentation level (the choice on validation)
-CASCADE_MENU = {f"heun25_heun10_aug{a:g}": (70, {"sampling.method": "ode_heun", "sampling.num_steps": 10,
-                                                  "cascade.sampling_aug_level": a}) for a in (0.0, 0.1, 0.2, 0.3)}
+# (or 25) steps at 28x28 from the base sample corrupted to the sampling augmentation level (the choice on validation)
+CASCADE_MENU = {f"heun25_heun{k}_aug{a:g}": (50 + 2 * k, {"sampling.method": "ode_heun", "sampling.num_steps": k,
+                                                          "cascade.sampling_aug_level": a})
+                for k, levels in ((10, (0.0, 0.1, 0.2, 0.3)), (25, (0.1, 0.2, 0.3))) for a in levels}
 # the same total training compute as the single-stage model (XLA's count, experiments/bench/config_step.py): base
 # 1500 x 24.9 GFLOP + SR 1200 x 95.8 GFLOP = 152 TFLOP against rectified flow's 1500 x 102.0 = 153 TFLOP
 CASCADE_SR = {"training.n_iters": 1200}
