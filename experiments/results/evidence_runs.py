@@ -287,6 +287,14 @@ METHODS = {
                                   base=CASCADE_BASE_HEAVY[0]),
     "cascade_small_sr": Cascade(CASCADE_MENU, CASCADE_SMALL_SR[1], base_name="cascade_base4000",
                                 base=CASCADE_SMALL_SR[0]),
+    # its augmentation ablation: the same SR stage trained and sampled without corrupting its condition
+    "cascade_small_sr_noaug": Cascade({k: v for k, v in CASCADE_MENU.items() if k.endswith("_aug0")} |
+                                      {"heun25_heun25_aug0": (100, {"sampling.method": "ode_heun",
+                                                                    "sampling.num_steps": 25,
+                                                                    "cascade.sampling_aug_level": 0.0})},
+                                      {**CASCADE_SMALL_SR[1], "cascade.aug_level_max": 0.0,
+                                       "cascade.sampling_aug_level": 0.0},
+                                      base_name="cascade_base4000", base=CASCADE_SMALL_SR[0]),
     # the super-resolution stage alone (the cascade row's training): on the first 1000 training images, downsampled
     "cascade_sr_alone": Cascade({"heun10_aug0.1_ontrain": (20, {**CASCADE_MENU["heun25_heun10_aug0.1"][1],
                                                              "cascade.sampling_low_res": "train"})}, CASCADE_SR,
