@@ -5,8 +5,8 @@ Batches are deterministic in ``(seed, step)`` (a resumed run sees the same data)
 only its own rows of the global batch.
 """
 from diffjax.data._captions import (CAPTION_SPLITS, CLASS_NAMES, CLASS_SYNONYMS, Prompt, attribute_measures,
-                                    caption_words, captions, class_prompts, heldout_prompts, match_matrix, measure_attributes,
-                                    parse_prompt, prompt_matches, sample_captions, text_words)
+                                    caption_words, captions, class_prompts, heldout_prompts, match_matrix,
+                                    measure_attributes, parse_prompt, prompt_matches, sample_captions, text_words)
 from diffjax.data._tokenizer import SPECIAL_TOKENS, Tokenizer, caption_tokenizer
 from diffjax.data._images import (FASHION_MNIST_DIR, dequantize, from_unit, load_fashion_mnist, load_tfds,
                                   random_flip, to_unit, verify_array_record_shard)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["class_accuracy", "prompt_following"]
+__all__ = ["class_accuracy", "prompt_following", "following"]
 
 
 def class_accuracy(logits, labels):
@@ -61,3 +61,13 @@ def prompt_following(images, logits, prompts) -> dict:
     return {"class_accuracy": acc_class, "shade_accuracy": acc_shade, "size_accuracy": acc_size,
             "prompt_accuracy": float(np.mean(met)) if met else None, "num_class": int((want["label"] != -2).sum()),
             "num_shade": n_shade, "num_size": n_size}
+
+
+def following(images, logits, drawn_for: dict) -> dict:
+    """How samples follow what they were drawn for (``{"prompts"[, "labels"]}`` or ``{"labels"}``, as a sample npz
+    holds them): :func:`prompt_following` for prompts, ``{"class_accuracy"}`` for labels alone, ``{}`` for nothing."""
+    if "prompts" in drawn_for:
+        return prompt_following(images, logits, drawn_for["prompts"])
+    if "labels" in drawn_for:
+        return {"class_accuracy": class_accuracy(logits, drawn_for["labels"])}
+    return {}

@@ -371,9 +371,10 @@ class _ExtraLora:
         return self.kind.merge(params, self.trainable, scale)
 
 
-def _extra_adapters(config, frozen, base_step):
+def _extra_adapters(config, extras, frozen, base_step):
+    """The ``(workdir, scale)`` pairs of :func:`check_extra_adapters` as ``(_ExtraLora, scale)``."""
     out = []
-    for wd, scale in check_extra_adapters(config):
+    for wd, scale in extras:
         stored = _check_base(wd, _record(config, frozen, base_step), fields=())
         out.append((_ExtraLora(config, wd, frozen, stored), scale))
     return out
@@ -390,7 +391,7 @@ def sample_adapter(config, workdir, *, progress: bool = True):
     from diffjax.run._run import Run
     del progress
     check_adapt_config(config, training=False)
-    check_extra_adapters(config)
+    extras = check_extra_adapters(config)
     config = _sampling_config(config)
     base, frozen, base_step = _base_params(config)
     stored = _check_base(workdir, _record(config, frozen, base_step))
@@ -403,7 +404,7 @@ def sample_adapter(config, workdir, *, progress: bool = True):
         raise ValueError(f"{workdir} holds no adapter checkpoint")
     scale = float(config.sampling.adapter_scale)
     params = run.params(state.ema_params, scale)
-    extras = _extra_adapters(config, frozen, base_step)
+    extras = _extra_adapters(config, extras, frozen, base_step)
     for lora, lora_scale in extras:  # LoRA updates add up: W + s1 B1 A1 + s2 B2 A2
         params = lora.params_onto(params, lora_scale)
     out = Run(config, workdir)  # the adapted network and the base's sampler, writing into this workdir

@@ -153,11 +153,8 @@ def _evaluate_images(config, workdir, images_uint8, *, feature_net=None, referen
                            kid_subset_size=int(e.kid_subset_size), score_splits=int(e.score_splits), seed=config.seed)
     out["feature_net"] = fnet.cache_id
     if drawn_for and fnet.score_name == "classifier_score":  # the Fashion-MNIST classes: how samples follow
-        from diffjax.eval import prompt_following as pf
-        if "prompts" in drawn_for:
-            out.update(pf.prompt_following(images, logits, drawn_for["prompts"]))
-        else:
-            out["class_accuracy"] = pf.class_accuracy(logits, drawn_for["labels"])
+        from diffjax.eval.prompt_following import following
+        out.update(following(images, logits, drawn_for))
     return out
 
 

@@ -112,12 +112,8 @@ class Scorer:
         out = dict(n=int(len(images)), frechet_distance=round(float(fd), 4),
                    fd_interval=[round(float(v), 4) for v in interval],
                    classifier_score=round(float(cs), 4), class_fractions=[round(float(f), 3) for f in fractions])
-        from diffjax.eval import prompt_following as pf
-        if drawn_for and "prompts" in drawn_for:
-            out.update(pf.prompt_following(images, logits, drawn_for["prompts"]))
-        elif drawn_for and "labels" in drawn_for:
-            out["class_accuracy"] = pf.class_accuracy(logits, drawn_for["labels"])
-        return out
+        from diffjax.eval.prompt_following import following
+        return {**out, **following(images, logits, drawn_for or {})}
 
 
 def bootstrap_fd(feats: np.ndarray, mu_r: np.ndarray, sigma_r: np.ndarray, *, resamples: int = BOOTSTRAP,
